@@ -1,0 +1,291 @@
+//! Command line and environment (`TIDECHAT_*`) options, and the validated [`Config`] the server runs
+//! with. Every limit has a named default here; tests build a `Config` with [`Config::default`] and
+//! change what they exercise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::protocol::Limits;
+
+/// Largest websocket message, in bytes, enforced from the frame header before buffering.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest `text` of one chat message, in bytes.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Longest user name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+
+/// Where the chat page lives when `--static-dir` is not given: the workspace's `static/`, so
+/// `cargo run -p server` serves it from any working directory.
+const DEFAULT_STATIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line (ndjson), for log collectors.
+    Json,
+}
+
+/// tidechat: a real-time websocket chat server.
+#[derive(Debug, Parser)]
+#[command(name = "tidechat", version, about)]
+pub struct Args {
+    /// Address to listen on; use 0.0.0.0:3000 to expose it beyond this machine.
+    #[arg(long, env = "TIDECHAT_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+    /// Directory served at `/` (the chat page).
+    #[arg(long, env = "TIDECHAT_STATIC_DIR", default_value = DEFAULT_STATIC_DIR)]
+    pub static_dir: PathBuf,
+    /// Origin allowed to open websockets (repeatable, e.g. https://chat.example.com; `*` allows
+    /// any). Default: only the server's own origin (Origin host:port equal to the Host header).
+    #[arg(
+        long = "allowed-origin",
+        env = "TIDECHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Largest websocket message in bytes (larger ones close the connection with 1009).
+    #[arg(long, env = "TIDECHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Largest chat message text in bytes (larger ones get an `error` frame).
+    #[arg(long, env = "TIDECHAT_MAX_TEXT_BYTES", default_value_t = DEFAULT_MAX_TEXT_BYTES)]
+    pub max_text_bytes: usize,
+    /// Most websocket connections at once (more get HTTP 503 on upgrade).
+    #[arg(long, env = "TIDECHAT_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub max_connections: usize,
+    /// Most rooms held by the server (empty rooms are evicted first to make space).
+    #[arg(long, env = "TIDECHAT_MAX_ROOMS", default_value_t = 1_000)]
+    pub max_rooms: usize,
+    /// Most rooms one connection may be in.
+    #[arg(long, env = "TIDECHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 8)]
+    pub max_rooms_per_connection: usize,
+    /// Messages kept per room for history and resume.
+    #[arg(long, env = "TIDECHAT_HISTORY", default_value_t = 500)]
+    pub history: usize,
+    /// Bytes of history kept per room (oldest messages go first).
+    #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
+    pub history_bytes: usize,
+    /// Events buffered per room for receivers that fall behind; past it a receiver is closed
+    /// with 4008 (slow consumer).
+    #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 4096)]
+    pub room_buffer: usize,
+    /// Rooms with more members than this send no join/leave presence and list only this many
+    /// members in `joined`, so very large rooms do not cost O(members²).
+    #[arg(long, env = "TIDECHAT_PRESENCE_CAP", default_value_t = 1_000)]
+    pub presence_cap: usize,
+    /// Sustained frames per second a connection may send.
+    #[arg(long, env = "TIDECHAT_RATE", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Frames a connection may send in a burst above the rate.
+    #[arg(long, env = "TIDECHAT_BURST", default_value_t = 40)]
+    pub burst: u32,
+    /// Frames dropped for rate limiting in a row before the connection is closed (1008).
+    #[arg(long, env = "TIDECHAT_RATE_STRIKES", default_value_t = 20)]
+    pub rate_strikes: u32,
+    /// Time allowed for the HTTP request of an upgrade (and between keep-alive requests).
+    #[arg(long, env = "TIDECHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Interval of server pings.
+    #[arg(long, env = "TIDECHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed (4000).
+    #[arg(long, env = "TIDECHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// A socket that accepts no writes for this long is closed as a slow consumer (4008).
+    #[arg(long, env = "TIDECHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// On SIGINT/SIGTERM, time allowed to close every socket before exiting.
+    #[arg(long, env = "TIDECHAT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Log level: error, warn, info, debug, trace, off.
+    #[arg(long, env = "TIDECHAT_LOG_LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+    /// Log line format.
+    #[arg(
+        long,
+        env = "TIDECHAT_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("--max-text-bytes ({text}) must be below --max-message-bytes ({message})")]
+    TextAboveMessage { text: usize, message: usize },
+    #[error("--rate must be a positive number, got {0}")]
+    Rate(f64),
+    #[error("--allowed-origin {0:?} is not an origin like https://host:port or *")]
+    Origin(String),
+    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
+    IdleBelowPing { idle: Duration, ping: Duration },
+}
+
+/// Everything the server needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub static_dir: PathBuf,
+    /// Normalized origins (`scheme://host:port`, lower case); empty means same-origin only.
+    pub allowed_origins: Vec<String>,
+    /// True when `*` was given.
+    pub any_origin: bool,
+    pub max_message_bytes: usize,
+    pub max_text_bytes: usize,
+    pub max_connections: usize,
+    pub max_rooms: usize,
+    pub max_rooms_per_connection: usize,
+    pub history: usize,
+    pub history_bytes: usize,
+    pub room_buffer: usize,
+    pub presence_cap: usize,
+    pub rate: f64,
+    pub burst: u32,
+    pub rate_strikes: u32,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // unwrap: the defaults above are valid; `config::tests` checks it.
+        Args::parse_from(["tidechat"]).into_config().unwrap()
+    }
+}
+
+impl Args {
+    /// Validates the options into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        for (name, v) in [
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-text-bytes", self.max_text_bytes),
+            ("--max-connections", self.max_connections),
+            ("--max-rooms", self.max_rooms),
+            ("--max-rooms-per-connection", self.max_rooms_per_connection),
+            ("--room-buffer", self.room_buffer),
+            ("--burst", self.burst as usize),
+            ("--rate-strikes", self.rate_strikes as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_text_bytes >= self.max_message_bytes {
+            return Err(ConfigError::TextAboveMessage {
+                text: self.max_text_bytes,
+                message: self.max_message_bytes,
+            });
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(ConfigError::Rate(self.rate));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleBelowPing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+        let any_origin = self.allowed_origins.iter().any(|o| o == "*");
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .filter(|o| o.as_str() != "*")
+            .map(|o| crate::ws::normalize_origin(o).ok_or_else(|| ConfigError::Origin(o.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            static_dir: self.static_dir,
+            allowed_origins,
+            any_origin,
+            max_message_bytes: self.max_message_bytes,
+            max_text_bytes: self.max_text_bytes,
+            max_connections: self.max_connections,
+            max_rooms: self.max_rooms,
+            max_rooms_per_connection: self.max_rooms_per_connection,
+            history: self.history,
+            history_bytes: self.history_bytes,
+            room_buffer: self.room_buffer,
+            presence_cap: self.presence_cap,
+            rate: self.rate,
+            burst: self.burst,
+            rate_strikes: self.rate_strikes,
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+impl Config {
+    /// The limits clients are told about in `hello`.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_text_bytes: self.max_text_bytes,
+            max_name_chars: MAX_NAME_CHARS,
+            max_room_chars: MAX_ROOM_CHARS,
+            max_rooms_per_connection: self.max_rooms_per_connection,
+            rate_per_sec: self.rate,
+            rate_burst: self.burst,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        assert_eq!(c.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert!(c.allowed_origins.is_empty() && !c.any_origin);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["tidechat"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().into_config()
+        };
+        assert!(matches!(
+            parse(&["--max-rooms", "0"]),
+            Err(ConfigError::Zero(_))
+        ));
+        assert!(matches!(
+            parse(&["--max-text-bytes", "70000"]),
+            Err(ConfigError::TextAboveMessage { .. })
+        ));
+        assert!(matches!(parse(&["--rate", "0"]), Err(ConfigError::Rate(_))));
+        assert!(matches!(
+            parse(&["--allowed-origin", "not an origin"]),
+            Err(ConfigError::Origin(_))
+        ));
+        let ok = parse(&[
+            "--allowed-origin",
+            "HTTPS://Chat.Example.com",
+            "--allowed-origin",
+            "*",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.allowed_origins,
+            vec!["https://chat.example.com:443".to_string()]
+        );
+        assert!(ok.any_origin);
+    }
+}

@@ -1,0 +1,391 @@
+//! Rooms: name -> [`Room`] (broadcast channel, history ring, members, next id).
+//!
+//! The hub knows nothing about sockets or the async runtime: connections call [`Hub::join`],
+//! [`Hub::say`] and [`Hub::leave`], and receive [`Event`]s from the `async_broadcast` receiver that
+//! `join` hands them. Each message is serialized once, here, and shared by every receiver.
+//!
+//! Lock order: the room map, then one room's state; never the other way round. Publishing holds
+//! a room's lock only to assign the id, append to history and `try_broadcast`, which never waits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
+use async_tungstenite::tungstenite::Utf8Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::{self, MessageFrame, PresenceFrame, ServerFrame};
+
+/// The room `/chatSocket` (seed protocol) users live in.
+pub const SEED_ROOM: &str = "lobby";
+/// Messages replayed to a join that does not ask for a resume.
+pub const JOIN_HISTORY: usize = 50;
+
+/// One thing that happened in a room, serialized once for every receiver.
+#[derive(Debug)]
+pub struct Event {
+    /// Message id, or 0 for presence events.
+    pub id: u64,
+    /// The protocol v1 frame.
+    pub json: Utf8Bytes,
+    /// The seed protocol's `"N: text"` line, for messages in [`SEED_ROOM`] only.
+    pub seed: Option<Utf8Bytes>,
+}
+
+/// Events as they travel through a room channel.
+pub type EventRef = Arc<Event>;
+
+/// What a connection gives the hub so the hub can tell it that a resume took its place in a room.
+pub type Evictor = async_channel::Sender<Arc<str>>;
+
+/// Sizes the hub works within (from [`crate::Config`]).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub max_rooms: usize,
+    pub history: usize,
+    pub history_bytes: usize,
+    pub room_buffer: usize,
+    pub presence_cap: usize,
+}
+
+/// A `join` request, already checked for syntax.
+#[derive(Debug)]
+pub struct JoinRequest<'a> {
+    pub room: &'a str,
+    pub name: &'a str,
+    pub since: Option<u64>,
+    pub epoch: Option<u64>,
+    pub token: Option<&'a str>,
+    /// Id of the joining connection.
+    pub conn: u64,
+    pub evictor: &'a Evictor,
+}
+
+/// A successful join: the receiver for live events, and the `joined` frame to send before any
+/// of them (every live message has an id above the history in that frame).
+#[derive(Debug)]
+pub struct Joined {
+    pub room: Arc<str>,
+    pub rx: Receiver<EventRef>,
+    pub frame: String,
+}
+
+/// Why a join or say was refused (each maps to an `error` frame code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("that name is taken in this room")]
+    NameTaken,
+    #[error("you are already in this room")]
+    AlreadyJoined,
+    #[error("the server holds its maximum number of rooms")]
+    ServerFull,
+    #[error("you are not in this room")]
+    NotInRoom,
+}
+
+impl HubError {
+    pub fn code(self) -> &'static str {
+        use protocol::error_code::*;
+        match self {
+            HubError::NameTaken => NAME_TAKEN,
+            HubError::AlreadyJoined => ALREADY_JOINED,
+            HubError::ServerFull => SERVER_FULL,
+            HubError::NotInRoom => NOT_IN_ROOM,
+        }
+    }
+}
+
+/// Counts for `/stats` and for tests that check nothing leaks.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct HubStats {
+    pub rooms: usize,
+    pub members: usize,
+    /// Active broadcast receivers across all rooms; equals `members` when nothing leaks.
+    pub receivers: usize,
+    /// Messages published since start.
+    pub messages: u64,
+}
+
+/// All rooms of this node.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+}
+
+#[derive(Debug)]
+struct Room {
+    name: Arc<str>,
+    /// Changes whenever a room is created anew, so ids from an earlier life are not trusted.
+    epoch: u64,
+    tx: Sender<EventRef>,
+    /// Keeps the channel open while no member is in the room.
+    _keep_open: InactiveReceiver<EventRef>,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    next_id: u64,
+    history: VecDeque<EventRef>,
+    history_bytes: usize,
+    members: HashMap<Arc<str>, Member>,
+    /// When the last member left; the room that has been empty longest is evicted first.
+    empty_since: Option<Instant>,
+    published: u64,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: u64,
+    token: String,
+    evictor: Evictor,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a hub lock leaves consistent data (every update is a single step
+    // after its checks), so poisoning is not a reason to take the server down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            config,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Enters `req.name` into `req.room`, creating the room if needed.
+    pub fn join(&self, req: JoinRequest<'_>) -> Result<Joined, HubError> {
+        let room = self.room_for_join(req.room)?;
+        let mut st = lock(&room.state);
+        let token = match st.members.get(req.name) {
+            Some(m) if m.conn == req.conn => return Err(HubError::AlreadyJoined),
+            Some(m) if req.token.is_some_and(|t| t == m.token) => {
+                // A resume: the old connection is probably half dead. It loses the room quietly
+                // (no presence: the person never left) and is told so if it is still there.
+                let old = st.members.remove(req.name).expect("checked above");
+                let _ = old.evictor.try_send(room.name.clone());
+                new_token()
+            }
+            Some(_) => return Err(HubError::NameTaken),
+            None => {
+                if st.members.len() < self.config.presence_cap {
+                    let frame = PresenceFrame {
+                        room: &room.name,
+                        name: req.name,
+                        event: "joined",
+                    };
+                    broadcast(&room.tx, 0, protocol::to_text(&frame), None);
+                }
+                new_token()
+            }
+        };
+        let name: Arc<str> = req.name.into();
+        st.members.insert(
+            name.clone(),
+            Member {
+                conn: req.conn,
+                token: token.clone(),
+                evictor: req.evictor.clone(),
+            },
+        );
+        st.empty_since = None;
+        let rx = room.tx.new_receiver();
+
+        let last_id = st.next_id - 1;
+        let oldest = st.history.front().map_or(st.next_id, |e| e.id);
+        let (history, recovered): (Vec<EventRef>, bool) = match req.since {
+            Some(since) if req.epoch == Some(room.epoch) && since <= last_id => {
+                let from = st.history.partition_point(|e| e.id <= since);
+                (
+                    st.history.range(from..).cloned().collect(),
+                    since + 1 >= oldest,
+                )
+            }
+            _ => {
+                let skip = st.history.len().saturating_sub(JOIN_HISTORY);
+                (st.history.range(skip..).cloned().collect(), false)
+            }
+        };
+        let members: Vec<String> = st
+            .members
+            .keys()
+            .take(self.config.presence_cap)
+            .map(|n| n.to_string())
+            .collect();
+        let member_count = st.members.len();
+        drop(st);
+
+        let raw: Vec<&RawValue> = history
+            .iter()
+            // unwrap: history holds frames this module serialized from `MessageFrame`.
+            .map(|e| serde_json::from_str(e.json.as_str()).unwrap())
+            .collect();
+        let frame = protocol::to_text(&ServerFrame::Joined {
+            room: &room.name,
+            name: &name,
+            epoch: room.epoch,
+            token: &token,
+            members: &members,
+            member_count,
+            history: raw,
+            recovered,
+            last_id,
+        });
+        Ok(Joined {
+            room: room.name.clone(),
+            rx,
+            frame,
+        })
+    }
+
+    /// Removes `name` from `room` if connection `conn` holds it. Idempotent.
+    pub fn leave(&self, room: &str, name: &str, conn: u64) {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else {
+            return;
+        };
+        let mut st = lock(&room.state);
+        if st.members.get(name).is_none_or(|m| m.conn != conn) {
+            return;
+        }
+        st.members.remove(name);
+        if st.members.is_empty() {
+            st.empty_since = Some(Instant::now());
+        }
+        if st.members.len() < self.config.presence_cap {
+            let frame = PresenceFrame {
+                room: &room.name,
+                name,
+                event: "left",
+            };
+            broadcast(&room.tx, 0, protocol::to_text(&frame), None);
+        }
+    }
+
+    /// Publishes a message from `name` (held by `conn`) to everyone in `room`; returns its id.
+    pub fn say(
+        &self,
+        room: &str,
+        name: &str,
+        conn: u64,
+        text: &str,
+        reference: Option<&str>,
+    ) -> Result<u64, HubError> {
+        let room = lock(&self.rooms)
+            .get(room)
+            .cloned()
+            .ok_or(HubError::NotInRoom)?;
+        let mut st = lock(&room.state);
+        if st.members.get(name).is_none_or(|m| m.conn != conn) {
+            return Err(HubError::NotInRoom);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.published += 1;
+        let json = protocol::to_text(&MessageFrame {
+            room: &room.name,
+            id,
+            from: name,
+            text,
+            ts: unix_millis(),
+            reference,
+        });
+        let seed = (&*room.name == SEED_ROOM).then(|| Utf8Bytes::from(format!("{name}: {text}")));
+        let event = broadcast(&room.tx, id, json, seed);
+        st.history_bytes += event.json.len();
+        st.history.push_back(event);
+        while st.history.len() > self.config.history
+            || (st.history_bytes > self.config.history_bytes && st.history.len() > 1)
+        {
+            // unwrap: the loop condition says history is not empty.
+            let old = st.history.pop_front().unwrap();
+            st.history_bytes -= old.json.len();
+        }
+        Ok(id)
+    }
+
+    /// Counts rooms, members and receivers.
+    pub fn stats(&self) -> HubStats {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let mut stats = HubStats {
+            rooms: rooms.len(),
+            ..HubStats::default()
+        };
+        for room in rooms {
+            let st = lock(&room.state);
+            stats.members += st.members.len();
+            stats.messages += st.published;
+            stats.receivers += room.tx.receiver_count();
+        }
+        stats
+    }
+
+    /// Finds or creates a room, evicting the longest-empty room when the hub is full.
+    fn room_for_join(&self, name: &str) -> Result<Arc<Room>, HubError> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        if rooms.len() >= self.config.max_rooms {
+            let victim = rooms
+                .iter()
+                .filter_map(|(k, r)| lock(&r.state).empty_since.map(|t| (t, k.clone())))
+                .min()
+                .map(|(_, k)| k)
+                .ok_or(HubError::ServerFull)?;
+            rooms.remove(&victim);
+        }
+        let (mut tx, rx) = async_broadcast::broadcast(self.config.room_buffer);
+        // A receiver that falls behind loses the oldest events (and is then closed as a slow
+        // consumer) instead of making the publisher wait.
+        tx.set_overflow(true);
+        tx.set_await_active(false);
+        let name: Arc<str> = name.into();
+        let room = Arc::new(Room {
+            name: name.clone(),
+            epoch: fastrand::u64(1..1 << 53),
+            tx,
+            _keep_open: rx.deactivate(),
+            state: Mutex::new(RoomState {
+                next_id: 1,
+                history: VecDeque::new(),
+                history_bytes: 0,
+                members: HashMap::new(),
+                empty_since: Some(Instant::now()),
+                published: 0,
+            }),
+        });
+        rooms.insert(name, room.clone());
+        Ok(room)
+    }
+}
+
+/// Sends an event to every receiver without waiting; returns it for history.
+fn broadcast(tx: &Sender<EventRef>, id: u64, json: String, seed: Option<Utf8Bytes>) -> EventRef {
+    let event = Arc::new(Event {
+        id,
+        json: json.into(),
+        seed,
+    });
+    match tx.try_broadcast(event.clone()) {
+        // Overflow mode never reports Full; Inactive means nobody listens, which is fine.
+        Ok(_) | Err(TrySendError::Inactive(_)) | Err(TrySendError::Closed(_)) => {}
+        Err(TrySendError::Full(_)) => log::error!("room channel full despite overflow mode"),
+    }
+    event
+}
+
+/// A resume token: 128 random bits, hex.
+fn new_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}

@@ -1,0 +1,120 @@
+//! tidechat: a real-time websocket chat and fan-out server on tide and async-std.
+//!
+//! # Layout
+//! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
+//! - [`protocol`]: wire types of protocol v1 and the close codes.
+//! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
+//! - [`session`]: one connection: the reader and the single writer that owns the socket.
+//! - [`ws`]: the websocket upgrade on tide (handshake, Origin allowlist, connection cap).
+//! - [`server`]: accept loop, shared state, graceful shutdown.
+//! - [`limits`]: name/room syntax and the per-connection token bucket.
+//! - [`logging`]: pretty or JSON log lines.
+//!
+//! Tests and embedders start a server with [`run`] on a listener they bound themselves, or with
+//! [`Server`] when they also want to look at its state.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod hub;
+pub mod limits;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod ws;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_std::net::TcpListener;
+
+pub use config::Config;
+use server::State;
+use session::Mode;
+
+/// Security headers for every HTTP response. The page loads nothing from elsewhere and runs no
+/// inline script, so the policy can be strict; `/classic.html` (the original demo page, which has
+/// an inline script) is the one exception.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`.
+pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
+    let static_dir = state.config.static_dir.clone();
+    let mut app = tide::with_state(state);
+    app.with(tide::utils::After(|mut res: tide::Response| async move {
+        res.insert_header("X-Content-Type-Options", "nosniff");
+        res.insert_header("Referrer-Policy", "no-referrer");
+        Ok(res)
+    }));
+    app.with(content_security_policy);
+    app.at("/ws").get(|req| ws::upgrade(req, Mode::V1));
+    app.at("/chatSocket")
+        .get(|req| ws::upgrade(req, Mode::Seed));
+    app.at("/stats")
+        .get(|req: tide::Request<Arc<State>>| async move {
+            Ok(tide::Body::from_json(&req.state().stats())?)
+        });
+    app.at("/")
+        .serve_file(static_dir.join("index.html"))
+        .map_err(|e| static_error(&static_dir, e))?;
+    app.at("/")
+        .serve_dir(&static_dir)
+        .map_err(|e| static_error(&static_dir, e))?;
+    Ok(app)
+}
+
+fn content_security_policy<'a>(
+    req: tide::Request<Arc<State>>,
+    next: tide::Next<'a, Arc<State>>,
+) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
+    Box::pin(async move {
+        let classic = req.url().path() == "/classic.html";
+        let mut res = next.run(req).await;
+        if !classic {
+            res.insert_header("Content-Security-Policy", CSP);
+        }
+        Ok(res)
+    })
+}
+
+fn static_error(dir: &std::path::Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("static directory {}: {e}", dir.display()))
+}
+
+/// A server that has not started yet; [`Server::state`] stays usable while it runs.
+pub struct Server {
+    state: Arc<State>,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Self {
+        Self {
+            state: Arc::new(State::new(config)),
+        }
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves; see [`server::serve`].
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        server::serve(listener, self.state, shutdown).await
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then closes every connection.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    Server::new(config).run(listener, shutdown).await
+}

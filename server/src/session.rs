@@ -1,0 +1,617 @@
+//! One websocket connection: a reader that handles what the client sends, and the single writer
+//! that owns the socket's write half.
+//!
+//! Both run as two futures inside the connection's one task (less memory than two tasks). The
+//! reader tells the writer what to send through a small bounded channel; the writer also forwards
+//! the events of every room the connection is in, batching whatever is ready into one flush.
+//! Whichever side ends first ends the connection: the reader because the client left or broke a
+//! rule (the writer then sends the close frame), the writer because the socket failed, fell
+//! behind (4008), went idle (4000) or the server is shutting down (1001).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_broadcast::{Receiver, RecvError};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::WebSocketStream;
+use futures::future::{self, Either};
+use futures::{AsyncRead, AsyncWrite, FutureExt, SinkExt, Stream, StreamExt};
+
+use crate::hub::{EventRef, HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::limits::{valid_name, valid_room, TokenBucket};
+use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
+use crate::server::State;
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Protocol v1 (JSON) on `/ws`.
+    V1,
+    /// The original demo's plain text on `/chatSocket`: text in, `"N: text"` out, room `lobby`.
+    Seed,
+}
+
+/// Frames the writer may send in one flush before it looks at its inputs again.
+const MAX_BATCH: usize = 256;
+/// Reader-to-writer queue; when full the reader waits, so a client that floods requests but
+/// does not read replies is held back instead of growing memory.
+const CONTROL_CAPACITY: usize = 16;
+/// Time the writer gets to flush a final close frame after the reader has ended.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Longest `ref` a client may attach.
+const MAX_REF_CHARS: usize = 64;
+
+/// What the reader asks the writer to do.
+enum Out {
+    Text(Utf8Bytes),
+    /// Send the `joined` frame, then forward the room's events.
+    Subscribe(Joined),
+    /// Stop forwarding a room and say so with a `left` frame.
+    Unsubscribe {
+        room: Arc<str>,
+        reason: &'static str,
+    },
+    Close(u16, &'static str),
+}
+
+/// Why a connection ended (logged at info).
+#[derive(Debug)]
+enum Ending {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The socket ended or failed without a close handshake.
+    Gone(String),
+    /// The server closed it with this code.
+    Closed(u16, &'static str),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::ClientClosed => write!(f, "client closed"),
+            Ending::Gone(e) => write!(f, "connection lost: {e}"),
+            Ending::Closed(code, reason) => write!(f, "closed by server: {code} {reason}"),
+        }
+    }
+}
+
+/// A room this connection is in, under which name.
+struct Membership {
+    room: Arc<str>,
+    name: Arc<str>,
+}
+
+/// Runs a connection to its end and releases everything it held in the hub.
+pub async fn run<S>(ws: WebSocketStream<S>, state: Arc<State>, mode: Mode, conn: u64, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    log::info!("connect #{conn} {peer} {mode:?}");
+    let (sink, stream) = ws.split();
+    let (ctl_tx, ctl_rx) = async_channel::bounded(CONTROL_CAPACITY);
+    let (evict_tx, evict_rx) = async_channel::bounded(state.config.max_rooms_per_connection);
+    let started = Instant::now();
+    let last_seen = AtomicU64::new(0);
+    let mut memberships: Vec<Membership> = Vec::new();
+
+    let ending = {
+        let reader = Reader {
+            state: &state,
+            mode,
+            conn,
+            ctl: ctl_tx,
+            evictor: evict_tx,
+            memberships: &mut memberships,
+            started,
+            last_seen: &last_seen,
+            bucket: TokenBucket::new(state.config.rate, state.config.burst),
+            strikes: 0,
+        }
+        .run(stream, evict_rx);
+        let writer = Writer {
+            state: &state,
+            mode,
+            subs: Vec::new(),
+            started,
+            last_seen: &last_seen,
+        }
+        .run(sink, ctl_rx);
+        futures::pin_mut!(reader, writer);
+        match future::select(reader, writer).await {
+            Either::Left((ending, writer)) => {
+                // The writer flushes the close (ours or tungstenite's reply) and then stops.
+                let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
+                ending
+            }
+            Either::Right((ending, _reader)) => ending,
+        }
+    };
+    for m in &memberships {
+        state.hub.leave(&m.room, &m.name, conn);
+    }
+    log::info!("disconnect #{conn} {peer}: {ending}");
+}
+
+struct Reader<'a> {
+    state: &'a State,
+    mode: Mode,
+    conn: u64,
+    ctl: async_channel::Sender<Out>,
+    evictor: async_channel::Sender<Arc<str>>,
+    memberships: &'a mut Vec<Membership>,
+    started: Instant,
+    last_seen: &'a AtomicU64,
+    bucket: TokenBucket,
+    strikes: u32,
+}
+
+/// What handling one client frame decided.
+type Step = Result<(), Ending>;
+
+impl Reader<'_> {
+    async fn run<R>(mut self, mut stream: R, evictions: async_channel::Receiver<Arc<str>>) -> Ending
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let ending = match self.start().await {
+            Ok(()) => loop {
+                let next = futures::select_biased! {
+                    room = evictions.recv().fuse() => Either::Left(room),
+                    msg = stream.next().fuse() => Either::Right(msg),
+                };
+                let step = match next {
+                    Either::Left(Ok(room)) => self.evicted(room).await,
+                    Either::Left(Err(_)) => Ok(()),
+                    Either::Right(msg) => self.frame(msg).await,
+                };
+                if let Err(ending) = step {
+                    break ending;
+                }
+            },
+            Err(ending) => ending,
+        };
+        if let Ending::Closed(code, reason) = ending {
+            let _ = self.ctl.send(Out::Close(code, reason)).await;
+        }
+        ending
+    }
+
+    async fn start(&mut self) -> Step {
+        match self.mode {
+            Mode::V1 => self.send(Out::Text(self.state.hello.clone())).await,
+            Mode::Seed => {
+                let name = self.conn.to_string();
+                match self.join(SEED_ROOM, &name, None, None, None) {
+                    Ok(joined) => self.send(Out::Subscribe(joined)).await,
+                    Err(e) => Err(Ending::Gone(format!("cannot enter {SEED_ROOM}: {e}"))),
+                }
+            }
+        }
+    }
+
+    async fn send(&self, out: Out) -> Step {
+        self.ctl
+            .send(out)
+            .await
+            .map_err(|_| Ending::Gone("writer ended".into()))
+    }
+
+    async fn frame(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        let msg = match msg {
+            None => return Err(Ending::Gone("end of stream".into())),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(read_error(e)),
+        };
+        let millis = self.started.elapsed().as_millis() as u64;
+        self.last_seen.store(millis, Ordering::Relaxed);
+        match msg {
+            Message::Text(text) => {
+                if !self.bucket.take() {
+                    return self.rate_limited().await;
+                }
+                self.strikes = 0;
+                match self.mode {
+                    Mode::V1 => self.request(text.as_str()).await,
+                    Mode::Seed => self.seed_text(text.as_str()),
+                }
+            }
+            Message::Binary(_) => Err(Ending::Closed(
+                close::UNSUPPORTED_DATA,
+                "binary frames are not supported",
+            )),
+            Message::Close(_) => Err(Ending::ClientClosed),
+            // tungstenite answers pings itself; any frame counts as a sign of life.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn rate_limited(&mut self) -> Step {
+        self.strikes += 1;
+        if self.strikes > self.state.config.rate_strikes {
+            return Err(Ending::Closed(
+                close::POLICY_VIOLATION,
+                "rate limit exceeded",
+            ));
+        }
+        if self.mode == Mode::Seed {
+            return Ok(());
+        }
+        self.error(
+            error_code::RATE_LIMITED,
+            "you are sending too fast; this message was dropped",
+            None,
+            None,
+        )
+        .await
+    }
+
+    async fn error(
+        &self,
+        code: &str,
+        message: &str,
+        room: Option<&str>,
+        reference: Option<&str>,
+    ) -> Step {
+        let frame = ServerFrame::Error {
+            code,
+            message,
+            room,
+            reference,
+        };
+        self.send(Out::Text(protocol::to_text(&frame).into())).await
+    }
+
+    async fn request(&mut self, text: &str) -> Step {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let message = format!("not a protocol v1 frame: {e}");
+                return self
+                    .error(error_code::BAD_REQUEST, &message, None, None)
+                    .await;
+            }
+        };
+        match frame {
+            ClientFrame::Join {
+                room,
+                name,
+                since,
+                epoch,
+                token,
+            } => {
+                self.v1_join(&room, &name, since, epoch, token.as_deref())
+                    .await
+            }
+            ClientFrame::Leave { room } => self.leave(&room).await,
+            ClientFrame::Say {
+                room,
+                text,
+                reference,
+            } => self.say(&room, &text, reference.as_deref()).await,
+            ClientFrame::Ping { reference } => {
+                if reference
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > MAX_REF_CHARS)
+                {
+                    return self
+                        .error(error_code::BAD_REQUEST, "ref is too long", None, None)
+                        .await;
+                }
+                let pong = ServerFrame::Pong {
+                    reference: reference.as_deref(),
+                };
+                self.send(Out::Text(protocol::to_text(&pong).into())).await
+            }
+        }
+    }
+
+    async fn v1_join(
+        &mut self,
+        room: &str,
+        name: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        token: Option<&str>,
+    ) -> Step {
+        if !valid_room(room) {
+            let msg = "room names are 1-64 letters, digits, _ or -";
+            return self.error(error_code::INVALID_ROOM, msg, None, None).await;
+        }
+        if !valid_name(name) {
+            let msg = "names are 1-32 letters, digits, spaces, _ - or ., not only digits";
+            return self
+                .error(error_code::INVALID_NAME, msg, Some(room), None)
+                .await;
+        }
+        if self.memberships.iter().any(|m| &*m.room == room) {
+            let e = HubError::AlreadyJoined;
+            return self.error(e.code(), &e.to_string(), Some(room), None).await;
+        }
+        if self.memberships.len() >= self.state.config.max_rooms_per_connection {
+            let msg = "you are in the maximum number of rooms; leave one first";
+            return self
+                .error(error_code::TOO_MANY_ROOMS, msg, Some(room), None)
+                .await;
+        }
+        match self.join(room, name, since, epoch, token) {
+            Ok(joined) => self.send(Out::Subscribe(joined)).await,
+            Err(e) => self.error(e.code(), &e.to_string(), Some(room), None).await,
+        }
+    }
+
+    fn join(
+        &mut self,
+        room: &str,
+        name: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        token: Option<&str>,
+    ) -> Result<Joined, HubError> {
+        let joined = self.state.hub.join(JoinRequest {
+            room,
+            name,
+            since,
+            epoch,
+            token,
+            conn: self.conn,
+            evictor: &self.evictor,
+        })?;
+        self.memberships.push(Membership {
+            room: joined.room.clone(),
+            name: name.into(),
+        });
+        Ok(joined)
+    }
+
+    async fn leave(&mut self, room: &str) -> Step {
+        let Some(i) = self.memberships.iter().position(|m| &*m.room == room) else {
+            let e = HubError::NotInRoom;
+            return self.error(e.code(), &e.to_string(), Some(room), None).await;
+        };
+        let m = self.memberships.swap_remove(i);
+        self.state.hub.leave(&m.room, &m.name, self.conn);
+        self.send(Out::Unsubscribe {
+            room: m.room,
+            reason: "left",
+        })
+        .await
+    }
+
+    /// The hub gave this connection's place in `room` to a resuming connection.
+    async fn evicted(&mut self, room: Arc<str>) -> Step {
+        self.memberships.retain(|m| m.room != room);
+        self.send(Out::Unsubscribe {
+            room,
+            reason: error_code::REPLACED,
+        })
+        .await
+    }
+
+    async fn say(&mut self, room: &str, text: &str, reference: Option<&str>) -> Step {
+        if reference.is_some_and(|r| r.chars().count() > MAX_REF_CHARS) {
+            return self
+                .error(error_code::BAD_REQUEST, "ref is too long", Some(room), None)
+                .await;
+        }
+        let problem = if text.trim().is_empty() {
+            Some((
+                error_code::EMPTY_TEXT,
+                "empty messages are not sent".to_string(),
+            ))
+        } else if text.len() > self.state.config.max_text_bytes {
+            let max = self.state.config.max_text_bytes;
+            Some((
+                error_code::TEXT_TOO_LONG,
+                format!("messages are limited to {max} bytes"),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, msg)) = problem {
+            return self.error(code, &msg, Some(room), reference).await;
+        }
+        let Some(m) = self.memberships.iter().find(|m| &*m.room == room) else {
+            let e = HubError::NotInRoom;
+            return self
+                .error(e.code(), &e.to_string(), Some(room), reference)
+                .await;
+        };
+        match self
+            .state
+            .hub
+            .say(room, &m.name, self.conn, text, reference)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.error(e.code(), &e.to_string(), Some(room), reference)
+                    .await
+            }
+        }
+    }
+
+    /// A line from a `/chatSocket` client: relayed to the lobby like the original demo did.
+    fn seed_text(&mut self, text: &str) -> Step {
+        if text.len() > self.state.config.max_text_bytes {
+            log::debug!("#{}: seed message over the text limit dropped", self.conn);
+            return Ok(());
+        }
+        if let Some(m) = self.memberships.first() {
+            // A seed connection is only ever in the lobby; a failure means it was removed.
+            if let Err(e) = self.state.hub.say(&m.room, &m.name, self.conn, text, None) {
+                return Err(Ending::Gone(format!("lobby: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps a read error to the close the client gets (tungstenite reports, but does not send it).
+fn read_error(e: WsError) -> Ending {
+    use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. })
+        | WsError::Capacity(CapacityError::TooManyHeaders) => {
+            Ending::Closed(close::MESSAGE_TOO_BIG, "message too big")
+        }
+        WsError::Utf8(_) => Ending::Closed(close::INVALID_PAYLOAD, "invalid UTF-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Ending::Gone("reset without closing handshake".into())
+        }
+        WsError::Protocol(p) => {
+            log::debug!("protocol error: {p}");
+            Ending::Closed(close::PROTOCOL_ERROR, "protocol error")
+        }
+        other => Ending::Gone(other.to_string()),
+    }
+}
+
+struct Writer<'a> {
+    state: &'a State,
+    mode: Mode,
+    subs: Vec<(Arc<str>, Receiver<EventRef>)>,
+    started: Instant,
+    last_seen: &'a AtomicU64,
+}
+
+/// One thing the writer reacts to.
+enum Input {
+    Ctl(Option<Out>),
+    Event(usize, Option<Result<EventRef, RecvError>>),
+    Tick,
+    Shutdown,
+}
+
+/// What handling one input decided.
+enum Then {
+    Continue,
+    /// Flush what is queued, then end.
+    End(Ending),
+}
+
+impl<'a> Writer<'a> {
+    async fn run<W>(mut self, mut sink: W, ctl: async_channel::Receiver<Out>) -> Ending
+    where
+        W: futures::Sink<Message, Error = WsError> + Unpin,
+    {
+        let state: &'a State = self.state;
+        let mut ticks = async_io::Timer::interval(state.config.ping_interval);
+        let mut shutdown = state.shutdown_listener();
+        futures::pin_mut!(ctl);
+        let mut batch: Vec<Message> = Vec::new();
+        loop {
+            let first =
+                future::poll_fn(|cx| self.poll_input(cx, ctl.as_mut(), &mut ticks, &mut shutdown))
+                    .await;
+            let mut then = self.apply(first, &mut batch);
+            // Drain what is already ready, without registering interest, into the same flush.
+            while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
+                let noop = &mut Context::from_waker(futures::task::noop_waker_ref());
+                match self.poll_input(noop, ctl.as_mut(), &mut ticks, &mut shutdown) {
+                    Poll::Ready(input) => then = self.apply(input, &mut batch),
+                    Poll::Pending => break,
+                }
+            }
+            let write = async {
+                for msg in batch.drain(..) {
+                    sink.feed(msg).await?;
+                }
+                sink.flush().await
+            };
+            match async_std::future::timeout(self.state.config.write_timeout, write).await {
+                Err(_) => return Ending::Closed(close::SLOW_CONSUMER, "write timeout"),
+                Ok(Err(e)) => return Ending::Gone(e.to_string()),
+                Ok(Ok(())) => {}
+            }
+            if let Then::End(ending) = then {
+                return ending;
+            }
+        }
+    }
+
+    fn poll_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctl: Pin<&mut async_channel::Receiver<Out>>,
+        ticks: &mut async_io::Timer,
+        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Poll<Input> {
+        if shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Input::Shutdown);
+        }
+        if let Poll::Ready(out) = ctl.poll_next(cx) {
+            return Poll::Ready(Input::Ctl(out));
+        }
+        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
+            if let Poll::Ready(ev) = Pin::new(rx).poll_recv(cx) {
+                return Poll::Ready(Input::Event(i, ev));
+            }
+        }
+        if ticks.poll_next_unpin(cx).is_ready() {
+            return Poll::Ready(Input::Tick);
+        }
+        Poll::Pending
+    }
+
+    fn apply(&mut self, input: Input, batch: &mut Vec<Message>) -> Then {
+        match input {
+            Input::Event(_, Some(Ok(ev))) => {
+                let text = match self.mode {
+                    Mode::V1 => Some(ev.json.clone()),
+                    Mode::Seed => ev.seed.clone(),
+                };
+                batch.extend(text.map(Message::Text));
+            }
+            Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
+                log::debug!("receiver lagged by {n} events");
+                return self.close(batch, close::SLOW_CONSUMER, "slow consumer");
+            }
+            Input::Event(i, Some(Err(RecvError::Closed)) | None) => {
+                self.subs.swap_remove(i);
+            }
+            Input::Ctl(Some(Out::Text(text))) => batch.push(Message::Text(text)),
+            Input::Ctl(Some(Out::Subscribe(joined))) => {
+                if self.mode == Mode::V1 {
+                    batch.push(Message::Text(joined.frame.into()));
+                }
+                self.subs.push((joined.room, joined.rx));
+            }
+            Input::Ctl(Some(Out::Unsubscribe { room, reason })) => {
+                self.subs.retain(|(r, _)| *r != room);
+                let left = ServerFrame::Left {
+                    room: &room,
+                    reason,
+                };
+                batch.push(Message::Text(protocol::to_text(&left).into()));
+            }
+            Input::Ctl(Some(Out::Close(code, reason))) => {
+                return self.close(batch, code, reason);
+            }
+            // The reader ended without asking for a close: flush tungstenite's close reply.
+            Input::Ctl(None) => return Then::End(Ending::Gone("reader ended".into())),
+            Input::Tick => {
+                let idle = self.started.elapsed().as_millis() as u64
+                    - self.last_seen.load(Ordering::Relaxed);
+                if Duration::from_millis(idle) > self.state.config.idle_timeout {
+                    return self.close(batch, close::IDLE_TIMEOUT, "idle timeout");
+                }
+                batch.push(Message::Ping(Default::default()));
+            }
+            Input::Shutdown => return self.close(batch, close::GOING_AWAY, "server shutting down"),
+        }
+        Then::Continue
+    }
+
+    fn close(&mut self, batch: &mut Vec<Message>, code: u16, reason: &'static str) -> Then {
+        batch.push(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })));
+        Then::End(Ending::Closed(code, reason))
+    }
+}

@@ -1,0 +1,179 @@
+//! Test harness: a real tidechat on 127.0.0.1:0 and real websocket clients.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_std::net::{TcpListener, TcpStream};
+use async_std::task::JoinHandle;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tidechat::server::State;
+use tidechat::{Config, Server};
+
+/// Generous bound for anything a test waits on; never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub state: Arc<State>,
+    stop: async_channel::Sender<()>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(config);
+        let state = server.state();
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let task = async_std::task::spawn(server.run(listener, async move {
+            let _ = stopped.recv().await;
+        }));
+        TestServer {
+            addr,
+            state,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn default() -> Self {
+        Self::start(Config::default()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Opens a raw websocket to `path` (no hello consumed).
+    pub async fn connect_raw(&self, path: &str) -> Ws {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (ws, _) = async_tungstenite::client_async(self.url(path), stream)
+            .await
+            .unwrap();
+        ws
+    }
+
+    /// Opens `/ws` and reads the hello frame.
+    pub async fn connect(&self) -> Client {
+        let mut c = Client {
+            ws: self.connect_raw("/ws").await,
+        };
+        let hello = c.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        c
+    }
+
+    /// Connects and joins `room` as `name`, returning the client and its `joined` frame.
+    pub async fn join(&self, room: &str, name: &str) -> (Client, Value) {
+        let mut c = self.connect().await;
+        let joined = c.join(room, name).await;
+        (c, joined)
+    }
+
+    /// Polls `/stats` until `pred` holds (bounded by PATIENCE).
+    pub async fn wait_stats(&self, what: &str, pred: impl Fn(&tidechat::server::Stats) -> bool) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let stats = self.state.stats();
+            if pred(&stats) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {stats:?}"
+            );
+            async_std::task::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.try_send(());
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::Text(t.into())).await.unwrap();
+    }
+
+    /// Next frame of any kind, bounded by PATIENCE.
+    pub async fn next(&mut self) -> Option<Message> {
+        async_std::future::timeout(PATIENCE, self.ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .map(|r| r.expect("read error"))
+    }
+
+    /// Next text frame as JSON (pings are skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Some(Message::Text(t)) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Message::Ping(_)) | Some(Message::Pong(_)) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next frame of the given type, skipping others (e.g. presence).
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str, name: &str) -> Value {
+        self.send(json!({"type": "join", "room": room, "name": name}))
+            .await;
+        let v = self.recv().await;
+        assert_eq!(v["type"], "joined", "{v}");
+        v
+    }
+
+    pub async fn say(&mut self, room: &str, text: &str) {
+        self.send(json!({"type": "say", "room": room, "text": text}))
+            .await;
+    }
+
+    /// Waits for the close frame and returns its code; the stream may end without one only if
+    /// `None` is acceptable to the caller.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.next().await {
+                Some(Message::Close(frame)) => return frame.map(|f: CloseFrame| u16::from(f.code)),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    }
+}
+
+pub fn request(url: &str) -> async_tungstenite::tungstenite::handshake::client::Request {
+    url.into_client_request().unwrap()
+}
