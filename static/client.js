@@ -1,0 +1,359 @@
+// The tidechat protocol v1 client: one websocket, the rooms it is in, reconnection with
+// exponential backoff and jitter, resume with `since` (nothing lost, nothing twice), a queue of
+// messages typed while offline, and pacing under the server's rate limit.
+//
+// It knows nothing about the page: it emits events (see `emit` calls) that app.js renders.
+
+/** First reconnect delay; doubles each failed attempt up to RECONNECT_MAX_MS. */
+export const RECONNECT_BASE_MS = 1000;
+/** Longest wait between reconnect attempts. */
+export const RECONNECT_MAX_MS = 30000;
+/** A connection that stayed up this long resets the backoff. */
+const STABLE_MS = 5000;
+/** Interval of application pings while online; a silent server is declared dead after PONG_TIMEOUT_MS. */
+const PING_INTERVAL_MS = 25000;
+const PONG_TIMEOUT_MS = 10000;
+
+/** Room names: the server's rule (1-64 of A-Z a-z 0-9 _ -). */
+const ROOM_RE = /^[A-Za-z0-9_-]+$/;
+/** Names: letters and digits of any script, space, `_ - .`; not only digits; no outer spaces. */
+const NAME_RE = /^[\p{Alphabetic}\p{N} _.-]+$/u;
+
+const utf8 = new TextEncoder();
+
+/** Bytes of `text` in UTF-8, as the server counts `max_text_bytes`. */
+export function textBytes(text) {
+  return utf8.encode(text).length;
+}
+
+/** Why `room` is not a valid room name, or null when it is. */
+export function roomProblem(room, limits) {
+  const max = limits?.max_room_chars ?? 64;
+  if (!room) return "Enter a room name.";
+  if (room.length > max) return `Room names are at most ${max} characters.`;
+  if (!ROOM_RE.test(room)) return "Room names use only letters A-Z, digits, _ and -.";
+  return null;
+}
+
+/** Why `name` is not a valid user name, or null when it is. */
+export function nameProblem(name, limits) {
+  const max = limits?.max_name_chars ?? 32;
+  const chars = [...name].length;
+  if (!name) return "Enter a name.";
+  if (name.trim() !== name) return "Names cannot start or end with a space.";
+  if (chars > max) return `Names are at most ${max} characters.`;
+  if (!NAME_RE.test(name)) return "Names use letters, digits, spaces and _ - . only.";
+  if (/^[0-9]+$/.test(name)) return "A name needs at least one letter.";
+  return null;
+}
+
+/** The websocket URL of this page's server: ws: for http:, wss: for https: (TLS proxies). */
+export function socketUrl(loc = window.location) {
+  const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${loc.host}/ws`;
+}
+
+/** Delay before reconnect attempt `attempt` (0-based): exponential, capped, "equal jitter". */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** attempt);
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+function nonce() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Per-room state kept across reconnects.
+ * @typedef {{name: string, joined: boolean, epoch: ?number, token: ?string, lastId: ?number,
+ *            pending: Array<{ref: string, text: string}>}} Room
+ */
+
+export class ChatClient extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url;
+    /** @type {Map<string, Room>} rooms we are in or want to be in, in join order */
+    this.rooms = new Map();
+    this.limits = null;
+    this.state = "idle";
+    this.ws = null;
+    this.attempt = 0;
+    this.retryAt = 0;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.pongTimer = null;
+    this.onlineSince = 0;
+    /** frames waiting for the rate limiter */
+    this.outbox = [];
+    this.drainTimer = null;
+    this.tokens = 0;
+    this.tokensAt = 0;
+    window.addEventListener("online", () => this.reconnectNow());
+    window.addEventListener("offline", () => {
+      if (this.state !== "online") this.setState("offline");
+    });
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  setState(state) {
+    this.state = state;
+    this.emit("state", { state, retryAt: this.retryAt, attempt: this.attempt });
+  }
+
+  /** Opens the connection (once); later drops reconnect by themselves. */
+  start() {
+    if (this.state === "idle") this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting-now");
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      this.dropped(null, String(e));
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (ev) => this.onFrame(ev.data);
+    ws.onclose = (ev) => this.dropped(ws, ev.reason || `code ${ev.code}`, ev.code);
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  /** The socket is gone (or never opened): schedule the next attempt. */
+  dropped(ws, reason, code) {
+    if (ws && ws !== this.ws) return;
+    if (this.ws) {
+      this.ws.onmessage = this.ws.onclose = this.ws.onerror = null;
+    }
+    this.ws = null;
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+    clearTimeout(this.drainTimer);
+    this.drainTimer = null;
+    this.outbox = [];
+    for (const room of this.rooms.values()) room.joined = false;
+    if (this.onlineSince && Date.now() - this.onlineSince >= STABLE_MS) this.attempt = 0;
+    this.onlineSince = 0;
+    const delay = backoffDelay(this.attempt);
+    this.attempt += 1;
+    this.retryAt = Date.now() + delay;
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+    this.emit("disconnected", { reason, code });
+    this.setState(navigator.onLine === false ? "offline" : "reconnecting");
+  }
+
+  /** Skips the rest of the backoff wait. */
+  reconnectNow() {
+    if (this.ws || this.state === "idle") return;
+    this.connect();
+  }
+
+  /** Closes a socket that stopped answering, without waiting for the browser's close handshake. */
+  abandon(reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    this.dropped(ws, reason);
+    try {
+      ws.close(4000, reason);
+    } catch {
+      /* already closing */
+    }
+  }
+
+  onFrame(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    clearTimeout(this.pongTimer);
+    switch (frame.type) {
+      case "hello":
+        return this.onHello(frame);
+      case "joined":
+        return this.onJoined(frame);
+      case "message":
+        return this.onMessage(frame, false);
+      case "presence":
+        return this.emit("presence", frame);
+      case "left":
+        return this.onLeft(frame);
+      case "error":
+        return this.onError(frame);
+      default:
+        return undefined; // pong and future frame types
+    }
+  }
+
+  onHello(frame) {
+    this.limits = frame.limits;
+    this.tokens = this.bucketSize();
+    this.tokensAt = performance.now();
+    this.onlineSince = Date.now();
+    this.retryAt = 0;
+    this.emit("limits", this.limits);
+    this.setState("online");
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => this.ping(), PING_INTERVAL_MS);
+    for (const room of this.rooms.values()) this.sendJoin(room);
+  }
+
+  ping() {
+    this.send({ type: "ping" });
+    clearTimeout(this.pongTimer);
+    this.pongTimer = setTimeout(() => this.abandon("no answer from the server"), PONG_TIMEOUT_MS);
+  }
+
+  sendJoin(room) {
+    const frame = { type: "join", room: room.name, name: room.as };
+    if (room.lastId !== null) {
+      frame.since = room.lastId;
+      frame.epoch = room.epoch;
+      frame.token = room.token;
+    }
+    this.send(frame);
+  }
+
+  /** Joins `room` as `name` (now, or as soon as the connection is up). */
+  join(room, name) {
+    if (this.rooms.has(room)) return;
+    this.rooms.set(room, {
+      name: room,
+      as: name,
+      joined: false,
+      epoch: null,
+      token: null,
+      lastId: null,
+      pending: [],
+    });
+    if (this.state === "online") this.sendJoin(this.rooms.get(room));
+  }
+
+  leave(room) {
+    const r = this.rooms.get(room);
+    if (!r) return;
+    this.rooms.delete(room);
+    if (r.joined) this.send({ type: "leave", room });
+  }
+
+  /** Queues `text` for `room`; returns the ref that the echo (or an error) will carry. */
+  say(room, text) {
+    const r = this.rooms.get(room);
+    if (!r) return null;
+    const item = { ref: nonce(), text };
+    r.pending.push(item);
+    if (r.joined) this.send({ type: "say", room, text, ref: item.ref });
+    return item.ref;
+  }
+
+  onJoined(frame) {
+    const r = this.rooms.get(frame.room);
+    if (!r) {
+      // We left while the join was in flight.
+      this.send({ type: "leave", room: frame.room });
+      return;
+    }
+    const resumed = r.lastId !== null;
+    const epochChanged = resumed && r.epoch !== frame.epoch;
+    if (epochChanged) r.lastId = 0; // a new id space: the server lost this room's history
+    r.joined = true;
+    r.epoch = frame.epoch;
+    r.token = frame.token;
+    r.as = frame.name;
+    this.emit("joined", {
+      room: frame.room,
+      name: frame.name,
+      members: frame.members,
+      memberCount: frame.member_count,
+      resumed,
+      recovered: frame.recovered,
+      epochChanged,
+    });
+    for (const m of frame.history) this.onMessage(m, true);
+    r.lastId = Math.max(r.lastId ?? 0, frame.last_id);
+    this.emit("synced", { room: frame.room });
+    // Whatever is still pending never reached the server (or died with it): send it now.
+    for (const item of r.pending) {
+      this.send({ type: "say", room: r.name, text: item.text, ref: item.ref });
+    }
+  }
+
+  onMessage(m, fromHistory) {
+    const r = this.rooms.get(m.room);
+    if (!r) return;
+    if (r.lastId !== null && m.id <= r.lastId) return; // seen before this reconnect
+    r.lastId = m.id;
+    const own = m.from === r.as;
+    if (own && m.ref) {
+      const i = r.pending.findIndex((p) => p.ref === m.ref);
+      if (i >= 0) r.pending.splice(i, 1);
+    }
+    this.emit("message", { ...m, own, fromHistory });
+  }
+
+  onLeft(frame) {
+    const r = this.rooms.get(frame.room);
+    if (frame.reason !== "left" && r) {
+      this.rooms.delete(frame.room);
+    }
+    this.emit("left", frame);
+  }
+
+  onError(frame) {
+    if (frame.room && frame.ref) {
+      const r = this.rooms.get(frame.room);
+      if (r) r.pending = r.pending.filter((p) => p.ref !== frame.ref);
+    }
+    const joinFailed =
+      frame.room &&
+      !frame.ref &&
+      ["name_taken", "invalid_name", "invalid_room", "too_many_rooms", "server_full"].includes(frame.code);
+    if (joinFailed) this.rooms.delete(frame.room);
+    this.emit("servererror", { ...frame, joinFailed });
+  }
+
+  bucketSize() {
+    return Math.max(1, (this.limits?.rate_burst ?? 1) - 1);
+  }
+
+  /** Sends a frame now if the rate limit allows, else queues it behind the others. */
+  send(frame) {
+    if (!this.ws || this.state !== "online") return;
+    this.outbox.push(JSON.stringify(frame));
+    this.drain();
+  }
+
+  drain() {
+    if (this.drainTimer) return;
+    const rate = Math.max(0.1, (this.limits?.rate_per_sec ?? 1) * 0.9);
+    while (this.outbox.length && this.ws) {
+      const now = performance.now();
+      this.tokens = Math.min(this.bucketSize(), this.tokens + ((now - this.tokensAt) / 1000) * rate);
+      this.tokensAt = now;
+      if (this.tokens < 1) {
+        const wait = ((1 - this.tokens) / rate) * 1000;
+        this.drainTimer = setTimeout(() => {
+          this.drainTimer = null;
+          this.drain();
+        }, Math.ceil(wait));
+        return;
+      }
+      this.tokens -= 1;
+      this.ws.send(this.outbox.shift());
+    }
+  }
+
+  /** Pending (unconfirmed) messages of a room, oldest first. */
+  pendingOf(room) {
+    return this.rooms.get(room)?.pending ?? [];
+  }
+}
