@@ -100,6 +100,7 @@ function renderState() {
   const { state } = client;
   const shown = state === "reconnecting-now" ? "reconnecting" : state;
   ui.conn.dataset.state = shown;
+  document.body.dataset.conn = shown;
   ui.reconnectNow.hidden = !(state === "reconnecting" || state === "offline");
   if (state === "online") ui.connText.textContent = "Online";
   else if (state === "connecting") ui.connText.textContent = "Connecting…";

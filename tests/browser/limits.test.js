@@ -1,0 +1,96 @@
+// The page enforces the server's limits before sending and explains refusals in plain words.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import {
+  joinAs,
+  launchBrowser,
+  messages,
+  openSession,
+  say,
+  screenshot,
+  startServer,
+  waitMessage,
+} from "./helpers.js";
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+test("a too-long message is refused with a readable error", async (t) => {
+  const server = await startServer({ label: "too-long", args: ["--max-text-bytes", "200"] });
+  t.after(() => server.stop());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+
+  // 101 characters, 202 bytes: the limit is in bytes, as the server counts it.
+  const tooLong = "é".repeat(101);
+  const input = alice.getByRole("textbox", { name: "Message" });
+  await input.fill(tooLong);
+  assert.equal(await alice.locator("#counter").textContent(), "202 / 200 bytes");
+  assert.match(await alice.locator("#hint-text").textContent(), /Too long by 2 bytes/);
+  assert.ok(await alice.getByRole("button", { name: "Send" }).isDisabled());
+  await input.press("Enter");
+  const alert = alice.getByRole("alert").filter({ hasText: "too long" });
+  await alert.waitFor();
+  assert.match(await alert.textContent(), /This message is too long to send: 202 bytes, and the limit is 200/);
+  assert.equal(await input.inputValue(), tooLong, "the text is kept so it can be shortened");
+  assert.equal(await alice.locator("li.msg").count(), 0);
+  await screenshot(alice, "too-long");
+
+  const fits = "é".repeat(100);
+  await input.fill(fits);
+  await input.press("Enter");
+  await waitMessage(bob, "lobby", fits);
+  assert.deepEqual((await messages(bob, "lobby")).map((m) => m.text), [fits], "bob never got the long one");
+});
+
+test("a taken name is explained and another can be picked", async (t) => {
+  const server = await startServer({ label: "name-taken" });
+  t.after(() => server.stop());
+  const first = await openSession(browser);
+  const second = await openSession(browser);
+  t.after(() => first.context().close());
+  t.after(() => second.context().close());
+  await joinAs(first, `${server.url}/#room=lobby`, "sam", "lobby");
+
+  await second.goto(`${server.url}/#room=lobby`);
+  await second.getByLabel("Your name", { exact: true }).fill("sam");
+  await second.getByRole("button", { name: "Join", exact: true }).click();
+  const error = second.locator("#welcome-error");
+  await error.filter({ hasText: "already uses that name" }).waitFor();
+  assert.equal(await error.textContent(), "Someone in #lobby already uses that name. Pick another one.");
+  await screenshot(second, "name-taken");
+
+  await second.getByLabel("Your name", { exact: true }).fill("sam 2");
+  await second.getByRole("button", { name: "Join", exact: true }).click();
+  await second.locator(".member-list li", { hasText: "sam 2" }).waitFor();
+  await say(second, "hello from the second sam");
+  await waitMessage(first, "lobby", "hello from the second sam");
+});
+
+test("sending faster than the rate limit is paced, never dropped", async (t) => {
+  const server = await startServer({ label: "rate", args: ["--rate", "2", "--burst", "3"] });
+  t.after(() => server.stop());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+
+  const burst = Array.from({ length: 8 }, (_, i) => `quick message ${i + 1}`);
+  for (const text of burst) await say(alice, text);
+  await waitMessage(bob, "lobby", burst.at(-1));
+  assert.deepEqual((await messages(bob, "lobby")).map((m) => m.text), burst);
+  await alice.locator("li.msg[data-state=pending]").waitFor({ state: "detached" });
+  assert.equal(await alice.getByRole("alert").filter({ hasText: "too fast" }).count(), 0);
+});

@@ -1,0 +1,128 @@
+// The connection dies under the page: it says so, reconnects, resumes with `since`, and every
+// message (including those typed while offline) shows up exactly once.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import {
+  joinAs,
+  launchBrowser,
+  messages,
+  openSession,
+  say,
+  screenshot,
+  startProxy,
+  startServer,
+  waitMessage,
+} from "./helpers.js";
+
+/** Backoff can reach several seconds after a few failed attempts; nothing here is timed. */
+const RECONNECT_WAIT = 60_000;
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+function texts(list) {
+  return list.map((m) => m.text);
+}
+
+test("server restart: the page shows reconnecting, comes back, and queued messages arrive once", async (t) => {
+  let server = await startServer({ label: "restart-1" });
+  const port = server.port;
+  t.after(() => server.stop());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await say(alice, "before the restart");
+  await waitMessage(bob, "lobby", "before the restart");
+
+  await server.stop("SIGKILL");
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="reconnecting"]').waitFor();
+    assert.match(await page.locator("#conn-text").textContent(), /^Reconnecting( in \d+s|…)$/);
+  }
+  await screenshot(bob, "restart-reconnecting");
+
+  // Bob keeps typing while the server is down: queued, shown as such.
+  await say(bob, "typed while the server was down");
+  await say(bob, "and a second one");
+  const queued = bob.locator("li.msg[data-state=pending] .status").first();
+  assert.match(await queued.textContent(), /queued|sending/);
+
+  server = await startServer({ bind: `127.0.0.1:${port}`, label: "restart-2" });
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  }
+  await waitMessage(alice, "lobby", "typed while the server was down");
+  await waitMessage(alice, "lobby", "and a second one");
+  await bob.locator("li.msg[data-state=pending]").waitFor({ state: "detached" });
+
+  await say(alice, "after the restart");
+  await waitMessage(bob, "lobby", "after the restart");
+  await waitMessage(alice, "lobby", "after the restart");
+
+  const expected = ["before the restart", "typed while the server was down", "and a second one", "after the restart"];
+  assert.deepEqual(texts(await messages(alice, "lobby")), expected);
+  assert.deepEqual(texts(await messages(bob, "lobby")), expected);
+  assert.ok((await messages(bob, "lobby")).every((m) => m.from !== "bob" || m.state === "sent"));
+  // The restarted server lost the room's history: the page says so instead of pretending.
+  await alice.locator(".notice.warn", { hasText: "server restarted" }).waitFor();
+  assert.deepEqual(alice.errors.filter((e) => !/WebSocket/.test(e)), []);
+  await screenshot(alice, "restart-alice");
+  await screenshot(bob, "restart-bob");
+});
+
+test("dropped connection: resume with since and token recovers missed messages exactly once", async (t) => {
+  const server = await startServer({ label: "resume" });
+  t.after(() => server.stop());
+  const proxy = await startProxy(server.port);
+  t.after(() => proxy.close());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+
+  // Alice goes through the proxy (a flaky network); Bob connects directly.
+  await joinAs(alice, `${proxy.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await alice.locator(".member-list li", { hasText: "bob" }).waitFor();
+  await say(bob, "one");
+  await waitMessage(alice, "lobby", "one");
+
+  // Alice's side of the connection dies; the server still holds her old, half-dead connection.
+  proxy.cut();
+  await alice.locator('#conn[data-state="reconnecting"]').waitFor();
+  for (const text of ["two", "three", "four"]) {
+    await say(bob, text);
+    await waitMessage(bob, "lobby", text);
+  }
+  await say(alice, "typed while cut off");
+  assert.equal(await alice.locator("li.msg[data-state=pending]").count(), 1);
+
+  proxy.restore();
+  await alice.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  await waitMessage(alice, "lobby", "four");
+  await waitMessage(bob, "lobby", "typed while cut off");
+  await waitMessage(alice, "lobby", "typed while cut off");
+
+  const expected = ["one", "two", "three", "four", "typed while cut off"];
+  assert.deepEqual(texts(await messages(alice, "lobby")), expected);
+  assert.deepEqual(texts(await messages(bob, "lobby")), expected);
+  const ids = (await messages(alice, "lobby")).map((m) => Number(m.id));
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b), "in id order");
+  assert.equal(new Set(ids).size, ids.length, "no id twice");
+  // The token took Alice's name back from her stale connection: no "name taken", no warning
+  // about lost messages, and for Bob she never left.
+  assert.equal(await alice.locator(".notice.warn").count(), 0);
+  assert.equal(await alice.locator("#welcome[open]").count(), 0);
+  assert.equal(await bob.locator(".notice", { hasText: "alice left" }).count(), 0);
+  await screenshot(alice, "resume-alice");
+});
