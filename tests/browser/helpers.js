@@ -168,7 +168,7 @@ export async function joinAs(page, url, name, room) {
   await page.getByLabel("Room", { exact: true }).fill(room);
   await page.getByRole("button", { name: "Join", exact: true }).click();
   await waitOnline(page);
-  await page.locator(`.member-list li`, { hasText: name }).waitFor();
+  await page.locator(`.member-list li`, { hasText: name }).waitFor({ state: "attached" });
 }
 
 export async function waitOnline(page) {
@@ -209,6 +209,7 @@ export async function memberNames(page) {
 export async function screenshot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   const file = path.join(SHOTS, `${name}.png`);
+  await page.mouse.move(0, 0); // no hover highlight in the picture
   await page.screenshot({ path: file });
   return file;
 }
