@@ -413,6 +413,7 @@ client.addEventListener("disconnected", (e) => {
 
 /** Screen readers hear live messages from others through this polite region. */
 const announcer = document.createElement("div");
+announcer.id = "announcer";
 announcer.className = "visually-hidden";
 announcer.setAttribute("aria-live", "polite");
 document.body.append(announcer);

@@ -50,6 +50,7 @@ test("two people join a room, see each other and chat", async (t) => {
   const theirs = await messages(bob, "lobby");
   assert.deepEqual(theirs.map((m) => [m.from, m.text]), [["alice", "Hi Bob! Welcome to tidechat."]]);
   assert.equal(await bob.locator("li.msg.own").count(), 0, "alice's message is not marked as bob's");
+  assert.equal(await bob.locator("#announcer").textContent(), "alice: Hi Bob! Welcome to tidechat.", "screen readers hear it");
 
   // Shift+Enter makes a new line; Enter sends; focus stays in the box.
   const input = bob.getByRole("textbox", { name: "Message" });
