@@ -90,9 +90,12 @@ export class ChatClient extends EventTarget {
     this.drainTimer = null;
     this.tokens = 0;
     this.tokensAt = 0;
+    // The browser knows before the socket does: drop it now and come back as soon as the
+    // network does, instead of waiting for a ping to time out or a backoff timer to fire.
     window.addEventListener("online", () => this.reconnectNow());
     window.addEventListener("offline", () => {
-      if (this.state !== "online") this.setState("offline");
+      if (this.ws) this.abandon("the network is offline");
+      else if (this.state !== "idle") this.setState("offline");
     });
   }
 

@@ -25,6 +25,12 @@ export const WAIT = 20_000;
  * Starts tidechat on `bind` (a free loopback port by default) and resolves once it listens.
  * Its log goes to target/browser-screenshots/<label>.log for post-mortems.
  */
+/** Every server this process started, killed if the suite dies before its cleanup runs. */
+const running = new Set();
+process.on("exit", () => {
+  for (const proc of running) proc.kill("SIGKILL");
+});
+
 export async function startServer({ bind = "127.0.0.1:0", args = [], label = "tidechat" } = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`tidechat binary not found at ${BIN}: run cargo build -p server`);
   fs.mkdirSync(SHOTS, { recursive: true });
@@ -33,6 +39,8 @@ export async function startServer({ bind = "127.0.0.1:0", args = [], label = "ti
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" },
   });
+  running.add(proc);
+  proc.once("exit", () => running.delete(proc));
   proc.stdout.pipe(log);
   const exited = new Promise((resolve) => proc.once("exit", (code, signal) => resolve({ code, signal })));
   const port = await new Promise((resolve, reject) => {

@@ -126,3 +126,32 @@ test("dropped connection: resume with since and token recovers missed messages e
   assert.equal(await bob.locator(".notice", { hasText: "alice left" }).count(), 0);
   await screenshot(alice, "resume-alice");
 });
+
+test("the browser goes offline: the page says so and catches up when the network returns", async (t) => {
+  const server = await startServer({ label: "offline" });
+  t.after(() => server.stop());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+
+  await alice.context().setOffline(true);
+  await alice.locator('#conn[data-state="offline"]').waitFor();
+  assert.equal(await alice.locator("#conn-text").textContent(), "Offline: waiting for the network");
+  await say(bob, "did you get this?");
+  await waitMessage(bob, "lobby", "did you get this?");
+  await say(alice, "written on the plane");
+  assert.match(await alice.locator("li.msg[data-state=pending] .status").textContent(), /queued/);
+  await screenshot(alice, "offline");
+
+  await alice.context().setOffline(false);
+  await alice.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  await waitMessage(alice, "lobby", "did you get this?");
+  await waitMessage(bob, "lobby", "written on the plane");
+  await waitMessage(alice, "lobby", "written on the plane");
+  const expected = ["did you get this?", "written on the plane"];
+  assert.deepEqual(texts(await messages(alice, "lobby")), expected);
+  assert.deepEqual(texts(await messages(bob, "lobby")), expected);
+});
