@@ -517,16 +517,20 @@ impl<'a> Writer<'a> {
                     Poll::Pending => break,
                 }
             }
-            let write = async {
-                for msg in batch.drain(..) {
-                    sink.feed(msg).await?;
+            // The timeout bounds each step, so a slow reader that makes progress is not cut off;
+            // a socket that takes nothing for `write_timeout` is. Its close frame cannot be
+            // delivered (the socket is full), so the connection is dropped.
+            let limit = state.config.write_timeout;
+            for msg in batch.drain(..).map(Some).chain([None]) {
+                let step = match msg {
+                    Some(msg) => async_std::future::timeout(limit, sink.feed(msg)).await,
+                    None => async_std::future::timeout(limit, sink.flush()).await,
+                };
+                match step {
+                    Err(_) => return Ending::Closed(close::SLOW_CONSUMER, "write timeout"),
+                    Ok(Err(e)) => return Ending::Gone(e.to_string()),
+                    Ok(Ok(())) => {}
                 }
-                sink.flush().await
-            };
-            match async_std::future::timeout(self.state.config.write_timeout, write).await {
-                Err(_) => return Ending::Closed(close::SLOW_CONSUMER, "write timeout"),
-                Ok(Err(e)) => return Ending::Gone(e.to_string()),
-                Ok(Ok(())) => {}
             }
             if let Then::End(ending) = then {
                 return ending;

@@ -54,19 +54,18 @@ impl TestServer {
     }
 
     /// Opens a raw websocket to `path` (no hello consumed).
-    pub async fn connect_raw(&self, path: &str) -> Ws {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        let (ws, _) = async_tungstenite::client_async(self.url(path), stream)
+    pub async fn connect_raw(&self, path: &str) -> Client {
+        let std = std::net::TcpStream::connect(self.addr).unwrap();
+        let raw = std.try_clone().unwrap();
+        let (ws, _) = async_tungstenite::client_async(self.url(path), TcpStream::from(std))
             .await
             .unwrap();
-        ws
+        Client { ws, raw }
     }
 
     /// Opens `/ws` and reads the hello frame.
     pub async fn connect(&self) -> Client {
-        let mut c = Client {
-            ws: self.connect_raw("/ws").await,
-        };
+        let mut c = self.connect_raw("/ws").await;
         let hello = c.recv().await;
         assert_eq!(hello["type"], "hello", "{hello}");
         c
@@ -105,6 +104,8 @@ impl TestServer {
 
 pub struct Client {
     pub ws: Ws,
+    /// The same socket, for socket options (reset) the async stream does not expose.
+    pub raw: std::net::TcpStream,
 }
 
 impl Client {
@@ -176,4 +177,68 @@ impl Client {
 
 pub fn request(url: &str) -> async_tungstenite::tungstenite::handshake::client::Request {
     url.into_client_request().unwrap()
+}
+
+/// Drops a client with a TCP reset instead of a close handshake.
+pub fn reset(c: Client) {
+    socket2::SockRef::from(&c.raw)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+}
+
+/// Sends a websocket upgrade request by hand on a plain TCP stream, for clients that must not
+/// behave like a library client (never answer pings, never read).
+pub async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    use async_std::io::WriteExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Reads a raw upgraded stream to its end and returns the server frames after the 101
+/// response as (opcode, payload).
+pub async fn raw_frames(tcp: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use async_std::io::ReadExt;
+    let mut bytes = Vec::new();
+    let _ = async_std::future::timeout(PATIENCE, tcp.read_to_end(&mut bytes))
+        .await
+        .expect("server did not close the stream");
+    let start = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no HTTP response")
+        + 4;
+    assert!(bytes.starts_with(b"HTTP/1.1 101"), "not upgraded");
+    let mut frames = Vec::new();
+    let mut rest = &bytes[start..];
+    while rest.len() >= 2 {
+        let opcode = rest[0] & 0x0f;
+        let (len, header) = match rest[1] & 0x7f {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        if rest.len() < header + len {
+            break;
+        }
+        frames.push((opcode, rest[header..header + len].to_vec()));
+        rest = &rest[header + len..];
+    }
+    frames
+}
+
+/// The close code in a list of raw frames, if the server sent a close frame.
+pub fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|(op, p)| *op == 0x8 && p.len() >= 2)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
 }
