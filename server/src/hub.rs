@@ -255,7 +255,7 @@ impl Hub {
             return;
         };
         let mut st = lock(&room.state);
-        if st.members.get(name).is_none_or(|m| m.conn != conn) {
+        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
             return;
         }
         st.members.remove(name);
@@ -286,7 +286,7 @@ impl Hub {
             .cloned()
             .ok_or(HubError::NotInRoom)?;
         let mut st = lock(&room.state);
-        if st.members.get(name).is_none_or(|m| m.conn != conn) {
+        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
             return Err(HubError::NotInRoom);
         }
         let id = st.next_id;

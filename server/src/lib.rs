@@ -55,7 +55,7 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         .get(|req| ws::upgrade(req, Mode::Seed));
     app.at("/stats")
         .get(|req: tide::Request<Arc<State>>| async move {
-            Ok(tide::Body::from_json(&req.state().stats())?)
+            tide::Body::from_json(&req.state().stats())
         });
     app.at("/")
         .serve_file(static_dir.join("index.html"))

@@ -213,7 +213,7 @@ impl Reader<'_> {
         match msg {
             Message::Text(text) => {
                 if !self.bucket.take() {
-                    return self.rate_limited().await;
+                    return self.rate_limited(text.as_str()).await;
                 }
                 self.strikes = 0;
                 match self.mode {
@@ -231,7 +231,7 @@ impl Reader<'_> {
         }
     }
 
-    async fn rate_limited(&mut self) -> Step {
+    async fn rate_limited(&mut self, text: &str) -> Step {
         self.strikes += 1;
         if self.strikes > self.state.config.rate_strikes {
             return Err(Ending::Closed(
@@ -242,11 +242,20 @@ impl Reader<'_> {
         if self.mode == Mode::Seed {
             return Ok(());
         }
+        // Say which message was dropped, so a client can mark it failed; the parse is bounded
+        // by the strikes before the close above.
+        let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Say {
+                room, reference, ..
+            }) => (Some(room), reference),
+            _ => (None, None),
+        };
+        let message = "you are sending too fast; this message was dropped";
         self.error(
             error_code::RATE_LIMITED,
-            "you are sending too fast; this message was dropped",
-            None,
-            None,
+            message,
+            room.as_deref(),
+            reference.as_deref(),
         )
         .await
     }
@@ -451,6 +460,14 @@ impl Reader<'_> {
     }
 }
 
+/// The frame a room event becomes on this connection (seed clients see only messages).
+fn frame_for(mode: Mode, ev: &EventRef) -> Option<Message> {
+    match mode {
+        Mode::V1 => Some(Message::Text(ev.json.clone())),
+        Mode::Seed => ev.seed.clone().map(Message::Text),
+    }
+}
+
 /// Maps a read error to the close the client gets (tungstenite reports, but does not send it).
 fn read_error(e: WsError) -> Ending {
     use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -564,13 +581,7 @@ impl<'a> Writer<'a> {
 
     fn apply(&mut self, input: Input, batch: &mut Vec<Message>) -> Then {
         match input {
-            Input::Event(_, Some(Ok(ev))) => {
-                let text = match self.mode {
-                    Mode::V1 => Some(ev.json.clone()),
-                    Mode::Seed => ev.seed.clone(),
-                };
-                batch.extend(text.map(Message::Text));
-            }
+            Input::Event(_, Some(Ok(ev))) => batch.extend(frame_for(self.mode, &ev)),
             Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
                 log::debug!("receiver lagged by {n} events");
                 return self.close(batch, close::SLOW_CONSUMER, "slow consumer");
@@ -594,6 +605,8 @@ impl<'a> Writer<'a> {
                 batch.push(Message::Text(protocol::to_text(&left).into()));
             }
             Input::Ctl(Some(Out::Close(code, reason))) => {
+                // What was already published (e.g. the client's own last message) goes first.
+                self.drain_events(batch);
                 return self.close(batch, code, reason);
             }
             // The reader ended without asking for a close: flush tungstenite's close reply.
@@ -609,6 +622,16 @@ impl<'a> Writer<'a> {
             Input::Shutdown => return self.close(batch, close::GOING_AWAY, "server shutting down"),
         }
         Then::Continue
+    }
+
+    /// Moves the room events that are ready now into the batch, without waiting.
+    fn drain_events(&mut self, batch: &mut Vec<Message>) {
+        let cx = &mut Context::from_waker(futures::task::noop_waker_ref());
+        for (_, rx) in &mut self.subs {
+            while let Poll::Ready(Some(Ok(ev))) = Pin::new(&mut *rx).poll_recv(cx) {
+                batch.extend(frame_for(self.mode, &ev));
+            }
+        }
     }
 
     fn close(&mut self, batch: &mut Vec<Message>, code: u16, reason: &'static str) -> Then {

@@ -208,8 +208,10 @@ async fn resume_with_since_is_loss_free() {
 
 #[async_std::test]
 async fn resume_reports_incomplete_recovery() {
-    let mut config = tidechat::Config::default();
-    config.history = 3;
+    let config = tidechat::Config {
+        history: 3,
+        ..tidechat::Config::default()
+    };
     let s = TestServer::start(config).await;
     let (mut a, joined) = s.join("lobby", "alice").await;
     let epoch = joined["epoch"].clone();

@@ -28,9 +28,11 @@ fn fastrand_name() -> String {
 
 #[async_std::test]
 async fn oversized_message_closes_with_1009() {
-    let mut config = Config::default();
-    config.max_message_bytes = 1024;
-    config.max_text_bytes = 512;
+    let config = Config {
+        max_message_bytes: 1024,
+        max_text_bytes: 512,
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let (mut bystander, _) = s.join("lobby", "bystander").await;
     let (mut big, _) = s.join("lobby", "big").await;
@@ -42,8 +44,10 @@ async fn oversized_message_closes_with_1009() {
 
 #[async_std::test]
 async fn text_over_the_text_limit_gets_an_error_frame() {
-    let mut config = Config::default();
-    config.max_text_bytes = 100;
+    let config = Config {
+        max_text_bytes: 100,
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let (mut a, _) = s.join("lobby", "alice").await;
     a.send(json!({"type": "say", "room": "lobby", "text": "y".repeat(101), "ref": "r9"}))
@@ -158,9 +162,11 @@ async fn names_and_rooms_are_checked() {
 
 #[async_std::test]
 async fn rooms_per_connection_and_per_server_are_bounded() {
-    let mut config = Config::default();
-    config.max_rooms_per_connection = 2;
-    config.max_rooms = 3;
+    let config = Config {
+        max_rooms_per_connection: 2,
+        max_rooms: 3,
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let mut a = s.connect().await;
     a.join("r1", "alice").await;
@@ -182,37 +188,67 @@ async fn rooms_per_connection_and_per_server_are_bounded() {
 
 #[async_std::test]
 async fn rate_limit_warns_then_closes_with_1008() {
-    let mut config = Config::default();
-    config.rate = 0.01;
-    config.burst = 2;
-    config.rate_strikes = 3;
+    let config = Config {
+        rate: 0.01,
+        burst: 3,
+        rate_strikes: 3,
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let (mut bystander, _) = s.join("lobby", "bystander").await;
     let mut flood = s.connect().await;
-    for _ in 0..6 {
-        let _ = flood
-            .ws
-            .feed(Message::Text(json!({"type": "ping"}).to_string().into()))
-            .await;
+    let frames = [
+        json!({"type": "join", "room": "lobby", "name": "flood"}),
+        json!({"type": "ping"}),
+        json!({"type": "say", "room": "lobby", "text": "a", "ref": "a"}),
+        json!({"type": "say", "room": "lobby", "text": "b", "ref": "b"}),
+        json!({"type": "ping"}),
+        json!({"type": "ping"}),
+        json!({"type": "ping"}),
+    ];
+    for f in frames {
+        let _ = flood.ws.feed(Message::Text(f.to_string().into())).await;
     }
     let _ = flood.ws.flush().await;
-    assert_eq!(flood.recv().await["type"], "pong");
-    assert_eq!(flood.recv().await["type"], "pong");
-    for _ in 0..3 {
-        assert_eq!(flood.recv().await["code"], "rate_limited");
-    }
-    assert_eq!(flood.closed().await, Some(1008));
-    bystander
-        .send(json!({"type": "say", "room": "lobby", "text": "ok"}))
-        .await;
-    assert_eq!(bystander.recv_type("message").await["text"], "ok");
+    // Replies and room messages travel separately, so collect everything up to the close.
+    let mut frames = Vec::new();
+    let code = loop {
+        match flood.next().await {
+            Some(Message::Text(t)) => {
+                frames.push(serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap())
+            }
+            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "error").count(),
+        3,
+        "{frames:?}"
+    );
+    assert!(types.contains(&"joined") && types.contains(&"pong"));
+    let sent = frames.iter().find(|f| f["type"] == "message").unwrap();
+    assert_eq!(sent["ref"], "a");
+    let errors: Vec<_> = frames.iter().filter(|f| f["type"] == "error").collect();
+    assert!(errors.iter().all(|e| e["code"] == "rate_limited"));
+    assert_eq!(
+        (errors[0]["room"].as_str(), errors[0]["ref"].as_str()),
+        (Some("lobby"), Some("b")),
+        "{frames:?}"
+    );
+    assert_eq!(bystander.recv_type("message").await["text"], "a");
+    still_serving(&s, &mut bystander).await;
     s.stop().await;
 }
 
 #[async_std::test]
 async fn connections_beyond_the_maximum_get_503() {
-    let mut config = Config::default();
-    config.max_connections = 2;
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let _a = s.connect().await;
     let b = s.connect().await;
@@ -230,8 +266,10 @@ async fn connections_beyond_the_maximum_get_503() {
 
 #[async_std::test]
 async fn foreign_origin_gets_403() {
-    let mut config = Config::default();
-    config.allowed_origins = vec!["https://chat.example:443".into()];
+    let config = Config {
+        allowed_origins: vec!["https://chat.example:443".into()],
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let attempt = |origin: Option<String>| {
         let url = s.url("/ws");
@@ -262,8 +300,10 @@ async fn foreign_origin_gets_403() {
 
 #[async_std::test]
 async fn silent_http_connection_is_dropped_after_the_handshake_timeout() {
-    let mut config = Config::default();
-    config.handshake_timeout = Duration::from_millis(300);
+    let config = Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     let mut tcp = async_std::net::TcpStream::connect(s.addr).await.unwrap();
     tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
@@ -280,9 +320,11 @@ async fn silent_http_connection_is_dropped_after_the_handshake_timeout() {
 
 #[async_std::test]
 async fn server_pings_and_idle_connections_close_with_4000() {
-    let mut config = Config::default();
-    config.ping_interval = Duration::from_millis(100);
-    config.idle_timeout = Duration::from_millis(400);
+    let config = Config {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..Config::default()
+    };
     let s = TestServer::start(config).await;
     // A client that reads nothing sends no pongs and is closed.
     let mut silent = raw_upgrade(s.addr, "/ws").await;

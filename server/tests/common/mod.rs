@@ -1,5 +1,5 @@
 //! Test harness: a real tidechat on 127.0.0.1:0 and real websocket clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::sync::Arc;
 use std::time::Duration;
