@@ -1,0 +1,652 @@
+//! One simulated chat client as a goose user: `connect` (on start), `chat` (the loop: receive,
+//! and send on schedule when a sender) and `drain` (on stop: wait for messages in flight, close).
+//!
+//! The socket lives in the user's session data and is read inside the `chat` transaction itself,
+//! so a client costs one task. Each delivery is parsed only as far as the `~slot.seq.micros~`
+//! stamp in its text; latencies go into the run's sharded HDR histograms, and goose gets one
+//! sample every [`Run::sample_every`] deliveries.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use goose::prelude::*;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::Protocol;
+use crate::metrics::{self, Seen, Tally, Track};
+use crate::run::Run;
+
+/// Longest a `chat` transaction runs before it returns to goose (which checks for the end of the
+/// run between transactions).
+const ITERATION: Duration = Duration::from_secs(1);
+/// Time allowed for TCP connect + websocket handshake + `hello`, and for `join` -> `joined`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a client waits in `drain` for the senders of its room to stop.
+const SENDERS_STOP_WAIT: Duration = Duration::from_secs(5);
+/// Time allowed for the close handshake at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// tungstenite's read buffer per socket (its default, 128 KiB, would cost 1.2 GiB at 10,000).
+const READ_BUFFER: usize = 4 * 1024;
+/// Largest frame accepted from the server.
+const MAX_MESSAGE: usize = 1 << 20;
+/// A send later than this against its schedule counts as late.
+pub const LATE_SEND_US: u64 = 10_000;
+
+/// Goose request names.
+pub const REQ_METHOD: &str = "WS";
+pub const REQ_CONNECT: &str = "connect";
+pub const REQ_JOIN: &str = "join";
+pub const REQ_FANOUT: &str = "fanout";
+pub const REQ_SAY: &str = "say";
+pub const REQ_DISCONNECT: &str = "disconnect";
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// A connected client, kept in goose session data between transactions.
+pub struct Client {
+    ws: Option<Ws>,
+    room: usize,
+    /// Slot among the room's senders when this client sends.
+    slot: Option<usize>,
+    /// Per sender of the room: what was received from it.
+    tracks: Vec<Track>,
+    /// Per sender: its message count when this client stopped listening (None: still listening).
+    ends: Option<Vec<u64>>,
+    acks: u64,
+    foreign: u64,
+    /// Deliveries until the next goose sample.
+    until_sample: u64,
+    /// Goose samples gathered during the current transaction: (name, microseconds).
+    samples: Vec<(&'static str, u64)>,
+    /// When this sender's next message is due, in microseconds since the run's epoch.
+    next_send_us: Option<u64>,
+    /// Reusable buffer for outgoing frames.
+    frame: String,
+}
+
+/// Session data: goose wants `Clone + Sync`; the client is taken out for each transaction.
+#[derive(Clone)]
+pub struct Session(pub Arc<Mutex<Option<Box<Client>>>>);
+
+fn take(user: &GooseUser) -> Option<Box<Client>> {
+    let s = user.get_session_data::<Session>()?;
+    let mut g = match s.0.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    g.take()
+}
+
+fn put(user: &GooseUser, client: Box<Client>) {
+    if let Some(s) = user.get_session_data::<Session>() {
+        let mut g = match s.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Some(client);
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Opens the TCP connection from source address 127.0.0.(1 + index % n) for loopback targets.
+async fn tcp_connect(target: SocketAddr, index: usize, sources: u8) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if sources > 1 && target.ip().is_loopback() {
+        let ip = Ipv4Addr::new(127, 0, 0, 1 + (index % sources as usize) as u8);
+        socket.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Target address of a `ws://host:port/...` URL.
+async fn resolve(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let mut addrs = tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| format!("{hostport}: {e}"))?;
+    addrs
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("{hostport}: no IPv4 address"))
+}
+
+/// Reads the next text frame (answering nothing else), with a deadline.
+async fn next_text(ws: &mut Ws, deadline: Instant) -> Result<String, String> {
+    loop {
+        let msg = tokio::time::timeout_at(deadline.into(), ws.next())
+            .await
+            .map_err(|_| "timed out".to_string())?;
+        match msg {
+            None => return Err("connection closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(f))) => {
+                return Err(format!(
+                    "closed {}",
+                    f.map(|f| u16::from(f.code)).unwrap_or(1005)
+                ))
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// `on_start`: connect, join the room, wait until ready to receive.
+pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+    let index = user.weighted_users_index;
+    let (room, slot) = run.role(index);
+    // unwrap: the semaphore is never closed.
+    let permit = run.handshakes.acquire().await.unwrap();
+    // Timed from here: waiting for a handshake slot is the generator's doing, not the server's.
+    let started = Instant::now();
+    let result = open_socket(run, index).await;
+    let elapsed = started.elapsed();
+    drop(permit);
+    let mut ws = match result {
+        Ok(ws) => ws,
+        Err(e) => {
+            run.connect_failures.add(e.clone());
+            give_up(run, room, slot);
+            user.record_custom_request_duration(
+                REQ_METHOD,
+                REQ_CONNECT,
+                elapsed,
+                false,
+                None,
+                Some(&e),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    run.socket_opened();
+    Run::record_into(&run.connect_hist, elapsed.as_micros() as u64);
+    user.record_custom_request_duration(REQ_METHOD, REQ_CONNECT, elapsed, true, None, None)
+        .await?;
+
+    if run.params.protocol == Protocol::V1 {
+        let r = &run.rooms[room];
+        let join = format!(
+            r#"{{"type":"join","room":"{}","name":"lt{index}"}}"#,
+            r.name
+        );
+        let t0 = Instant::now();
+        let joined = async {
+            ws.send(Message::text(join))
+                .await
+                .map_err(|e| e.to_string())?;
+            let deadline = t0 + CONNECT_TIMEOUT;
+            loop {
+                let text = next_text(&mut ws, deadline).await?;
+                if text.starts_with(r#"{"type":"joined""#) {
+                    return Ok(());
+                }
+                if text.starts_with(r#"{"type":"error""#) {
+                    return Err(format!("join refused: {text}"));
+                }
+            }
+        }
+        .await;
+        let took = t0.elapsed();
+        if let Err(e) = joined {
+            run.connect_failures.add(format!("join: {e}"));
+            run.socket_closed();
+            give_up(run, room, slot);
+            user.record_custom_request_duration(REQ_METHOD, REQ_JOIN, took, false, None, Some(&e))
+                .await?;
+            return Ok(());
+        }
+        Run::record_into(&run.join_hist, took.as_micros() as u64);
+        user.record_custom_request_duration(REQ_METHOD, REQ_JOIN, took, true, None, None)
+            .await?;
+    }
+
+    // Ready to receive: everything a sender sends from now on is owed to this client.
+    let r = &run.rooms[room];
+    let tracks = r
+        .senders
+        .iter()
+        .map(|s| Track::new(s.sent.load(Ordering::SeqCst)))
+        .collect();
+    r.members.fetch_add(1, Ordering::AcqRel);
+    let client = Client {
+        ws: Some(ws),
+        room,
+        slot,
+        tracks,
+        ends: None,
+        acks: 0,
+        foreign: 0,
+        until_sample: run.sample_every.min(1 + index as u64 % run.sample_every),
+        samples: Vec::new(),
+        next_send_us: None,
+        frame: String::new(),
+    };
+    user.set_session_data(Session(Arc::new(Mutex::new(Some(Box::new(client))))));
+    run.client_settled(true);
+    Ok(())
+}
+
+fn give_up(run: &Run, room: usize, slot: Option<usize>) {
+    if let Some(s) = slot {
+        run.sender_done(room, s);
+    }
+    run.client_settled(false);
+}
+
+async fn open_socket(run: &Run, index: usize) -> Result<Ws, String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let work = async {
+        let target = resolve(&run.ws_url).await?;
+        let tcp = tcp_connect(target, index, run.params.source_addrs)
+            .await
+            .map_err(|e| format!("tcp: {e}"))?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            run.ws_url.as_str(),
+            tcp,
+            Some(ws_config()),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+        if run.params.protocol == Protocol::V1 {
+            let hello = next_text(&mut ws, deadline).await?;
+            if !hello.starts_with(r#"{"type":"hello""#) {
+                return Err(format!("expected hello, got {hello:.80}"));
+            }
+        }
+        Ok(ws)
+    };
+    tokio::time::timeout_at(deadline.into(), work)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// The main loop: receive for up to [`ITERATION`], sending on schedule when a sender.
+pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+    let Some(mut client) = take(user) else {
+        // Never connected: idle cheaply until the run ends.
+        tokio::time::sleep(ITERATION).await;
+        return Ok(());
+    };
+    let deadline = Instant::now() + ITERATION;
+    client.receive_until(run, deadline, true).await;
+    client.flush_samples(user).await?;
+    put(user, client);
+    Ok(())
+}
+
+/// `on_stop`: stop sending, wait for what is still owed (bounded), close, add up.
+pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+    let Some(mut client) = take(user) else {
+        return Ok(());
+    };
+    if let Some(s) = client.slot {
+        run.sender_done(client.room, s);
+    }
+    let room = &run.rooms[client.room];
+    let wait_senders = Instant::now() + SENDERS_STOP_WAIT;
+    while client.ws.is_some() && !room.senders_done() && Instant::now() < wait_senders {
+        let until = (Instant::now() + Duration::from_millis(50)).min(wait_senders);
+        client.receive_until(run, until, false).await;
+    }
+    let drain_end = Instant::now() + Duration::from_secs_f64(run.params.drain_s);
+    while client.ws.is_some() && client.owed(run) > 0 && Instant::now() < drain_end {
+        let until = (Instant::now() + Duration::from_millis(50)).min(drain_end);
+        client.receive_until(run, until, false).await;
+    }
+    client.flush_samples(user).await?;
+    if let Some(mut ws) = client.ws.take() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        run.socket_closed();
+        room.members.fetch_sub(1, Ordering::AcqRel);
+    }
+    client.finish(run);
+    Ok(())
+}
+
+/// What the stamp `~slot.seq.micros~` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub slot: usize,
+    pub seq: u64,
+    pub sent_us: u64,
+}
+
+/// Finds and parses the stamp in a received frame. v1 frames are recognised by their prefix and
+/// the stamp is looked for after `"text":"`; seed frames (`N: text`) at their first `~`.
+pub fn parse_stamp(frame: &[u8], protocol: Protocol) -> Option<Stamp> {
+    let start = match protocol {
+        Protocol::V1 => {
+            if !frame.starts_with(br#"{"type":"message""#) {
+                return None;
+            }
+            let at = memchr::memmem::find(frame, br#""text":"~"#)?;
+            at + br#""text":"~"#.len()
+        }
+        Protocol::Seed => memchr::memchr(b'~', frame)? + 1,
+    };
+    let mut nums = [0u64; 3];
+    let mut i = start;
+    for (k, n) in nums.iter_mut().enumerate() {
+        let digits_start = i;
+        while i < frame.len() && frame[i].is_ascii_digit() {
+            *n = n.checked_mul(10)?.checked_add(u64::from(frame[i] - b'0'))?;
+            i += 1;
+        }
+        if i == digits_start || i >= frame.len() {
+            return None;
+        }
+        let want = if k < 2 { b'.' } else { b'~' };
+        if frame[i] != want {
+            return None;
+        }
+        i += 1;
+    }
+    Some(Stamp {
+        slot: nums[0] as usize,
+        seq: nums[1],
+        sent_us: nums[2],
+    })
+}
+
+/// Writes a message text of `size` bytes carrying the stamp.
+pub fn message_text(out: &mut String, stamp: Stamp, size: usize) {
+    use std::fmt::Write;
+    out.clear();
+    // unwrap: writing into a String cannot fail.
+    write!(out, "~{}.{}.{}~", stamp.slot, stamp.seq, stamp.sent_us).unwrap();
+    while out.len() < size {
+        out.push('x');
+    }
+}
+
+impl Client {
+    /// Deliveries still owed to this client by senders that have stopped.
+    fn owed(&self, run: &Run) -> u64 {
+        let room = &run.rooms[self.room];
+        self.tracks
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| Some(*s) != self.slot)
+            .map(|(s, t)| {
+                let end = room.senders[s].sent.load(Ordering::Acquire);
+                end.saturating_sub(t.start).saturating_sub(t.in_window)
+            })
+            .sum()
+    }
+
+    /// Receives until `deadline`; sends on schedule when `send` and this client is a sender.
+    async fn receive_until(&mut self, run: &Run, deadline: Instant, send: bool) {
+        let sender = send && self.slot.is_some();
+        // One timer for the whole call, moved only when the next wake-up changes.
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut armed = deadline;
+        loop {
+            let Some(ws) = self.ws.as_mut() else {
+                // Disconnected: nothing to do until the run ends.
+                if armed != deadline {
+                    sleep.as_mut().reset(deadline.into());
+                }
+                sleep.await;
+                return;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let mut wake = deadline;
+            if sender && !run.stop_sending.load(Ordering::Relaxed) {
+                match (self.next_send_us, run.send_start()) {
+                    (Some(next), _) => wake = wake.min(run.instant_at(next)),
+                    (None, Some(start)) => {
+                        // Senders are spread evenly over the first period.
+                        let rate = run.rate_at(start).max(1e-9);
+                        let phase = self.slot.unwrap_or(0) as f64 * run.params.rooms as f64
+                            + self.room as f64;
+                        let offset = phase / run.params.senders.max(1) as f64 / rate;
+                        let first = start + (offset * 1e6) as u64;
+                        self.next_send_us = Some(first);
+                        wake = wake.min(run.instant_at(first));
+                    }
+                    (None, None) => {}
+                }
+            }
+            if wake != armed {
+                sleep.as_mut().reset(wake.into());
+                armed = wake;
+            }
+            let waiting_for_start = sender && run.send_start().is_none();
+            tokio::select! {
+                msg = ws.next() => self.on_message(run, msg),
+                _ = &mut sleep => {
+                    if sender {
+                        self.send_due(run).await;
+                    }
+                }
+                _ = run.started.notified(), if waiting_for_start => {}
+            }
+        }
+    }
+
+    /// Sends every message whose time has come (open loop: a late sender catches up).
+    async fn send_due(&mut self, run: &Run) {
+        let (Some(slot), Some(mut next)) = (self.slot, self.next_send_us) else {
+            return;
+        };
+        let room = &run.rooms[self.room];
+        loop {
+            let now = run.now_us();
+            if next > now || run.stop_sending.load(Ordering::Relaxed) {
+                break;
+            }
+            let rate = run.rate_at(next);
+            if rate <= 0.0 {
+                // Past the last step: stop for good.
+                run.stop_sending.store(true, Ordering::Relaxed);
+                break;
+            }
+            let seq = room.senders[slot].sent.fetch_add(1, Ordering::SeqCst);
+            let sent_us = run.now_us();
+            Run::record_into(&run.send_lag_hist, sent_us.saturating_sub(next));
+            if let Some(step) = run.step_of(next) {
+                let members = room.members.load(Ordering::Relaxed) as u64;
+                run.steps[step].sent.fetch_add(1, Ordering::Relaxed);
+                run.steps[step]
+                    .expected
+                    .fetch_add(members.saturating_sub(1), Ordering::Relaxed);
+            }
+            let stamp = Stamp { slot, seq, sent_us };
+            let mut text = std::mem::take(&mut self.frame);
+            message_text(&mut text, stamp, run.params.message_size);
+            let frame = match run.params.protocol {
+                Protocol::V1 => format!(
+                    r#"{{"type":"say","room":"{}","text":"{}"}}"#,
+                    room.name, text
+                ),
+                Protocol::Seed => text.clone(),
+            };
+            self.frame = text;
+            run.sends.fetch_add(1, Ordering::Relaxed);
+            let Some(ws) = self.ws.as_mut() else { break };
+            if let Err(e) = ws.send(Message::text(frame)).await {
+                self.disconnected(run, format!("send: {e}"));
+                break;
+            }
+            next += (1e6 / rate) as u64;
+        }
+        self.next_send_us = Some(next);
+    }
+
+    fn on_message(&mut self, run: &Run, msg: Option<Result<Message, WsError>>) {
+        match msg {
+            Some(Ok(Message::Text(t))) => self.on_text(run, t.as_bytes()),
+            Some(Ok(Message::Close(f))) => {
+                let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
+                self.disconnected(run, format!("close {code}"));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => self.disconnected(run, format!("error: {e}")),
+            None => self.disconnected(run, "closed without close frame".into()),
+        }
+    }
+
+    fn on_text(&mut self, run: &Run, frame: &[u8]) {
+        let now = run.now_us();
+        let Some(stamp) = parse_stamp(frame, run.params.protocol) else {
+            if frame.starts_with(br#"{"type":"error""#) {
+                let code = serde_json::from_slice::<serde_json::Value>(frame)
+                    .ok()
+                    .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from))
+                    .unwrap_or_else(|| "unknown".into());
+                run.error_frames.add(code);
+            } else if run.params.protocol == Protocol::Seed
+                || !frame.starts_with(br#"{"type":"presence""#)
+            {
+                self.foreign += 1;
+            }
+            return;
+        };
+        let latency = now.saturating_sub(stamp.sent_us);
+        if Some(stamp.slot) == self.slot {
+            self.acks += 1;
+            run.shards.with(|s| metrics::record(&mut s.ack, latency));
+            if self.acks % 16 == 1 {
+                self.samples.push((REQ_SAY, latency));
+            }
+            return;
+        }
+        let Some(track) = self.tracks.get_mut(stamp.slot) else {
+            self.foreign += 1;
+            return;
+        };
+        if track.receive(stamp.seq) == Seen::Duplicate {
+            return;
+        }
+        let step = if run.params.step.is_some() && stamp.seq >= track.start {
+            run.step_of(stamp.sent_us)
+        } else {
+            None
+        };
+        run.shards.with(|s| {
+            metrics::record(&mut s.fanout, latency);
+            metrics::record(&mut s.fanout_interval, latency);
+            if let Some(i) = step {
+                while s.by_step.len() <= i {
+                    s.by_step.push(metrics::new_histogram());
+                }
+                metrics::record(&mut s.by_step[i], latency);
+            }
+        });
+        self.until_sample -= 1;
+        if self.until_sample == 0 {
+            self.until_sample = run.sample_every;
+            self.samples.push((REQ_FANOUT, latency));
+        }
+    }
+
+    /// The socket ended before the run did.
+    fn disconnected(&mut self, run: &Run, why: String) {
+        if self.ws.take().is_none() {
+            return;
+        }
+        run.disconnects.add(why);
+        run.socket_closed();
+        let room = &run.rooms[self.room];
+        room.members.fetch_sub(1, Ordering::AcqRel);
+        self.ends = Some(
+            room.senders
+                .iter()
+                .map(|s| s.sent.load(Ordering::SeqCst))
+                .collect(),
+        );
+        if let Some(s) = self.slot {
+            run.sender_done(self.room, s);
+        }
+        self.samples.push((REQ_DISCONNECT, 0));
+    }
+
+    async fn flush_samples(&mut self, user: &mut GooseUser) -> TransactionResult {
+        for (name, us) in self.samples.drain(..) {
+            let ok = name != REQ_DISCONNECT;
+            user.record_custom_request_duration(
+                REQ_METHOD,
+                name,
+                Duration::from_micros(us),
+                ok,
+                None,
+                (!ok).then_some("connection ended before the run"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds this client's counts to the run's.
+    fn finish(&self, run: &Run) {
+        let room = &run.rooms[self.room];
+        let mut t = Tally {
+            acks: self.acks,
+            foreign: self.foreign,
+            ..Tally::default()
+        };
+        for (s, track) in self.tracks.iter().enumerate() {
+            if Some(s) == self.slot {
+                continue;
+            }
+            let end = match &self.ends {
+                Some(ends) => ends[s],
+                None => room.senders[s].sent.load(Ordering::SeqCst),
+            };
+            let owed = end.saturating_sub(track.start);
+            t.expected += owed + track.early;
+            t.received += track.in_window.min(owed) + track.early;
+            t.duplicates += track.duplicates;
+            t.out_of_order += track.out_of_order;
+        }
+        t.lost = t.expected - t.received;
+        run.add_tally(&t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip() {
+        let mut text = String::new();
+        let stamp = Stamp {
+            slot: 3,
+            seq: 41,
+            sent_us: 123_456,
+        };
+        message_text(&mut text, stamp, 64);
+        assert_eq!(text.len(), 64);
+        let v1 = format!(
+            r#"{{"type":"message","room":"lt-0","id":7,"from":"lt3","text":"{text}","ts":1}}"#
+        );
+        assert_eq!(parse_stamp(v1.as_bytes(), Protocol::V1), Some(stamp));
+        let seed = format!("12: {text}");
+        assert_eq!(parse_stamp(seed.as_bytes(), Protocol::Seed), Some(stamp));
+        assert_eq!(parse_stamp(br#"{"type":"presence"}"#, Protocol::V1), None);
+        assert_eq!(parse_stamp(b"12: ~1.2~", Protocol::Seed), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! The tidechat server the load test starts itself when no `--host` is given: in a child process
+//! (this program's `serve` subcommand; default, so its CPU and memory are measured apart) or on
+//! threads of this process (tests).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// tidechat options for load: the per-connection rate limit and the connection cap raised so
+/// they measure the server, not its abuse protection.
+pub const LOAD_ARGS: &[&str] = &[
+    "--rate",
+    "1000000",
+    "--burst",
+    "1000000",
+    "--max-connections",
+    "200000",
+    "--max-rooms",
+    "100000",
+];
+
+/// Name of the thread that runs the embedded server's accept loop.
+pub const SERVER_THREAD: &str = "tidechat-server";
+
+/// The tidechat config used by the embedded server, from [`LOAD_ARGS`] plus `extra` options.
+pub fn load_config(extra: &[String]) -> anyhow::Result<tidechat::Config> {
+    let mut argv: Vec<String> = vec!["tidechat".into(), "--bind".into(), "127.0.0.1:0".into()];
+    argv.extend(LOAD_ARGS.iter().map(|s| s.to_string()));
+    argv.extend(extra.iter().cloned());
+    let args = tidechat::config::Args::try_parse_from(argv)?;
+    Ok(args.into_config()?)
+}
+
+/// A running embedded server; stopped on drop.
+pub struct Embedded {
+    pub addr: SocketAddr,
+    /// The child's PID in process mode.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    stop: Option<futures::channel::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Serves on threads of this process.
+    pub fn start_thread(config: tidechat::Config) -> anyhow::Result<Self> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = std_listener.local_addr()?;
+        let listener = async_std::net::TcpListener::from(std_listener);
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn(move || {
+                let server = tidechat::Server::new(config);
+                let shutdown = async move {
+                    let _ = rx.await;
+                };
+                if let Err(e) = async_std::task::block_on(server.run(listener, shutdown)) {
+                    log::error!("embedded tidechat: {e}");
+                }
+            })?;
+        Ok(Self {
+            addr,
+            pid: None,
+            child: None,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `exe serve [extra]` and waits for the address it prints.
+    pub fn start_process(exe: &Path, extra: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} serve", exe.display()))?;
+        let pid = child.id();
+        // unwrap: stdout was piped above.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let addr: SocketAddr = match line.trim().strip_prefix("listening ") {
+            Some(a) => a.parse()?,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("embedded server did not start: {line:?}");
+            }
+        };
+        Ok(Self {
+            addr,
+            pid: Some(pid),
+            child: Some(child),
+            stop: None,
+            thread: None,
+        })
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(mut child) = self.child.take() {
+            // Closing its stdin asks it to shut down; it is killed if it has not after a while.
+            drop(child.stdin.take());
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `serve` subcommand: tidechat on 127.0.0.1:0 with [`LOAD_ARGS`] and `extra`, printing
+/// `listening ADDR` on stdout, until stdin closes.
+pub fn serve(extra: &[String]) -> anyhow::Result<()> {
+    crate::sys::raise_nofile();
+    let config = load_config(extra)?;
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("listening {}", std_listener.local_addr()?);
+    let listener = async_std::net::TcpListener::from(std_listener);
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let server = tidechat::Server::new(config);
+    async_std::task::block_on(server.run(listener, async move {
+        let _ = rx.await;
+    }))?;
+    Ok(())
+}

@@ -1,0 +1,599 @@
+//! loadtest: thousands of simulated chat clients (goose users) measuring a chat server's fan-out
+//! latency, loss and cost.
+//!
+//! # Layout
+//! - [`config`]: command line (goose's options flattened beside ours), named scenarios, [`Params`].
+//! - [`run`]: state one run's clients share: rooms, senders' counters, the start barrier.
+//! - [`client`]: one simulated client as goose transactions (connect / chat / drain), the message
+//!   stamp and its cheap parser.
+//! - [`metrics`]: sharded HDR histograms, per-receiver sequence tracking, tallies.
+//! - [`report`]: the fan-out report (JSON, terminal table, HTML with plots); [`compare`] puts two
+//!   side by side.
+//! - [`embedded`]: the tidechat server started when no `--host` is given.
+//! - [`sys`]: CPU and memory from `/proc`, the open-file limit.
+//!
+//! [`execute`] runs one load test and returns its [`Report`]; `main.rs` only parses the command
+//! line, builds the runtime and writes the files.
+
+pub mod client;
+pub mod compare;
+pub mod config;
+pub mod embedded;
+pub mod metrics;
+pub mod report;
+pub mod run;
+pub mod sys;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use goose::config::GooseConfiguration;
+use goose::prelude::*;
+
+pub use config::{Cli, Options, Params, Protocol, ScenarioName, ServerMode};
+use embedded::Embedded;
+use metrics::{distribution, Percentiles};
+pub use report::Report;
+use report::{Connections, Cost, Deliveries, Environment, Sends, StepResult, Target, TimePoint};
+use run::Run;
+
+/// Name prefixes of the threads that belong to an embedded server in thread mode (async-std's
+/// executor, async-io's reactor, the blocking pool, our accept-loop thread).
+fn is_server_thread(name: &str) -> bool {
+    name.starts_with("async-") || name.starts_with("blocking-") || name.starts_with("tidechat")
+}
+
+/// How often the timeline takes a point.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The result of [`execute`]: the report, and goose's verdict (an error when a `--threshold`
+/// failed or goose could not run).
+pub struct Outcome {
+    pub report: Report,
+    pub goose_error: Option<String>,
+}
+
+/// Where the load goes, and how its cost is measured.
+struct Setup {
+    url: String,
+    server: String,
+    server_pid: Option<u32>,
+    /// Keeps the embedded server running until the end.
+    _embedded: Option<Embedded>,
+}
+
+fn ws_url(host: &str, protocol: Protocol) -> anyhow::Result<String> {
+    let rest = host
+        .strip_prefix("ws://")
+        .or_else(|| host.strip_prefix("http://"))
+        .ok_or_else(|| anyhow::anyhow!("--host {host}: use ws://HOST:PORT or http://HOST:PORT"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = match path {
+        "" | "/" => match protocol {
+            Protocol::V1 => "/ws",
+            Protocol::Seed => "/chatSocket",
+        },
+        p => p,
+    };
+    Ok(format!("ws://{hostport}{path}"))
+}
+
+/// Runs one load test as the options and goose configuration say; `exe` is this program (for the
+/// process server mode; without it the embedded server runs on threads).
+pub async fn execute(
+    options: &Options,
+    mut goose: GooseConfiguration,
+    exe: Option<PathBuf>,
+    server_args: &[String],
+) -> anyhow::Result<Outcome> {
+    let (nofile, _) = sys::raise_nofile();
+    let params = options.resolve(&mut goose)?;
+    let setup = match &goose.host {
+        Some(host) => Setup {
+            url: ws_url(host, params.protocol)?,
+            server: "external".into(),
+            server_pid: options.server_pid,
+            _embedded: None,
+        },
+        None => {
+            let embedded = match (options.server_mode, exe) {
+                (ServerMode::Process, Some(exe)) => Embedded::start_process(&exe, server_args)?,
+                _ => Embedded::start_thread(embedded::load_config(server_args)?)?,
+            };
+            goose.host = Some(embedded.http_url());
+            Setup {
+                url: ws_url(&embedded.http_url(), params.protocol)?,
+                server: if embedded.pid.is_some() {
+                    "process"
+                } else {
+                    "thread"
+                }
+                .into(),
+                server_pid: embedded.pid,
+                _embedded: Some(embedded),
+            }
+        }
+    };
+    if (params.users as u64) * 2 + 100 > nofile && setup.server == "thread" {
+        log::warn!(
+            "open-file limit {nofile} is low for {} clients plus an in-process server",
+            params.users
+        );
+    } else if params.users as u64 + 100 > nofile {
+        log::warn!(
+            "open-file limit {nofile} is below {} clients: raise `ulimit -n`",
+            params.users
+        );
+    }
+    let thread_mode = setup.server == "thread";
+    let cpu = CpuMeter {
+        thread_mode,
+        server_pid: setup.server_pid,
+    };
+    let started_unix_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (rss_before, _) = sys::self_rss();
+    let server_rss_start = setup.server_pid.and_then(sys::process_rss).map(|r| r.0);
+    let (gen_cpu0, srv_cpu0) = cpu.read();
+
+    let run = Run::new(params.clone(), setup.url.clone());
+    let wall = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let timeline = Arc::new(Mutex::new(Vec::new()));
+    let peak_server_rss = Arc::new(Mutex::new(server_rss_start));
+    let sampler = tokio::spawn(sample_timeline(
+        run.clone(),
+        cpu.clone(),
+        done.clone(),
+        timeline.clone(),
+        peak_server_rss.clone(),
+    ));
+    let warmup = {
+        let run = run.clone();
+        let t = Duration::from_secs_f64(params.warmup_timeout_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            run.start_sending();
+        })
+    };
+    let stepper = params
+        .step
+        .is_some()
+        .then(|| tokio::spawn(step_controller(run.clone(), done.clone())));
+
+    let goose_result = attack(&run, goose).await;
+    done.store(true, Ordering::Release);
+    warmup.abort();
+    let _ = sampler.await;
+    let stopped_at = match stepper {
+        Some(h) => h.await.ok().flatten(),
+        None => None,
+    };
+    let (gen_cpu1, srv_cpu1) = cpu.read();
+    let wall_s = wall.elapsed().as_secs_f64();
+    let (_, gen_peak) = sys::self_rss();
+    if let Some(pid) = setup.server_pid {
+        if let Some((_, hwm)) = sys::process_rss(pid) {
+            let mut p = peak_server_rss.lock().unwrap_or_else(|e| e.into_inner());
+            *p = Some(p.unwrap_or(0).max(hwm));
+        }
+    }
+    let server_rss_peak = *peak_server_rss.lock().unwrap_or_else(|e| e.into_inner());
+
+    let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut report = build_report(
+        &run,
+        started_unix_s,
+        Target {
+            url: setup.url.clone(),
+            server: setup.server.clone(),
+            server_pid: setup.server_pid,
+        },
+        nofile,
+        timeline,
+    );
+    let deliveries = report.deliveries.tally.received.max(1) as f64;
+    let gen_cpu = gen_cpu1 - gen_cpu0;
+    let server_cpu = match (srv_cpu0, srv_cpu1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let joined = report.connections.joined.max(1) as f64;
+    report.cost = Cost {
+        wall_s,
+        generator_cpu_s: gen_cpu,
+        server_cpu_s: server_cpu,
+        generator_us_per_delivery: (report.deliveries.tally.received > 0)
+            .then(|| gen_cpu * 1e6 / deliveries),
+        server_us_per_delivery: server_cpu
+            .filter(|_| report.deliveries.tally.received > 0)
+            .map(|s| s * 1e6 / deliveries),
+        generator_peak_rss: gen_peak,
+        generator_bytes_per_client: (report.connections.joined > 0)
+            .then(|| gen_peak.saturating_sub(rss_before) as f64 / joined),
+        memory_includes_server: thread_mode,
+        server_rss_start,
+        server_rss_peak,
+        server_bytes_per_connection: match (server_rss_start, server_rss_peak) {
+            (Some(a), Some(b)) if report.connections.peak_open > 0 => {
+                Some(b.saturating_sub(a) as f64 / report.connections.peak_open as f64)
+            }
+            _ => None,
+        },
+    };
+    if let Some(step) = &params.step {
+        finish_steps(&run, &mut report, step, stopped_at);
+    }
+    add_warnings(&mut report);
+    Ok(Outcome {
+        report,
+        goose_error: goose_result.err().map(|e| e.to_string()),
+    })
+}
+
+/// Builds and runs the goose attack of one run.
+async fn attack(run: &Arc<Run>, goose: GooseConfiguration) -> Result<(), GooseError> {
+    let connect: TransactionFunction = {
+        let run = run.clone();
+        Arc::new(move |user| {
+            let run = run.clone();
+            Box::pin(async move { client::connect(&run, user).await })
+        })
+    };
+    let chat: TransactionFunction = {
+        let run = run.clone();
+        Arc::new(move |user| {
+            let run = run.clone();
+            Box::pin(async move { client::chat(&run, user).await })
+        })
+    };
+    let drain: TransactionFunction = {
+        let run = run.clone();
+        Arc::new(move |user| {
+            let run = run.clone();
+            Box::pin(async move { client::drain(&run, user).await })
+        })
+    };
+    let scenario = scenario!("ChatClient")
+        .register_transaction(Transaction::new(connect).set_name("connect").set_on_start())
+        .register_transaction(Transaction::new(chat).set_name("chat"))
+        .register_transaction(Transaction::new(drain).set_name("drain").set_on_stop());
+    GooseAttack::initialize_with_config(goose)?
+        // One HTTP client for all users (goose builds one per user otherwise); none is used.
+        .set_client_builder_without_cookies(
+            goose::client::GooseClientBuilder::new().without_cookies(),
+        )?
+        .register_scenario(scenario)
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Reads generator and server CPU seconds.
+#[derive(Clone)]
+struct CpuMeter {
+    thread_mode: bool,
+    server_pid: Option<u32>,
+}
+
+impl CpuMeter {
+    fn read(&self) -> (f64, Option<f64>) {
+        let total = sys::self_cpu_s();
+        if self.thread_mode {
+            let server = sys::threads_cpu_s(is_server_thread);
+            (total - server, Some(server))
+        } else {
+            (total, self.server_pid.and_then(sys::process_cpu_s))
+        }
+    }
+}
+
+/// Takes a timeline point every second until `done`.
+async fn sample_timeline(
+    run: Arc<Run>,
+    cpu: CpuMeter,
+    done: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<TimePoint>>>,
+    peak_server_rss: Arc<Mutex<Option<u64>>>,
+) {
+    let mut last = Instant::now();
+    let (mut gen0, mut srv0) = cpu.read();
+    let mut sends0 = run.sends.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(TICK);
+    tick.tick().await;
+    while !done.load(Ordering::Acquire) {
+        tick.tick().await;
+        let dt = last.elapsed().as_secs_f64().max(1e-3);
+        last = Instant::now();
+        let (gen, srv) = cpu.read();
+        let h = run.shards.merged(true, |s| &mut s.fanout_interval);
+        let p = Percentiles::of(&h);
+        let sends = run.sends.load(Ordering::Relaxed);
+        let server_rss = cpu.server_pid.and_then(sys::process_rss).map(|r| r.0);
+        if let Some(rss) = server_rss {
+            let mut peak = peak_server_rss.lock().unwrap_or_else(|e| e.into_inner());
+            *peak = Some(peak.unwrap_or(0).max(rss));
+        }
+        let point = TimePoint {
+            t_s: run.epoch.elapsed().as_secs_f64(),
+            open: run.open.load(Ordering::Relaxed),
+            deliveries_per_s: h.len() as f64 / dt,
+            sends_per_s: (sends - sends0) as f64 / dt,
+            p50_ms: p.p50_ms,
+            p99_ms: p.p99_ms,
+            max_ms: p.max_ms,
+            generator_cpu: (gen - gen0) / dt,
+            server_cpu: match (srv, srv0) {
+                (Some(b), Some(a)) => Some((b - a) / dt),
+                _ => None,
+            },
+            server_rss,
+        };
+        gen0 = gen;
+        srv0 = srv;
+        sends0 = sends;
+        out.lock().unwrap_or_else(|e| e.into_inner()).push(point);
+    }
+}
+
+/// Time after a step ends before it is judged, for its last messages to arrive.
+const STEP_GRACE: Duration = Duration::from_millis(1000);
+
+/// `step` scenario: judges each step once it is over; stops the senders (and the run) at the
+/// first step over a bound. Returns that step.
+async fn step_controller(run: Arc<Run>, done: Arc<AtomicBool>) -> Option<usize> {
+    let step = run.params.step.clone()?;
+    loop {
+        if done.load(Ordering::Acquire) {
+            return None;
+        }
+        if run.send_start().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = run.instant_at(run.send_start()?);
+    for k in 0..step.max_steps {
+        let judge_at =
+            start + Duration::from_secs_f64(step.step_time_s * (k + 1) as f64) + STEP_GRACE;
+        while Instant::now() < judge_at {
+            if done.load(Ordering::Acquire) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let hists = run.shards.merged_steps();
+        let count = hists.get(k).map(|h| h.len()).unwrap_or(0);
+        let expected = run.steps[k].expected.load(Ordering::Acquire);
+        let loss = 1.0 - count as f64 / expected.max(1) as f64;
+        let p99 = hists
+            .get(k)
+            .filter(|h| !h.is_empty())
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        if p99 > step.p99_ms || loss > step.loss {
+            run.stop_sending.store(true, Ordering::Release);
+            goose::trigger_killswitch("step: bound exceeded");
+            return Some(k);
+        }
+    }
+    None
+}
+
+fn finish_steps(
+    run: &Run,
+    report: &mut Report,
+    step: &config::StepParams,
+    stopped_at: Option<usize>,
+) {
+    let hists = run.shards.merged_steps();
+    let mut best: Option<f64> = None;
+    for k in 0..step.max_steps {
+        let sent = run.steps[k].sent.load(Ordering::Acquire);
+        if sent == 0 {
+            break;
+        }
+        let expected = run.steps[k].expected.load(Ordering::Acquire);
+        let h = hists.get(k).cloned().unwrap_or_else(metrics::new_histogram);
+        let received = h.len();
+        let loss = (1.0 - received as f64 / expected.max(1) as f64).max(0.0);
+        let latency = Percentiles::of(&h);
+        let within = stopped_at != Some(k)
+            && latency.p99_ms <= step.p99_ms
+            && loss <= step.loss
+            && stopped_at.map_or(true, |s| k < s);
+        let dps = received as f64 / step.step_time_s;
+        if within {
+            best = Some(best.unwrap_or(0.0).max(dps));
+        }
+        report.steps.push(StepResult {
+            step: k,
+            msg_rate: run.params.msg_rate * f64::from(1u32 << k.min(30)),
+            messages: sent,
+            expected,
+            received,
+            loss_ratio: loss,
+            deliveries_per_s: dps,
+            latency,
+            within_bounds: within,
+        });
+    }
+    report.highest_sustained_deliveries_per_s = best;
+}
+
+fn build_report(
+    run: &Run,
+    started_unix_s: u64,
+    target: Target,
+    nofile: u64,
+    timeline: Vec<TimePoint>,
+) -> Report {
+    let p = &run.params;
+    let tally = run.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let fanout = run.shards.merged(false, |s| &mut s.fanout);
+    let ack = run.shards.merged(false, |s| &mut s.ack);
+    let lock = |m: &Mutex<hdrhistogram::Histogram<u64>>| {
+        m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    };
+    let connect = lock(&run.connect_hist);
+    let join = lock(&run.join_hist);
+    let lag = lock(&run.send_lag_hist);
+    let late = lag.count_between(client::LATE_SEND_US, metrics::MAX_LATENCY_US);
+    let start_us = run.send_start().unwrap_or(0);
+    let end_us = run.send_end_us.load(Ordering::Acquire);
+    let window_s = if end_us > start_us {
+        (end_us - start_us) as f64 / 1e6
+    } else {
+        0.0
+    };
+    let messages = run.sends.load(Ordering::Acquire);
+    let per = |n: u64| {
+        if window_s > 0.0 {
+            n as f64 / window_s
+        } else {
+            0.0
+        }
+    };
+    let (kernel, cpu_model) = sys::machine();
+    Report {
+        report_version: report::REPORT_VERSION,
+        started_unix_s,
+        params: p.clone(),
+        target,
+        environment: Environment {
+            cpus: sys::cpus(),
+            cpu_model,
+            kernel,
+            loadtest_version: env!("CARGO_PKG_VERSION").into(),
+            goose_version: "0.19".into(),
+            open_file_limit: nofile,
+            release_build: !cfg!(debug_assertions),
+        },
+        connections: Connections {
+            attempted: run.joined.load(Ordering::Acquire) + run.failed.load(Ordering::Acquire),
+            joined: run.joined.load(Ordering::Acquire),
+            failed: run.failed.load(Ordering::Acquire),
+            peak_open: run.peak_open.load(Ordering::Acquire),
+            connect: Percentiles::of(&connect),
+            connect_distribution: distribution(&connect),
+            join: Percentiles::of(&join),
+            connect_phase_s: run.last_settled_us.load(Ordering::Acquire) as f64 / 1e6,
+            failures: run.connect_failures.snapshot(),
+            disconnects: run.disconnects.snapshot(),
+            error_frames: run.error_frames.snapshot(),
+        },
+        deliveries: Deliveries {
+            loss_ratio: tally.loss_ratio(),
+            per_s: per(tally.received),
+            tally,
+        },
+        latency: Percentiles::of(&fanout),
+        latency_distribution: distribution(&fanout),
+        ack_latency: Percentiles::of(&ack),
+        sends: Sends {
+            messages,
+            per_s: per(messages),
+            window_s,
+            lag: Percentiles::of(&lag),
+            late,
+        },
+        cost: Cost::default(),
+        steps: Vec::new(),
+        highest_sustained_deliveries_per_s: None,
+        timeline,
+        warnings: Vec::new(),
+    }
+}
+
+fn add_warnings(r: &mut Report) {
+    let cpus = r.environment.cpus as f64;
+    let window: Vec<&TimePoint> = {
+        let start = r.timeline.first().map(|p| p.t_s).unwrap_or(0.0);
+        r.timeline
+            .iter()
+            .filter(|p| p.t_s > start + 1.0 && p.sends_per_s > 0.0)
+            .collect()
+    };
+    if !window.is_empty() {
+        let n = window.len() as f64;
+        let gen = window.iter().map(|p| p.generator_cpu).sum::<f64>() / n;
+        let srv = window.iter().filter_map(|p| p.server_cpu).sum::<f64>() / n;
+        if gen > 0.8 * cpus || (gen + srv > 0.85 * cpus && gen > srv) {
+            r.warnings.push(format!(
+                "the load generator used {:.0}% CPU ({:.0}% of the machine) while sending: \
+                 it may be the bottleneck, so the latencies may be its, not the server's",
+                gen * 100.0,
+                gen / cpus * 100.0
+            ));
+        }
+    }
+    if r.sends.messages > 0 && r.sends.late as f64 > 0.01 * r.sends.messages as f64 {
+        r.warnings.push(format!(
+            "{} of {} sends were more than 10 ms behind schedule (generator overloaded or \
+             server not reading)",
+            r.sends.late, r.sends.messages
+        ));
+    }
+    if let (Some(g), Some(s)) = (
+        r.cost.generator_us_per_delivery,
+        r.cost.server_us_per_delivery,
+    ) {
+        if g > s {
+            r.warnings.push(format!(
+                "the generator spent more CPU per delivery ({g:.2} us) than the server ({s:.2} us)"
+            ));
+        }
+    }
+    if r.connections.failed > 0 {
+        r.warnings.push(format!(
+            "{} clients failed to connect or join: {:?}",
+            r.connections.failed, r.connections.failures
+        ));
+    }
+    if !r.connections.disconnects.is_empty() {
+        r.warnings.push(format!(
+            "connections ended before the run did: {:?}",
+            r.connections.disconnects
+        ));
+    }
+    if r.deliveries.tally.lost > 0 {
+        r.warnings.push(format!(
+            "{} deliveries lost ({:.4}%)",
+            r.deliveries.tally.lost,
+            r.deliveries.loss_ratio * 100.0
+        ));
+    }
+    if !r.environment.release_build {
+        r.warnings
+            .push("debug build: measure with `cargo run --release -p loadtest`".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls() {
+        assert_eq!(
+            ws_url("http://127.0.0.1:3000", Protocol::V1).unwrap(),
+            "ws://127.0.0.1:3000/ws"
+        );
+        assert_eq!(
+            ws_url("ws://127.0.0.1:3000/", Protocol::Seed).unwrap(),
+            "ws://127.0.0.1:3000/chatSocket"
+        );
+        assert_eq!(
+            ws_url("ws://h:1/custom", Protocol::V1).unwrap(),
+            "ws://h:1/custom"
+        );
+        assert!(ws_url("https://h", Protocol::V1).is_err());
+    }
+}

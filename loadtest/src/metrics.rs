@@ -1,0 +1,352 @@
+//! Exact measurements kept outside goose: sharded HDR histograms of fan-out latency, delivery
+//! counters, and the per-receiver bookkeeping that turns received sequence numbers into loss,
+//! duplicate and out-of-order counts.
+//!
+//! Recording a delivery takes one uncontended lock of the calling thread's shard: each thread
+//! (tokio worker) is given its own shard index on first use, so two workers never share one in
+//! practice. Shards are merged when the run ends (and once a second for the timeline).
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+/// Largest latency a histogram holds, in microseconds (larger values are clamped to it).
+pub const MAX_LATENCY_US: u64 = 120_000_000;
+/// Significant digits kept by every histogram (0.1% relative error).
+const SIGFIG: u8 = 3;
+/// Number of shards; each recording thread uses one (threads beyond this share).
+const SHARDS: usize = 8;
+
+/// A latency histogram in microseconds with the crate's bounds.
+pub fn new_histogram() -> Histogram<u64> {
+    // unwrap: the bounds are constants that hdrhistogram accepts (low >= 1, high >= 2*low).
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG).unwrap()
+}
+
+/// Records `us` (clamped into the histogram's range).
+pub fn record(h: &mut Histogram<u64>, us: u64) {
+    // saturating_record clamps to the highest trackable value instead of failing.
+    h.saturating_record(us.max(1));
+}
+
+/// What one shard has seen.
+pub struct Shard {
+    /// Fan-out latency of every delivery to a receiver other than the sender, whole run.
+    pub fanout: Histogram<u64>,
+    /// The same, since the timeline last took it (reset every second).
+    pub fanout_interval: Histogram<u64>,
+    /// Sender's own copy: time from send to the sender receiving it back (its acknowledgement).
+    pub ack: Histogram<u64>,
+    /// Fan-out deliveries per step of the `step` scenario.
+    pub by_step: Vec<Histogram<u64>>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            fanout: new_histogram(),
+            fanout_interval: new_histogram(),
+            ack: new_histogram(),
+            by_step: Vec::new(),
+        }
+    }
+}
+
+/// Histograms sharded by recording thread.
+pub struct Shards {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+        }
+    }
+}
+
+/// Gives each thread its own shard index.
+static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn thread_slot() -> usize {
+    THREAD_SLOT.with(|slot| {
+        let mut s = slot.get();
+        if s == usize::MAX {
+            s = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
+            slot.set(s);
+        }
+        s % SHARDS
+    })
+}
+
+impl Shards {
+    /// Runs `f` on this thread's shard.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
+        // A poisoned shard only means another thread panicked while recording; the counts are
+        // still usable.
+        let mut shard = match self.shards[thread_slot()].lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut shard)
+    }
+
+    /// Merges every shard with `f` picking which histogram; `reset` empties it afterwards.
+    pub fn merged(
+        &self,
+        reset: bool,
+        f: impl Fn(&mut Shard) -> &mut Histogram<u64>,
+    ) -> Histogram<u64> {
+        let mut total = new_histogram();
+        for shard in &self.shards {
+            let mut shard = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let h = f(&mut shard);
+            // unwrap: every histogram here has the same bounds, so adding cannot overflow them.
+            total.add(&*h).unwrap();
+            if reset {
+                h.reset();
+            }
+        }
+        total
+    }
+
+    /// Merged per-step histograms.
+    pub fn merged_steps(&self) -> Vec<Histogram<u64>> {
+        let mut out: Vec<Histogram<u64>> = Vec::new();
+        for shard in &self.shards {
+            let shard = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for (i, h) in shard.by_step.iter().enumerate() {
+                while out.len() <= i {
+                    out.push(new_histogram());
+                }
+                // unwrap: same bounds, as above.
+                out[i].add(h).unwrap();
+            }
+        }
+        out
+    }
+}
+
+/// Sequence bookkeeping of one receiver for one sender.
+#[derive(Debug, Clone, Default)]
+pub struct Track {
+    /// The sender's count of messages sent when this receiver became a member: messages with a
+    /// lower sequence number were not owed to it.
+    pub start: u64,
+    /// Sequence number after the highest one received (0: none yet).
+    highest: u64,
+    /// Bit i set: sequence `highest - 1 - i` was received.
+    window: u128,
+    /// Distinct messages received with sequence >= start.
+    pub in_window: u64,
+    /// Distinct messages received with sequence < start (sent while the join was in flight).
+    pub early: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+}
+
+/// What [`Track::receive`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    Duplicate,
+}
+
+impl Track {
+    pub fn new(start: u64) -> Self {
+        Self {
+            start,
+            ..Self::default()
+        }
+    }
+
+    /// Accounts for message `seq` from this sender.
+    pub fn receive(&mut self, seq: u64) -> Seen {
+        if seq >= self.highest {
+            let shift = seq + 1 - self.highest;
+            self.window = if shift >= 128 {
+                0
+            } else {
+                self.window << shift
+            };
+            self.window |= 1;
+            self.highest = seq + 1;
+        } else {
+            let back = self.highest - 1 - seq;
+            if back < 128 {
+                let bit = 1u128 << back;
+                if self.window & bit != 0 {
+                    self.duplicates += 1;
+                    return Seen::Duplicate;
+                }
+                self.window |= bit;
+            }
+            // Older than the window: counted as new (a duplicate this late is not told apart).
+            self.out_of_order += 1;
+        }
+        if seq >= self.start {
+            self.in_window += 1;
+        } else {
+            self.early += 1;
+        }
+        Seen::New
+    }
+}
+
+/// Delivery counts of the whole run (or of one receiver).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Tally {
+    /// Deliveries owed: for every message, each member of its room when it was sent (minus the
+    /// sender).
+    pub expected: u64,
+    /// Distinct deliveries received.
+    pub received: u64,
+    /// `expected - received`.
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later message of the same sender.
+    pub out_of_order: u64,
+    /// The sender's own copies received (acknowledgements).
+    pub acks: u64,
+    /// Frames that were not recognised as this load test's messages.
+    pub foreign: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Tally) {
+        self.expected += o.expected;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.acks += o.acks;
+        self.foreign += o.foreign;
+    }
+
+    /// Lost deliveries as a fraction of expected ones.
+    pub fn loss_ratio(&self) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.expected as f64
+        }
+    }
+}
+
+/// Counts of rare events (connect failures, disconnects) by reason.
+#[derive(Debug, Default)]
+pub struct Events {
+    inner: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Events {
+    pub fn add(&self, what: impl Into<String>) {
+        let mut m = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *m.entry(what.into()).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        match self.inner.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Percentiles of a histogram, in milliseconds, as reports show them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            min_ms: ms(h.min()),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// The percentile distribution (for the HTML plot): (percentile, milliseconds) pairs at
+/// 1 - 10^-k steps.
+pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for v in h.iter_quantiles(2) {
+        let q = v.quantile_iterated_to();
+        out.push((q * 100.0, v.value_iterated_to() as f64 / 1000.0));
+        if q >= 1.0 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn track_counts_dups_gaps_and_reordering() {
+        let mut t = Track::new(2);
+        assert_eq!(t.receive(0), Seen::New); // early
+        assert_eq!(t.receive(2), Seen::New);
+        assert_eq!(t.receive(2), Seen::Duplicate);
+        assert_eq!(t.receive(5), Seen::New);
+        assert_eq!(t.receive(4), Seen::New); // late
+        assert_eq!(t.receive(4), Seen::Duplicate);
+        assert_eq!(t.receive(500), Seen::New);
+        assert_eq!(t.receive(3), Seen::New); // beyond the window: counted new, out of order
+        assert_eq!((t.early, t.in_window), (1, 5));
+        assert_eq!((t.duplicates, t.out_of_order), (2, 2));
+    }
+
+    #[test]
+    fn shards_merge() {
+        let s = Shards::default();
+        s.with(|sh| record(&mut sh.fanout, 1500));
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.with(|sh| record(&mut sh.fanout, 2500)));
+        });
+        let m = s.merged(false, |sh| &mut sh.fanout);
+        assert_eq!(m.len(), 2);
+        let p = Percentiles::of(&m);
+        assert!((p.max_ms - 2.5).abs() < 0.01, "{p:?}");
+        assert!(!distribution(&m).is_empty());
+    }
+}

@@ -1,0 +1,565 @@
+//! The fan-out report: what a run measured, as JSON (for machines and `--compare`), as a table
+//! on the terminal, and as a self-contained HTML page with plots (inline SVG, no scripts).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Params;
+use crate::metrics::{Percentiles, Tally};
+
+/// Format version of the JSON report.
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub report_version: u32,
+    /// Unix time the run started, seconds.
+    pub started_unix_s: u64,
+    pub params: Params,
+    pub target: Target,
+    pub environment: Environment,
+    pub connections: Connections,
+    pub deliveries: Deliveries,
+    /// Fan-out latency: send to receipt by another member, every delivery.
+    pub latency: Percentiles,
+    /// (percentile, milliseconds) pairs for the distribution plot.
+    pub latency_distribution: Vec<(f64, f64)>,
+    /// Sender's own copy: send to its acknowledgement.
+    pub ack_latency: Percentiles,
+    pub sends: Sends,
+    pub cost: Cost,
+    /// `step` scenario only.
+    pub steps: Vec<StepResult>,
+    pub highest_sustained_deliveries_per_s: Option<f64>,
+    pub timeline: Vec<TimePoint>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Target {
+    pub url: String,
+    /// `process`, `thread` or `external`.
+    pub server: String,
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Environment {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub loadtest_version: String,
+    pub goose_version: String,
+    pub open_file_limit: u64,
+    pub release_build: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connections {
+    pub attempted: usize,
+    pub joined: usize,
+    pub failed: usize,
+    pub peak_open: usize,
+    /// Connect (TCP + handshake + hello) times.
+    pub connect: Percentiles,
+    pub connect_distribution: Vec<(f64, f64)>,
+    pub join: Percentiles,
+    /// Seconds from the first connect attempt to the last client ready.
+    pub connect_phase_s: f64,
+    pub failures: BTreeMap<String, u64>,
+    /// Connections that ended before the run did, by close code or error.
+    pub disconnects: BTreeMap<String, u64>,
+    /// `error` frames received, by code.
+    pub error_frames: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Deliveries {
+    #[serde(flatten)]
+    pub tally: Tally,
+    pub loss_ratio: f64,
+    /// Received deliveries per second of the send window.
+    pub per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sends {
+    pub messages: u64,
+    pub per_s: f64,
+    /// Seconds from the first scheduled send to the last sender stopping.
+    pub window_s: f64,
+    /// Lateness against the schedule (open loop: late sends are sent at once, not dropped).
+    pub lag: Percentiles,
+    /// Sends later than 10 ms.
+    pub late: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cost {
+    pub wall_s: f64,
+    pub generator_cpu_s: f64,
+    pub server_cpu_s: Option<f64>,
+    pub generator_us_per_delivery: Option<f64>,
+    pub server_us_per_delivery: Option<f64>,
+    /// Generator resident memory at its peak, bytes.
+    pub generator_peak_rss: u64,
+    /// (peak - before the first connect) / clients joined.
+    pub generator_bytes_per_client: Option<f64>,
+    /// True when the server runs in the generator's process (its memory is included above).
+    pub memory_includes_server: bool,
+    pub server_rss_start: Option<u64>,
+    pub server_rss_peak: Option<u64>,
+    pub server_bytes_per_connection: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepResult {
+    pub step: usize,
+    /// Messages per second per sender.
+    pub msg_rate: f64,
+    pub messages: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub loss_ratio: f64,
+    pub deliveries_per_s: f64,
+    pub latency: Percentiles,
+    pub within_bounds: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimePoint {
+    pub t_s: f64,
+    pub open: usize,
+    pub deliveries_per_s: f64,
+    pub sends_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub generator_cpu: f64,
+    pub server_cpu: Option<f64>,
+    pub server_rss: Option<u64>,
+}
+
+impl Report {
+    pub fn write(&self, stem: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let json = stem.with_extension("json");
+        let html = stem.with_extension("html");
+        if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&json, serde_json::to_string_pretty(self)?)?;
+        std::fs::write(&html, self.html())?;
+        Ok((json, html))
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let p = &self.params;
+        let d = &self.deliveries;
+        let c = &self.cost;
+        let _ = writeln!(
+            s,
+            "\n=== fan-out summary ({:?}, {}) ===",
+            p.scenario, self.target.url
+        );
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "clients",
+                format!(
+                    "{} joined / {} attempted, {} failed, peak open {}",
+                    self.connections.joined,
+                    self.connections.attempted,
+                    self.connections.failed,
+                    self.connections.peak_open
+                ),
+            ),
+            (
+                "rooms / senders",
+                format!(
+                    "{} / {} x {} msg/s, {} B",
+                    p.rooms, p.senders, p.msg_rate, p.message_size
+                ),
+            ),
+            (
+                "connect ms",
+                format!(
+                    "p50 {:.2}  p99 {:.2}  max {:.2}  ({:.1} s to connect all)",
+                    self.connections.connect.p50_ms,
+                    self.connections.connect.p99_ms,
+                    self.connections.connect.max_ms,
+                    self.connections.connect_phase_s
+                ),
+            ),
+            (
+                "messages sent",
+                format!(
+                    "{} ({:.1}/s over {:.1} s, {} late)",
+                    self.sends.messages, self.sends.per_s, self.sends.window_s, self.sends.late
+                ),
+            ),
+            (
+                "deliveries",
+                format!(
+                    "{} received / {} expected ({:.1}/s)",
+                    d.tally.received, d.tally.expected, d.per_s
+                ),
+            ),
+            (
+                "loss",
+                format!(
+                    "{} ({:.4}%), duplicates {}, out of order {}",
+                    d.tally.lost,
+                    d.loss_ratio * 100.0,
+                    d.tally.duplicates,
+                    d.tally.out_of_order
+                ),
+            ),
+            (
+                "fan-out latency ms",
+                format!(
+                    "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                    self.latency.p50_ms,
+                    self.latency.p90_ms,
+                    self.latency.p99_ms,
+                    self.latency.p999_ms,
+                    self.latency.max_ms
+                ),
+            ),
+            (
+                "disconnects",
+                if self.connections.disconnects.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{:?}", self.connections.disconnects)
+                },
+            ),
+            (
+                "CPU s",
+                format!(
+                    "generator {:.2}{}  server {}",
+                    c.generator_cpu_s,
+                    c.generator_us_per_delivery
+                        .map(|u| format!(" ({u:.2} us/delivery)"))
+                        .unwrap_or_default(),
+                    match (c.server_cpu_s, c.server_us_per_delivery) {
+                        (Some(s), Some(u)) => format!("{s:.2} ({u:.2} us/delivery)"),
+                        (Some(s), None) => format!("{s:.2}"),
+                        _ => "n/a".into(),
+                    }
+                ),
+            ),
+            (
+                "memory",
+                format!(
+                    "generator peak {:.1} MiB{}{}",
+                    c.generator_peak_rss as f64 / 1048576.0,
+                    c.generator_bytes_per_client
+                        .map(|b| format!(" ({:.1} KiB/client)", b / 1024.0))
+                        .unwrap_or_default(),
+                    match (c.server_rss_peak, c.server_bytes_per_connection) {
+                        (Some(pk), Some(b)) => format!(
+                            ", server peak {:.1} MiB ({:.1} KiB/connection)",
+                            pk as f64 / 1048576.0,
+                            b / 1024.0
+                        ),
+                        (Some(pk), None) =>
+                            format!(", server peak {:.1} MiB", pk as f64 / 1048576.0),
+                        _ => String::new(),
+                    }
+                ),
+            ),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(s, "{k:>20}  {v}");
+        }
+        if let Some(best) = self.highest_sustained_deliveries_per_s {
+            let _ = writeln!(s, "{:>20}  {best:.0} deliveries/s", "highest sustained");
+        }
+        for st in &self.steps {
+            let _ = writeln!(
+                s,
+                "{:>20}  {:>6.1} msg/s/sender  {:>9.0} deliveries/s  p99 {:>8.2} ms  loss {:.4}%  {}",
+                format!("step {}", st.step),
+                st.msg_rate,
+                st.deliveries_per_s,
+                st.latency.p99_ms,
+                st.loss_ratio * 100.0,
+                if st.within_bounds { "ok" } else { "over bound" }
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "WARNING: {w}");
+        }
+        s
+    }
+
+    /// A self-contained HTML page with the figures and plots.
+    pub fn html(&self) -> String {
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>fan-out report: {:?}</title><style>{CSS}</style></head><body>",
+            self.params.scenario
+        );
+        let _ = write!(
+            h,
+            "<h1>Fan-out report: {:?} against {}</h1>",
+            self.params.scenario,
+            esc(&self.target.url)
+        );
+        for w in &self.warnings {
+            let _ = write!(h, "<p class=\"warn\">Warning: {}</p>", esc(w));
+        }
+        h.push_str("<pre>");
+        h.push_str(&esc(&self.summary()));
+        h.push_str("</pre>");
+        let dist: Vec<(f64, f64)> = self
+            .latency_distribution
+            .iter()
+            .map(|&(pct, ms)| (percentile_x(pct), ms))
+            .collect();
+        h.push_str(&svg_chart(
+            "Fan-out latency by percentile",
+            "percentile",
+            "ms",
+            &[("latency", &dist)],
+            Some(&[
+                (0.0, "0%"),
+                (1.0, "90%"),
+                (2.0, "99%"),
+                (3.0, "99.9%"),
+                (4.0, "99.99%"),
+                (5.0, "99.999%"),
+            ]),
+        ));
+        let tl = |f: &dyn Fn(&TimePoint) -> f64| -> Vec<(f64, f64)> {
+            self.timeline.iter().map(|p| (p.t_s, f(p))).collect()
+        };
+        let p50 = tl(&|p| p.p50_ms);
+        let p99 = tl(&|p| p.p99_ms);
+        let max = tl(&|p| p.max_ms);
+        h.push_str(&svg_chart(
+            "Fan-out latency over time (per second)",
+            "seconds",
+            "ms",
+            &[("p50", &p50), ("p99", &p99), ("max", &max)],
+            None,
+        ));
+        let dps = tl(&|p| p.deliveries_per_s);
+        h.push_str(&svg_chart(
+            "Deliveries per second",
+            "seconds",
+            "deliveries/s",
+            &[("deliveries/s", &dps)],
+            None,
+        ));
+        let open = tl(&|p| p.open as f64);
+        h.push_str(&svg_chart(
+            "Open connections",
+            "seconds",
+            "connections",
+            &[("open", &open)],
+            None,
+        ));
+        let gen = tl(&|p| p.generator_cpu * 100.0);
+        let srv: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter_map(|p| Some((p.t_s, p.server_cpu? * 100.0)))
+            .collect();
+        h.push_str(&svg_chart(
+            "CPU (% of one core)",
+            "seconds",
+            "%",
+            &[("generator", &gen), ("server", &srv)],
+            None,
+        ));
+        if !self.connections.connect_distribution.is_empty() {
+            let cd: Vec<(f64, f64)> = self
+                .connections
+                .connect_distribution
+                .iter()
+                .map(|&(pct, ms)| (percentile_x(pct), ms))
+                .collect();
+            h.push_str(&svg_chart(
+                "Connect time by percentile",
+                "percentile",
+                "ms",
+                &[("connect", &cd)],
+                Some(&[
+                    (0.0, "0%"),
+                    (1.0, "90%"),
+                    (2.0, "99%"),
+                    (3.0, "99.9%"),
+                    (4.0, "99.99%"),
+                ]),
+            ));
+        }
+        h.push_str("<h2>Run parameters and environment (JSON)</h2><pre>");
+        let meta = serde_json::json!({
+            "params": self.params, "target": self.target, "environment": self.environment,
+            "cost": self.cost, "connections": {
+                "failures": self.connections.failures,
+                "disconnects": self.connections.disconnects,
+                "error_frames": self.connections.error_frames,
+            }
+        });
+        h.push_str(&esc(
+            &serde_json::to_string_pretty(&meta).unwrap_or_default()
+        ));
+        h.push_str("</pre></body></html>\n");
+        h
+    }
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px;color:#222}\
+pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:13px}.warn{color:#a00;font-weight:bold}\
+svg{display:block;margin:1.5em 0}text{font-size:11px;fill:#333}";
+
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+/// x position of a percentile on the usual HDR axis: -log10(1 - q).
+fn percentile_x(pct: f64) -> f64 {
+    let rest = (1.0 - pct / 100.0).max(1e-6);
+    -rest.log10()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A line chart as inline SVG.
+fn svg_chart(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(&str, &Vec<(f64, f64)>)],
+    xticks: Option<&[(f64, &str)]>,
+) -> String {
+    let (w, hgt, l, r, t, b) = (900.0, 300.0, 70.0, 20.0, 30.0, 40.0);
+    let pts = series.iter().flat_map(|(_, s)| s.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg width=\"{w}\" height=\"{hgt}\" viewBox=\"0 0 {w} {hgt}\" role=\"img\" aria-label=\"{title}\">\
+         <text x=\"{l}\" y=\"18\" style=\"font-size:14px;font-weight:bold\">{title}</text>"
+    );
+    if x0 > x1 {
+        let _ = write!(s, "<text x=\"{l}\" y=\"60\">no data</text></svg>");
+        return s;
+    }
+    if x1 - x0 < 1e-9 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= 0.0 {
+        y1 = 1.0;
+    }
+    y1 *= 1.05;
+    let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
+    let py = |y: f64| hgt - b - y / y1 * (hgt - t - b);
+    let _ = write!(
+        s,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>\
+         <line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"#888\"/>",
+        hgt - b,
+        w - r,
+        hgt - b,
+        hgt - b
+    );
+    for i in 0..=4 {
+        let y = y1 * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            l - 6.0,
+            py(y) + 4.0,
+            fmt_num(y),
+        );
+        let _ = write!(
+            s,
+            "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#eee\"/>",
+            py(y),
+            w - r,
+            py(y)
+        );
+    }
+    let ticks: Vec<(f64, String)> = match xticks {
+        Some(t) => t
+            .iter()
+            .filter(|(x, _)| *x >= x0 && *x <= x1 + 1e-9)
+            .map(|(x, n)| (*x, n.to_string()))
+            .collect(),
+        None => (0..=5)
+            .map(|i| {
+                let x = x0 + (x1 - x0) * i as f64 / 5.0;
+                (x, fmt_num(x))
+            })
+            .collect(),
+    };
+    for (x, name) in ticks {
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{name}</text>",
+            px(x),
+            hgt - b + 16.0
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel}</text>\
+         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{ylabel}</text>",
+        (l + w - r) / 2.0,
+        hgt - 4.0,
+        hgt / 2.0,
+        hgt / 2.0
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\
+             <text x=\"{}\" y=\"{}\" style=\"fill:{color}\">{name}</text>",
+            path.join(" "),
+            w - r - 120.0,
+            t + 14.0 * (i as f64 + 1.0)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}

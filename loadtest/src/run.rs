@@ -1,0 +1,265 @@
+//! State shared by every simulated client of one run: who is in which room, each sender's
+//! message count, the start barrier, histograms and counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::{Params, Protocol};
+use crate::metrics::{self, Events, Shards, Tally};
+
+/// Not started yet (value of [`Run::send_start_us`]).
+const NOT_STARTED: u64 = u64::MAX;
+/// Pause between the last join and the first message, so that every server has subscribed the
+/// last members (the seed protocol has no `joined` reply to wait for).
+const SETTLE_V1: Duration = Duration::from_millis(50);
+const SETTLE_SEED: Duration = Duration::from_millis(300);
+
+/// One sender's place in its room.
+#[derive(Debug, Default)]
+pub struct SenderSlot {
+    /// Messages sent so far; the next message's sequence number.
+    pub sent: AtomicU64,
+    /// The sender has stopped for good (run over, disconnected or never connected).
+    pub done: AtomicBool,
+}
+
+/// A room of the run.
+#[derive(Debug)]
+pub struct Room {
+    pub name: String,
+    pub senders: Vec<SenderSlot>,
+    /// Clients that joined and are still connected.
+    pub members: AtomicUsize,
+}
+
+impl Room {
+    pub fn senders_done(&self) -> bool {
+        self.senders.iter().all(|s| s.done.load(Ordering::Acquire))
+    }
+}
+
+/// Per-step counts of the `step` scenario.
+#[derive(Debug, Default)]
+pub struct StepCounts {
+    /// Deliveries owed for messages sent in this step.
+    pub expected: AtomicU64,
+    pub sent: AtomicU64,
+}
+
+/// Everything clients share during one run.
+pub struct Run {
+    pub params: Params,
+    /// Websocket URL clients connect to.
+    pub ws_url: String,
+    /// The one monotonic clock of the process: messages carry microseconds since this instant.
+    pub epoch: Instant,
+    pub rooms: Vec<Room>,
+    pub shards: Shards,
+    /// Time from starting to connect to a usable socket (after `hello` on v1), microseconds.
+    pub connect_hist: Mutex<Histogram<u64>>,
+    /// Time from `join` to `joined`.
+    pub join_hist: Mutex<Histogram<u64>>,
+    /// How late senders were against their schedule.
+    pub send_lag_hist: Mutex<Histogram<u64>>,
+    /// Connect failures by reason.
+    pub connect_failures: Events,
+    /// Connections that ended before the run did, by close code or error.
+    pub disconnects: Events,
+    /// Error frames received, by code.
+    pub error_frames: Events,
+    pub tally: Mutex<Tally>,
+    /// Clients ready to receive (joined), and clients that failed to get there.
+    pub joined: AtomicUsize,
+    pub failed: AtomicUsize,
+    /// When the last client joined or gave up, microseconds since `epoch`.
+    pub last_settled_us: AtomicU64,
+    /// Sockets open now.
+    pub open: AtomicUsize,
+    /// Most sockets open at once.
+    pub peak_open: AtomicUsize,
+    pub handshakes: Semaphore,
+    /// When senders start, in microseconds since `epoch` ([`NOT_STARTED`] until then).
+    send_start_us: AtomicU64,
+    pub started: Notify,
+    /// Set by the `step` controller when a bound was exceeded: senders stop.
+    pub stop_sending: AtomicBool,
+    /// When the last sender stopped, microseconds since `epoch` (0: not yet).
+    pub send_end_us: AtomicU64,
+    pub sends: AtomicU64,
+    /// Every this many deliveries a client gives goose one sample.
+    pub sample_every: u64,
+    pub steps: Vec<StepCounts>,
+}
+
+impl Run {
+    pub fn new(params: Params, ws_url: String) -> Arc<Self> {
+        let rooms = (0..params.rooms)
+            .map(|r| {
+                let senders = senders_in_room(params.senders, params.rooms, r);
+                Room {
+                    name: format!("lt-{r}"),
+                    senders: (0..senders).map(|_| SenderSlot::default()).collect(),
+                    members: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        let per_room = params.users as f64 / params.rooms as f64;
+        let offered = params.senders as f64 * params.msg_rate * (per_room - 1.0).max(0.0);
+        // About 500 goose samples a second: enough for its percentiles, cheap to aggregate.
+        let sample_every = (offered / 500.0).ceil().max(1.0) as u64;
+        let steps = params
+            .step
+            .as_ref()
+            .map(|s| (0..s.max_steps).map(|_| StepCounts::default()).collect())
+            .unwrap_or_default();
+        Arc::new(Self {
+            handshakes: Semaphore::new(params.max_handshakes),
+            params,
+            ws_url,
+            epoch: Instant::now(),
+            rooms,
+            shards: Shards::default(),
+            connect_hist: Mutex::new(metrics::new_histogram()),
+            join_hist: Mutex::new(metrics::new_histogram()),
+            send_lag_hist: Mutex::new(metrics::new_histogram()),
+            connect_failures: Events::default(),
+            disconnects: Events::default(),
+            error_frames: Events::default(),
+            tally: Mutex::new(Tally::default()),
+            joined: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            last_settled_us: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            peak_open: AtomicUsize::new(0),
+            send_start_us: AtomicU64::new(NOT_STARTED),
+            started: Notify::new(),
+            stop_sending: AtomicBool::new(false),
+            send_end_us: AtomicU64::new(0),
+            sends: AtomicU64::new(0),
+            sample_every,
+            steps,
+        })
+    }
+
+    /// Microseconds since the run's epoch.
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub fn instant_at(&self, us: u64) -> Instant {
+        self.epoch + Duration::from_micros(us)
+    }
+
+    /// Which room user `index` is in and, when it sends, its slot among the room's senders.
+    pub fn role(&self, index: usize) -> (usize, Option<usize>) {
+        let rooms = self.params.rooms;
+        let room = index % rooms;
+        let slot = (index < self.params.senders).then_some(index / rooms);
+        (room, slot)
+    }
+
+    /// When senders start (microseconds since epoch), once they may.
+    pub fn send_start(&self) -> Option<u64> {
+        match self.send_start_us.load(Ordering::Acquire) {
+            NOT_STARTED => None,
+            us => Some(us),
+        }
+    }
+
+    /// Lets senders start (after a short settle), once.
+    pub fn start_sending(&self) {
+        let settle = match self.params.protocol {
+            Protocol::V1 => SETTLE_V1,
+            Protocol::Seed => SETTLE_SEED,
+        };
+        let at = self.now_us() + settle.as_micros() as u64;
+        if self
+            .send_start_us
+            .compare_exchange(NOT_STARTED, at, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.started.notify_waiters();
+        }
+    }
+
+    /// A client joined or gave up: start the senders when every client has done one or the other.
+    pub fn client_settled(&self, joined: bool) {
+        if joined {
+            self.joined.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.failed.fetch_add(1, Ordering::AcqRel);
+        }
+        self.last_settled_us
+            .fetch_max(self.now_us(), Ordering::AcqRel);
+        let settled = self.joined.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
+        if settled >= self.params.users {
+            self.start_sending();
+        }
+    }
+
+    pub fn socket_opened(&self) {
+        let now = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_open.fetch_max(now, Ordering::AcqRel);
+    }
+
+    pub fn socket_closed(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Marks a sender slot finished; records when the last one did.
+    pub fn sender_done(&self, room: usize, slot: usize) {
+        let r = &self.rooms[room];
+        if !r.senders[slot].done.swap(true, Ordering::AcqRel)
+            && self.rooms.iter().all(Room::senders_done)
+        {
+            let _ = self.send_end_us.compare_exchange(
+                0,
+                self.now_us(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// The step (of the `step` scenario) a send time falls in.
+    pub fn step_of(&self, send_us: u64) -> Option<usize> {
+        let s = self.params.step.as_ref()?;
+        let start = self.send_start()?;
+        let i = (send_us.saturating_sub(start) as f64 / 1e6 / s.step_time_s) as usize;
+        (i < s.max_steps).then_some(i)
+    }
+
+    /// A sender's rate at a send time: constant, or doubling every step.
+    pub fn rate_at(&self, send_us: u64) -> f64 {
+        match self.step_of(send_us) {
+            Some(i) => self.params.msg_rate * f64::from(1u32 << i.min(30)),
+            None if self.params.step.is_some() => 0.0,
+            None => self.params.msg_rate,
+        }
+    }
+
+    pub fn add_tally(&self, t: &Tally) {
+        let mut g = match self.tally.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.add(t);
+    }
+
+    pub fn record_into(h: &Mutex<Histogram<u64>>, us: u64) {
+        let mut g = match h.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        metrics::record(&mut g, us);
+    }
+}
+
+/// Senders of room `r` when `senders` are dealt round-robin over `rooms`.
+pub fn senders_in_room(senders: usize, rooms: usize, r: usize) -> usize {
+    senders / rooms + usize::from(r < senders % rooms)
+}

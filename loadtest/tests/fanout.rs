@@ -1,0 +1,330 @@
+//! The load test run in-process, small, against (a) a real tidechat on a loopback port and (b) a
+//! tiny seed-protocol server written here that drops every 10th message or delays one client:
+//! the report must count exactly what happened.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use loadtest::{Cli, Report};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs the load test with these command-line arguments (goose's and ours).
+async fn load(args: &[&str]) -> Report {
+    let mut argv = vec!["loadtest", "--quiet", "--no-print-metrics", "--drain", "2s"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
+        .await
+        .expect("load test runs");
+    assert!(outcome.goose_error.is_none(), "{:?}", outcome.goose_error);
+    outcome.report
+}
+
+/// What every clean run must show: every expected delivery counted, nothing lost or repeated.
+fn assert_clean(r: &Report, users: usize) {
+    let t = &r.deliveries.tally;
+    assert_eq!(r.connections.joined, users, "{:?}", r.connections);
+    assert!(r.sends.messages > 0);
+    // Every member joined before the first message, so each message is owed to all but its sender.
+    assert_eq!(t.expected, r.sends.messages * (users as u64 - 1), "{t:?}");
+    assert_eq!(t.received, t.expected, "{t:?}");
+    assert_eq!((t.lost, t.duplicates, t.out_of_order), (0, 0, 0), "{t:?}");
+    assert_eq!(
+        t.acks, r.sends.messages,
+        "every sender got its own copy back"
+    );
+    assert_eq!(r.latency.count, t.received);
+    assert!(r.latency.min_ms > 0.0, "{:?}", r.latency);
+    assert!(
+        r.latency.max_ms < r.params.run_time_s * 1000.0,
+        "{:?}",
+        r.latency
+    );
+    assert!(
+        r.connections.disconnects.is_empty(),
+        "{:?}",
+        r.connections.disconnects
+    );
+    assert!(!r.timeline.is_empty());
+    assert!(r.cost.generator_cpu_s > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidechat_v1_every_delivery_counted() {
+    let r = load(&[
+        "--server-mode",
+        "thread",
+        "--users",
+        "30",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "3",
+        "--senders",
+        "3",
+        "--msg-rate",
+        "20",
+        "--message-size",
+        "200",
+    ])
+    .await;
+    assert_clean(&r, 30);
+    assert_eq!(r.target.server, "thread");
+    assert!(r.cost.server_cpu_s.unwrap_or(0.0) > 0.0, "{:?}", r.cost);
+    // About 3 s of 3 senders x 20 msg/s (the window ends when goose stops the users).
+    assert!(r.sends.messages >= 120, "{:?}", r.sends);
+    let html = r.html();
+    assert!(html.contains("<svg") && html.contains("Fan-out latency by percentile"));
+    let json = serde_json::to_string(&r).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    // (serde_json's float parsing may differ in the last bit, so compare what is exact.)
+    assert_eq!(back.deliveries.tally, r.deliveries.tally);
+    assert_eq!(back.params, r.params);
+    let table = loadtest::compare::compare(&r, &back);
+    assert!(
+        table.contains("deliveries/s") && table.contains("1.00"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidechat_several_rooms() {
+    let r = load(&[
+        "--server-mode",
+        "thread",
+        "--users",
+        "40",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "2",
+        "--rooms",
+        "4",
+        "--senders",
+        "4",
+        "--msg-rate",
+        "10",
+    ])
+    .await;
+    let t = &r.deliveries.tally;
+    // One sender per room of 10: each message is owed to the 9 others.
+    assert_eq!(t.expected, r.sends.messages * 9, "{t:?}");
+    assert_eq!((t.received, t.lost), (t.expected, 0), "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidechat_seed_protocol() {
+    let r = load(&[
+        "--server-mode",
+        "thread",
+        "--protocol",
+        "seed",
+        "--users",
+        "20",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "2",
+        "--senders",
+        "2",
+        "--msg-rate",
+        "10",
+    ])
+    .await;
+    assert_clean(&r, 20);
+    assert!(r.target.url.ends_with("/chatSocket"));
+}
+
+/// A seed-protocol server (`N: text` to everyone) that misbehaves on purpose.
+struct TestServer {
+    url: String,
+    /// Messages it received, and those it dropped instead of broadcasting.
+    received: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Starts the server: it drops every `drop_every`-th message (0: none), and delays everything
+/// it sends to its first connection by `delay_first`.
+async fn test_server(drop_every: u64, delay_first: Duration) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/chatSocket", listener.local_addr().unwrap());
+    let received = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, String)>>>>;
+    let peers: Peers = Arc::default();
+    let (rx_count, drop_count) = (received.clone(), dropped.clone());
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok((tcp, _)) = listener.accept().await {
+            n += 1;
+            let conn = n;
+            let delay = if conn == 1 {
+                delay_first
+            } else {
+                Duration::ZERO
+            };
+            let (peers, rx_count, drop_count) =
+                (peers.clone(), rx_count.clone(), drop_count.clone());
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
+                peers.lock().unwrap().push(tx);
+                tokio::spawn(async move {
+                    // Every frame waits until its time: a constant delay keeps the order.
+                    while let Some((at, text)) = out.recv().await {
+                        tokio::time::sleep_until((at + delay).into()).await;
+                        if sink.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let k = rx_count.fetch_add(1, Ordering::SeqCst) + 1;
+                    if drop_every > 0 && k % drop_every == 0 {
+                        drop_count.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let line = format!("{conn}: {}", text.as_str());
+                    let now = Instant::now();
+                    for p in peers.lock().unwrap().iter() {
+                        let _ = p.send((now, line.clone()));
+                    }
+                }
+            });
+        }
+    });
+    TestServer {
+        url,
+        received,
+        dropped,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_server_loss_is_counted_exactly() {
+    let server = test_server(10, Duration::ZERO).await;
+    let users = 20u64;
+    let r = load(&[
+        "--host",
+        &server.url,
+        "--protocol",
+        "seed",
+        "--users",
+        "20",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "3",
+        "--senders",
+        "4",
+        "--msg-rate",
+        "10",
+    ])
+    .await;
+    let t = &r.deliveries.tally;
+    let received = server.received.load(Ordering::SeqCst);
+    let dropped = server.dropped.load(Ordering::SeqCst);
+    assert_eq!(
+        received, r.sends.messages,
+        "the server got every message sent"
+    );
+    assert!(dropped >= 10, "{dropped}");
+    assert_eq!(t.expected, r.sends.messages * (users - 1), "{t:?}");
+    assert_eq!(t.lost, dropped * (users - 1), "{t:?}");
+    assert_eq!(
+        t.received,
+        (r.sends.messages - dropped) * (users - 1),
+        "{t:?}"
+    );
+    assert_eq!(t.acks, r.sends.messages - dropped);
+    assert!(
+        (r.deliveries.loss_ratio - 0.1).abs() < 0.02,
+        "{}",
+        r.deliveries.loss_ratio
+    );
+    assert_eq!(t.duplicates, 0);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("lost")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_shows_in_the_latency() {
+    let delay = Duration::from_millis(150);
+    let server = test_server(0, delay).await;
+    let r = load(&[
+        "--host",
+        &server.url,
+        "--protocol",
+        "seed",
+        "--users",
+        "20",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "3",
+        "--senders",
+        "2",
+        "--msg-rate",
+        "10",
+    ])
+    .await;
+    let t = &r.deliveries.tally;
+    assert_eq!((t.lost, t.received), (0, t.expected), "{t:?}");
+    // One receiver of 19 (5%) gets everything 150 ms late: p90 stays low, p99 and max do not.
+    assert!(r.latency.p90_ms < 100.0, "{:?}", r.latency);
+    assert!(r.latency.p99_ms >= 150.0, "{:?}", r.latency);
+    assert!(
+        r.latency.max_ms >= 150.0 && r.latency.max_ms < 1000.0,
+        "{:?}",
+        r.latency
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_reported() {
+    // A port nothing listens on: bind one, then close it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let host = format!("ws://{addr}");
+    let cli = Cli::try_parse_from([
+        "loadtest",
+        "--quiet",
+        "--no-print-metrics",
+        "--host",
+        &host,
+        "--users",
+        "5",
+        "--increase-rate",
+        "100",
+        "--run-time",
+        "1",
+        "--senders",
+        "1",
+    ])
+    .unwrap();
+    let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
+        .await
+        .unwrap();
+    let r = outcome.report;
+    assert_eq!((r.connections.failed, r.connections.joined), (5, 0));
+    assert_eq!(
+        r.connections.failures.values().sum::<u64>(),
+        5,
+        "{:?}",
+        r.connections.failures
+    );
+    assert!(r.warnings.iter().any(|w| w.contains("failed to connect")));
+}
