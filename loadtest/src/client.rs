@@ -32,7 +32,8 @@ const SENDERS_STOP_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed for the close handshake at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// tungstenite's read buffer per socket (its default, 128 KiB, would cost 1.2 GiB at 10,000).
-const READ_BUFFER: usize = 4 * 1024;
+/// Larger frames still work: the buffer grows for them (and stays grown).
+const READ_BUFFER: usize = 2 * 1024;
 /// Largest frame accepted from the server.
 const MAX_MESSAGE: usize = 1 << 20;
 /// A send later than this against its schedule counts as late.

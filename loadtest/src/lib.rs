@@ -205,7 +205,6 @@ pub async fn execute(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let joined = report.connections.joined.max(1) as f64;
     report.cost = Cost {
         wall_s,
         generator_cpu_s: gen_cpu,
@@ -216,17 +215,14 @@ pub async fn execute(
             .filter(|_| report.deliveries.tally.received > 0)
             .map(|s| s * 1e6 / deliveries),
         generator_peak_rss: gen_peak,
-        generator_bytes_per_client: (report.connections.joined > 0)
-            .then(|| gen_peak.saturating_sub(rss_before) as f64 / joined),
+        generator_bytes_per_client: per_client(&report.timeline, rss_before, |p| {
+            Some(p.generator_rss)
+        }),
         memory_includes_server: thread_mode,
         server_rss_start,
         server_rss_peak,
-        server_bytes_per_connection: match (server_rss_start, server_rss_peak) {
-            (Some(a), Some(b)) if report.connections.peak_open > 0 => {
-                Some(b.saturating_sub(a) as f64 / report.connections.peak_open as f64)
-            }
-            _ => None,
-        },
+        server_bytes_per_connection: server_rss_start
+            .and_then(|start| per_client(&report.timeline, start, |p| p.server_rss)),
     };
     if let Some(step) = &params.step {
         finish_steps(&run, &mut report, step, stopped_at);
@@ -274,6 +270,18 @@ async fn attack(run: &Arc<Run>, goose: GooseConfiguration) -> Result<(), GooseEr
         .execute()
         .await?;
     Ok(())
+}
+
+/// Memory per open connection: (resident memory at the timeline point with the most connections
+/// open, the last such point - `before`) / connections open then.
+fn per_client(
+    timeline: &[TimePoint],
+    before: u64,
+    rss: impl Fn(&TimePoint) -> Option<u64>,
+) -> Option<f64> {
+    let most = timeline.iter().map(|p| p.open).max().filter(|&n| n > 0)?;
+    let point = timeline.iter().rev().find(|p| p.open == most)?;
+    Some(rss(point)?.saturating_sub(before) as f64 / most as f64)
 }
 
 /// Reads generator and server CPU seconds.
@@ -334,6 +342,7 @@ async fn sample_timeline(
                 (Some(b), Some(a)) => Some((b - a) / dt),
                 _ => None,
             },
+            generator_rss: sys::self_rss().0,
             server_rss,
         };
         gen0 = gen;
@@ -534,11 +543,13 @@ fn add_warnings(r: &mut Report) {
             ));
         }
     }
-    if r.sends.messages > 0 && r.sends.late as f64 > 0.01 * r.sends.messages as f64 {
+    if r.sends.messages > 0
+        && (r.sends.late as f64 > 0.05 * r.sends.messages as f64 || r.sends.lag.p99_ms > 50.0)
+    {
         r.warnings.push(format!(
-            "{} of {} sends were more than 10 ms behind schedule (generator overloaded or \
-             server not reading)",
-            r.sends.late, r.sends.messages
+            "senders fell behind schedule: {} of {} sends more than 10 ms late, p99 {:.1} ms \
+             (generator overloaded or server not reading)",
+            r.sends.late, r.sends.messages, r.sends.lag.p99_ms
         ));
     }
     if let (Some(g), Some(s)) = (

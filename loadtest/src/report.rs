@@ -106,7 +106,8 @@ pub struct Cost {
     pub server_us_per_delivery: Option<f64>,
     /// Generator resident memory at its peak, bytes.
     pub generator_peak_rss: u64,
-    /// (peak - before the first connect) / clients joined.
+    /// (resident memory when the most clients were open - before the first connect) / clients
+    /// open then.
     pub generator_bytes_per_client: Option<f64>,
     /// True when the server runs in the generator's process (its memory is included above).
     pub memory_includes_server: bool,
@@ -140,6 +141,7 @@ pub struct TimePoint {
     pub max_ms: f64,
     pub generator_cpu: f64,
     pub server_cpu: Option<f64>,
+    pub generator_rss: u64,
     pub server_rss: Option<u64>,
 }
 

@@ -97,11 +97,17 @@ pub struct Run {
 
 impl Run {
     pub fn new(params: Params, ws_url: String) -> Arc<Self> {
+        // A tag per run keeps two runs against one server out of each other's rooms.
+        let tag = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0)
+            & 0xffff;
         let rooms = (0..params.rooms)
             .map(|r| {
                 let senders = senders_in_room(params.senders, params.rooms, r);
                 Room {
-                    name: format!("lt-{r}"),
+                    name: format!("lt{tag:04x}-{r}"),
                     senders: (0..senders).map(|_| SenderSlot::default()).collect(),
                     members: AtomicUsize::new(0),
                 }
