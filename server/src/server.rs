@@ -177,6 +177,11 @@ pub async fn serve(
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        // Writes are already batched per flush; Nagle would only hold the next
+                        // batch back until the previous one is acknowledged.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            log::debug!("set_nodelay: {e}");
+                        }
                         async_std::task::spawn(http_connection(
                             app.clone(),
                             stream,

@@ -526,12 +526,13 @@ impl<'a> Writer<'a> {
                 future::poll_fn(|cx| self.poll_input(cx, ctl.as_mut(), &mut ticks, &mut shutdown))
                     .await;
             let mut then = self.apply(first, &mut batch);
-            // Drain what is already ready, without registering interest, into the same flush.
+            // Take what is already queued, without registering wakers (polling with another
+            // waker would re-register listeners and the ping timer every time), into the same
+            // flush.
             while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
-                let noop = &mut Context::from_waker(futures::task::noop_waker_ref());
-                match self.poll_input(noop, ctl.as_mut(), &mut ticks, &mut shutdown) {
-                    Poll::Ready(input) => then = self.apply(input, &mut batch),
-                    Poll::Pending => break,
+                match self.try_input(&ctl) {
+                    Some(input) => then = self.apply(input, &mut batch),
+                    None => break,
                 }
             }
             // The timeout bounds each step, so a slow reader that makes progress is not cut off;
@@ -577,6 +578,27 @@ impl<'a> Writer<'a> {
             return Poll::Ready(Input::Tick);
         }
         Poll::Pending
+    }
+
+    /// The next queued input, if any, without waiting.
+    fn try_input(&mut self, ctl: &async_channel::Receiver<Out>) -> Option<Input> {
+        use async_broadcast::TryRecvError;
+        match ctl.try_recv() {
+            Ok(out) => return Some(Input::Ctl(Some(out))),
+            Err(async_channel::TryRecvError::Closed) => return Some(Input::Ctl(None)),
+            Err(async_channel::TryRecvError::Empty) => {}
+        }
+        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
+            match rx.try_recv() {
+                Ok(ev) => return Some(Input::Event(i, Some(Ok(ev)))),
+                Err(TryRecvError::Overflowed(n)) => {
+                    return Some(Input::Event(i, Some(Err(RecvError::Overflowed(n)))))
+                }
+                Err(TryRecvError::Closed) => return Some(Input::Event(i, None)),
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        None
     }
 
     fn apply(&mut self, input: Input, batch: &mut Vec<Message>) -> Then {
@@ -626,9 +648,8 @@ impl<'a> Writer<'a> {
 
     /// Moves the room events that are ready now into the batch, without waiting.
     fn drain_events(&mut self, batch: &mut Vec<Message>) {
-        let cx = &mut Context::from_waker(futures::task::noop_waker_ref());
         for (_, rx) in &mut self.subs {
-            while let Poll::Ready(Some(Ok(ev))) = Pin::new(&mut *rx).poll_recv(cx) {
+            while let Ok(ev) = rx.try_recv() {
                 batch.extend(frame_for(self.mode, &ev));
             }
         }
