@@ -117,14 +117,22 @@ pub fn from_report(label: &str, v: &Value) -> Run {
 pub fn generator_bottleneck(v: &Value) -> Option<String> {
     if let Some(flag) = v.get("generator_bottleneck").and_then(Value::as_bool) {
         return flag.then(|| {
-            let why: Vec<&str> = v
-                .get("warnings")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .filter(|w| w.contains("generator") || w.contains("behind schedule"))
-                .collect();
+            let strings = |key: &str| -> Vec<String> {
+                v.get(key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            };
+            let mut why = strings("generator_bottleneck_reasons");
+            if why.is_empty() {
+                why = strings("warnings")
+                    .into_iter()
+                    .filter(|w| w.contains("generator") || w.contains("behind schedule"))
+                    .collect();
+            }
             if why.is_empty() {
                 "reported by the load test".to_string()
             } else {
@@ -236,6 +244,12 @@ mod tests {
         v["warnings"] = json!(["the load generator used 190% CPU"]);
         let why = generator_bottleneck(&v).unwrap();
         assert!(why.contains("190%"), "{why}");
+        v["generator_bottleneck_reasons"] = json!(["senders fell behind: p99 lag 80 ms"]);
+        let why = generator_bottleneck(&v).unwrap();
+        assert!(
+            why.ends_with("test: senders fell behind: p99 lag 80 ms"),
+            "{why}"
+        );
         let mut v = report(1.9, 0.1);
         v["generator_bottleneck"] = json!(false);
         assert_eq!(generator_bottleneck(&v), None);

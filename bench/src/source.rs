@@ -142,11 +142,24 @@ pub fn has_server(src: &Path) -> bool {
 
 /// `cargo build --release --bin ...` of the workspace at `src` into `target`; returns
 /// `target/release`.
-pub fn build(src: &Path, target: &Path, bins: &[&str]) -> anyhow::Result<PathBuf> {
+///
+/// `build_dir`, when given, holds the intermediate artifacts (cargo's `build.build-dir`): the
+/// baseline shares the candidate's, so dependencies both use are compiled once (minutes on two
+/// cores) while each side's binaries land in its own target dir. Crates of the two checkouts have
+/// different paths, hence different hashes, and never overwrite each other there.
+pub fn build(
+    src: &Path,
+    target: &Path,
+    build_dir: Option<&Path>,
+    bins: &[&str],
+) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(src)
         .args(["build", "--release"])
         .env("CARGO_TARGET_DIR", target);
+    if let Some(dir) = build_dir.filter(|_| std::env::var_os("CARGO_BUILD_BUILD_DIR").is_none()) {
+        cmd.env("CARGO_BUILD_BUILD_DIR", dir);
+    }
     for b in bins {
         cmd.args(["--bin", b]);
     }
