@@ -235,7 +235,7 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
         ends: None,
         acks: 0,
         foreign: 0,
-        until_sample: run.sample_every.min(1 + index as u64 % run.sample_every),
+        until_sample: 1 + index as u64 % run.sample_every(),
         samples: Vec::new(),
         next_send_us: None,
         frame: String::new(),
@@ -466,13 +466,20 @@ impl Client {
             }
             let seq = room.senders[slot].sent.fetch_add(1, Ordering::SeqCst);
             let sent_us = run.now_us();
-            Run::record_into(&run.send_lag_hist, sent_us.saturating_sub(next));
-            if let Some(step) = run.step_of(next) {
+            let lag = sent_us.saturating_sub(next);
+            Run::record_into(&run.send_lag_hist, lag);
+            // Counted in the step of the stamp's time, as the receivers count it.
+            if let Some(step) = run.step_of(sent_us) {
                 let members = room.members.load(Ordering::Relaxed) as u64;
-                run.steps[step].sent.fetch_add(1, Ordering::Relaxed);
-                run.steps[step]
+                let counts = &run.steps[step];
+                counts.sent.fetch_add(1, Ordering::Relaxed);
+                counts
                     .expected
                     .fetch_add(members.saturating_sub(1), Ordering::Relaxed);
+                if lag > LATE_SEND_US {
+                    counts.late.fetch_add(1, Ordering::Relaxed);
+                }
+                Run::record_into(&counts.lag, lag);
             }
             let stamp = Stamp { slot, seq, sent_us };
             let mut text = std::mem::take(&mut self.frame);
@@ -558,7 +565,7 @@ impl Client {
         });
         self.until_sample -= 1;
         if self.until_sample == 0 {
-            self.until_sample = run.sample_every;
+            self.until_sample = run.sample_every();
             self.samples.push((REQ_FANOUT, latency));
         }
     }

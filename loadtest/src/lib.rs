@@ -166,14 +166,14 @@ pub async fn execute(
     let stepper = params
         .step
         .is_some()
-        .then(|| tokio::spawn(step_controller(run.clone(), done.clone())));
+        .then(|| tokio::spawn(step_controller(run.clone(), cpu.clone(), done.clone())));
 
     let goose_result = attack(&run, goose).await;
     done.store(true, Ordering::Release);
     warmup.abort();
     let _ = sampler.await;
-    let stopped_at = match stepper {
-        Some(h) => h.await.ok().flatten(),
+    let step_outcome = match stepper {
+        Some(h) => h.await.ok(),
         None => None,
     };
     let (gen_cpu1, srv_cpu1) = cpu.read();
@@ -224,8 +224,8 @@ pub async fn execute(
         server_bytes_per_connection: server_rss_start
             .and_then(|start| per_client(&report.timeline, start, |p| p.server_rss)),
     };
-    if let Some(step) = &params.step {
-        finish_steps(&run, &mut report, step, stopped_at);
+    if let Some(outcome) = step_outcome {
+        finish_steps(&run, &mut report, outcome);
     }
     add_warnings(&mut report);
     Ok(Outcome {
@@ -352,89 +352,239 @@ async fn sample_timeline(
     }
 }
 
-/// Time after a step ends before it is judged, for its last messages to arrive.
+/// Longest time after a step ends before it is judged, for its last messages to arrive (at most
+/// half a step).
 const STEP_GRACE: Duration = Duration::from_millis(1000);
 
-/// `step` scenario: judges each step once it is over; stops the senders (and the run) at the
-/// first step over a bound. Returns that step.
-async fn step_controller(run: Arc<Run>, done: Arc<AtomicBool>) -> Option<usize> {
-    let step = run.params.step.clone()?;
-    loop {
-        if done.load(Ordering::Acquire) {
-            return None;
-        }
-        if run.send_start().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let start = run.instant_at(run.send_start()?);
-    for k in 0..step.max_steps {
-        let judge_at =
-            start + Duration::from_secs_f64(step.step_time_s * (k + 1) as f64) + STEP_GRACE;
-        while Instant::now() < judge_at {
-            if done.load(Ordering::Acquire) {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let hists = run.shards.merged_steps();
-        let count = hists.get(k).map(|h| h.len()).unwrap_or(0);
-        let expected = run.steps[k].expected.load(Ordering::Acquire);
-        let loss = 1.0 - count as f64 / expected.max(1) as f64;
-        let p99 = hists
-            .get(k)
-            .filter(|h| !h.is_empty())
-            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        if p99 > step.p99_ms || loss > step.loss {
-            run.stop_sending.store(true, Ordering::Release);
-            goose::trigger_killswitch("step: bound exceeded");
-            return Some(k);
-        }
-    }
-    None
+/// What the step controller measured and decided.
+#[derive(Default)]
+struct StepOutcome {
+    /// CPU seconds (generator, server) used during each step that ran to its end.
+    cpu: Vec<(f64, Option<f64>)>,
+    /// The step that ended the run early (over a bound or generator-bound).
+    stopped_at: Option<usize>,
+    reason: Option<String>,
 }
 
-fn finish_steps(
-    run: &Run,
-    report: &mut Report,
-    step: &config::StepParams,
-    stopped_at: Option<usize>,
-) {
-    let hists = run.shards.merged_steps();
-    let mut best: Option<f64> = None;
+/// `step` scenario: reads CPU at every step boundary, judges each step a grace period after
+/// its end (while the next one runs), and stops the senders and the run at the first step over
+/// a bound or limited by the generator, or after the last step.
+async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) -> StepOutcome {
+    let mut out = StepOutcome::default();
+    let Some(step) = run.params.step.clone() else {
+        return out;
+    };
+    let start = loop {
+        if done.load(Ordering::Acquire) {
+            return out;
+        }
+        if let Some(us) = run.send_start() {
+            break run.instant_at(us);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let step_time = Duration::from_secs_f64(step.step_time_s);
+    let grace = STEP_GRACE.min(step_time / 2);
+    let sleep_until = |at: Instant| {
+        let done = done.clone();
+        async move {
+            while Instant::now() < at {
+                if done.load(Ordering::Acquire) {
+                    return false;
+                }
+                let left = at.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            }
+            true
+        }
+    };
+    if !sleep_until(start).await {
+        return out;
+    }
+    let mut before = cpu.read();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     for k in 0..step.max_steps {
-        let sent = run.steps[k].sent.load(Ordering::Acquire);
-        if sent == 0 {
+        let end = start + step_time * (k as u32 + 1);
+        if !sleep_until(end).await {
+            return out;
+        }
+        let after = cpu.read();
+        out.cpu.push((
+            after.0 - before.0,
+            after.1.zip(before.1).map(|(a, b)| a - b),
+        ));
+        before = after;
+        if k + 1 < step.max_steps {
+            run.set_rate(run::step_rate(run.params.msg_rate, k + 1));
+        }
+        if !sleep_until(end + grace).await {
+            return out;
+        }
+        let r = judge_step(&run, k, out.cpu[k], workers);
+        let over = !r.within_bounds;
+        if over || r.generator_bottleneck {
+            out.stopped_at = Some(k);
+            out.reason = Some(match (&r.generator_bottleneck_reason, over) {
+                (Some(why), false) => format!("step {k}: the generator was the bottleneck ({why})"),
+                (_, true) => format!(
+                    "step {k} over a bound: p99 {:.2} ms (bound {}), loss {:.4}% (bound {}%)",
+                    r.latency.p99_ms,
+                    step.p99_ms,
+                    r.loss_ratio * 100.0,
+                    step.loss * 100.0
+                ),
+                (None, false) => unreachable!("checked above"),
+            });
             break;
         }
-        let expected = run.steps[k].expected.load(Ordering::Acquire);
-        let h = hists.get(k).cloned().unwrap_or_else(metrics::new_histogram);
-        let received = h.len();
-        let loss = (1.0 - received as f64 / expected.max(1) as f64).max(0.0);
-        let latency = Percentiles::of(&h);
-        let within = stopped_at != Some(k)
-            && latency.p99_ms <= step.p99_ms
-            && loss <= step.loss
-            && stopped_at.map_or(true, |s| k < s);
-        let dps = received as f64 / step.step_time_s;
-        if within {
-            best = Some(best.unwrap_or(0.0).max(dps));
-        }
-        report.steps.push(StepResult {
-            step: k,
-            msg_rate: run.params.msg_rate * f64::from(1u32 << k.min(30)),
-            messages: sent,
-            expected,
-            received,
-            loss_ratio: loss,
-            deliveries_per_s: dps,
-            latency,
-            within_bounds: within,
-        });
     }
+    if out.reason.is_none() {
+        out.reason = Some(format!("all {} steps within bounds", step.max_steps));
+    }
+    run.stop_sending.store(true, Ordering::Release);
+    goose::trigger_killswitch("step: done");
+    out
+}
+
+/// The figures of step `k` as they stand now, and its verdict.
+fn judge_step(
+    run: &Run,
+    k: usize,
+    (gen_s, srv_s): (f64, Option<f64>),
+    workers: usize,
+) -> StepResult {
+    // unwrap: `judge_step` is only called for the `step` scenario.
+    let step = run.params.step.as_ref().expect("step scenario");
+    let secs = step.step_time_s;
+    let counts = &run.steps[k];
+    let expected = counts.expected.load(Ordering::Acquire);
+    let h = run
+        .shards
+        .merged_steps()
+        .get(k)
+        .cloned()
+        .unwrap_or_else(metrics::new_histogram);
+    let received = h.len();
+    let lost = expected.saturating_sub(received);
+    let loss_ratio = lost as f64 / expected.max(1) as f64;
+    let latency = Percentiles::of(&h);
+    let messages = counts.sent.load(Ordering::Acquire);
+    let late_sends = counts.late.load(Ordering::Acquire);
+    let send_lag = Percentiles::of(&counts.lag.lock().unwrap_or_else(|e| e.into_inner()));
+    let (gen, srv) = (gen_s / secs, srv_s.map(|s| s / secs));
+    let reason = bottleneck(
+        gen,
+        srv,
+        sys::cpus(),
+        workers,
+        messages,
+        late_sends,
+        send_lag.p99_ms,
+    );
+    StepResult {
+        step: k,
+        msg_rate: run::step_rate(run.params.msg_rate, k),
+        messages,
+        expected,
+        received,
+        lost,
+        loss_ratio,
+        deliveries_per_s: received as f64 / secs,
+        offered_deliveries_per_s: expected as f64 / secs,
+        duration_s: secs,
+        within_bounds: expected > 0 && latency.p99_ms <= step.p99_ms && loss_ratio <= step.loss,
+        latency,
+        generator_cpu_s: gen_s,
+        generator_cpu: gen,
+        server_cpu_s: srv_s,
+        server_cpu: srv,
+        send_lag,
+        late_sends,
+        generator_bottleneck: reason.is_some(),
+        generator_bottleneck_reason: reason,
+    }
+}
+
+/// Senders are behind schedule when more than this share of sends is late (> 10 ms), and at
+/// least [`LATE_MIN`] were ...
+const LATE_SHARE: f64 = 0.05;
+const LATE_MIN: u64 = 10;
+/// ... or the p99 of their lateness is above this.
+const LATE_P99_MS: f64 = 50.0;
+/// The generator is saturated at this share of the cores it can run on.
+const SATURATED: f64 = 0.9;
+
+/// Why the load generator was the bottleneck over a window, if it was: `gen` and `srv` are the
+/// cores they used (CPU seconds per second), `workers` the generator's runtime threads.
+/// - its CPU reached 90% of the cores it can use (min(workers, cpus)); or
+/// - the machine was saturated (generator + server >= 90% of it; they share it when the
+///   server's CPU is known) and the generator used more of it than the server; or
+/// - its senders fell behind their schedule (more than 5% of sends over 10 ms late, or a
+///   p99 lateness over 50 ms): the offered load was not offered.
+pub fn bottleneck(
+    gen: f64,
+    srv: Option<f64>,
+    cpus: usize,
+    workers: usize,
+    sends: u64,
+    late: u64,
+    lag_p99_ms: f64,
+) -> Option<String> {
+    let cores = workers.clamp(1, cpus.max(1)) as f64;
+    let machine = cpus.max(1) as f64;
+    let mut why = Vec::new();
+    if gen >= SATURATED * cores {
+        why.push(format!(
+            "generator CPU {:.0}% of {cores} core(s) it can use",
+            gen / cores * 100.0
+        ));
+    } else if let Some(srv) = srv {
+        if gen + srv >= SATURATED * machine && gen > srv {
+            why.push(format!(
+                "machine saturated (generator {:.0}% + server {:.0}% of {machine} cores) and the \
+                 generator used more",
+                gen * 100.0,
+                srv * 100.0
+            ));
+        }
+    }
+    let many_late = late >= LATE_MIN && late as f64 > LATE_SHARE * sends as f64;
+    if sends > 0 && (many_late || lag_p99_ms > LATE_P99_MS) {
+        why.push(format!(
+            "senders behind schedule: {late} of {sends} sends over 10 ms late, p99 {lag_p99_ms:.1} ms"
+        ));
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Final per-step figures (deliveries that arrived after a step was judged count too) and the
+/// highest sustained rate: the achieved deliveries/s of the last step within both bounds
+/// before the first that was not.
+fn finish_steps(run: &Run, report: &mut Report, outcome: StepOutcome) {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let mut best = None;
+    let mut failed = false;
+    for (k, &cpu) in outcome.cpu.iter().enumerate() {
+        if outcome.stopped_at.is_some_and(|s| k > s) {
+            break;
+        }
+        let r = judge_step(run, k, cpu, workers);
+        if !r.within_bounds {
+            failed = true;
+        }
+        if r.within_bounds && !failed {
+            best = Some(r.deliveries_per_s);
+        }
+        if let Some(why) = &r.generator_bottleneck_reason {
+            report
+                .generator_bottleneck_reasons
+                .push(format!("step {k}: {why}"));
+        }
+        report.steps.push(r);
+    }
+    report.generator_bottleneck = report.steps.iter().any(|s| s.generator_bottleneck);
     report.highest_sustained_deliveries_per_s = best;
+    report.step_stop_reason = outcome.reason;
 }
 
 fn build_report(
@@ -495,6 +645,7 @@ fn build_report(
             join: Percentiles::of(&join),
             connect_phase_s: run.last_settled_us.load(Ordering::Acquire) as f64 / 1e6,
             failures: run.connect_failures.snapshot(),
+            unexpected_disconnects: run.disconnects.snapshot().values().sum(),
             disconnects: run.disconnects.snapshot(),
             error_frames: run.error_frames.snapshot(),
         },
@@ -516,40 +667,51 @@ fn build_report(
         cost: Cost::default(),
         steps: Vec::new(),
         highest_sustained_deliveries_per_s: None,
+        step_stop_reason: None,
+        generator_bottleneck: false,
+        generator_bottleneck_reasons: Vec::new(),
         timeline,
         warnings: Vec::new(),
     }
 }
 
 fn add_warnings(r: &mut Report) {
-    let cpus = r.environment.cpus as f64;
-    let window: Vec<&TimePoint> = {
+    if r.params.step.is_none() {
+        // The send window, less its first second (connections settling).
         let start = r.timeline.first().map(|p| p.t_s).unwrap_or(0.0);
-        r.timeline
+        let window: Vec<&TimePoint> = r
+            .timeline
             .iter()
             .filter(|p| p.t_s > start + 1.0 && p.sends_per_s > 0.0)
-            .collect()
-    };
-    if !window.is_empty() {
-        let n = window.len() as f64;
+            .collect();
+        let n = window.len().max(1) as f64;
         let gen = window.iter().map(|p| p.generator_cpu).sum::<f64>() / n;
-        let srv = window.iter().filter_map(|p| p.server_cpu).sum::<f64>() / n;
-        if gen > 0.8 * cpus || (gen + srv > 0.85 * cpus && gen > srv) {
-            r.warnings.push(format!(
-                "the load generator used {:.0}% CPU ({:.0}% of the machine) while sending: \
-                 it may be the bottleneck, so the latencies may be its, not the server's",
-                gen * 100.0,
-                gen / cpus * 100.0
-            ));
+        let srv = window
+            .iter()
+            .map(|p| p.server_cpu)
+            .sum::<Option<f64>>()
+            .map(|s| s / n);
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(r.environment.cpus);
+        if let Some(why) = bottleneck(
+            gen,
+            srv,
+            r.environment.cpus,
+            workers,
+            r.sends.messages,
+            r.sends.late,
+            r.sends.lag.p99_ms,
+        ) {
+            r.generator_bottleneck = true;
+            r.generator_bottleneck_reasons.push(why);
         }
     }
-    if r.sends.messages > 0
-        && (r.sends.late as f64 > 0.05 * r.sends.messages as f64 || r.sends.lag.p99_ms > 50.0)
-    {
+    if r.generator_bottleneck {
         r.warnings.push(format!(
-            "senders fell behind schedule: {} of {} sends more than 10 ms late, p99 {:.1} ms \
-             (generator overloaded or server not reading)",
-            r.sends.late, r.sends.messages, r.sends.lag.p99_ms
+            "INVALID run: the load generator was the bottleneck ({}): the figures are its \
+             limits, not the server's",
+            r.generator_bottleneck_reasons.join("; ")
         ));
     }
     if let (Some(g), Some(s)) = (
@@ -590,6 +752,25 @@ fn add_warnings(r: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generator_bottleneck_rules() {
+        // 2 cores, 2 worker threads, server on the same machine.
+        assert_eq!(bottleneck(0.3, Some(0.9), 2, 2, 1000, 0, 1.0), None);
+        // Its own threads saturated.
+        assert!(bottleneck(1.85, Some(0.1), 2, 2, 1000, 0, 1.0).is_some());
+        // One worker thread: 0.95 of a core is saturated.
+        assert!(bottleneck(0.95, None, 2, 1, 1000, 0, 1.0).is_some());
+        // Machine saturated, generator the larger share: bottleneck; server the larger: not.
+        assert!(bottleneck(1.0, Some(0.9), 2, 2, 1000, 0, 1.0).is_some());
+        assert_eq!(bottleneck(0.8, Some(1.1), 2, 2, 1000, 0, 1.0), None);
+        // Senders behind schedule.
+        let late = bottleneck(0.2, Some(0.2), 2, 2, 1000, 60, 20.0).unwrap();
+        assert!(late.contains("behind schedule"), "{late}");
+        assert!(bottleneck(0.2, Some(0.2), 2, 2, 1000, 1, 80.0).is_some());
+        // A few late sends of few are noise.
+        assert_eq!(bottleneck(0.2, Some(0.2), 2, 2, 20, 2, 20.0), None);
+    }
 
     #[test]
     fn ws_urls() {

@@ -33,7 +33,20 @@ pub struct Report {
     pub cost: Cost,
     /// `step` scenario only.
     pub steps: Vec<StepResult>,
+    /// `step` only: achieved deliveries/s of the last step within both bounds (before the
+    /// first step over one).
     pub highest_sustained_deliveries_per_s: Option<f64>,
+    /// `step` only: why the steps stopped.
+    #[serde(default)]
+    pub step_stop_reason: Option<String>,
+    /// The load generator itself was the bottleneck (its CPU saturated, or its senders fell
+    /// behind schedule): the run is invalid (not failed), its figures are the generator's.
+    /// For `step`, true when any judged step was.
+    #[serde(default)]
+    pub generator_bottleneck: bool,
+    /// What showed the generator to be the bottleneck.
+    #[serde(default)]
+    pub generator_bottleneck_reasons: Vec<String>,
     pub timeline: Vec<TimePoint>,
     pub warnings: Vec<String>,
 }
@@ -72,6 +85,9 @@ pub struct Connections {
     pub failures: BTreeMap<String, u64>,
     /// Connections that ended before the run did, by close code or error.
     pub disconnects: BTreeMap<String, u64>,
+    /// Sum of `disconnects`.
+    #[serde(default)]
+    pub unexpected_disconnects: u64,
     /// `error` frames received, by code.
     pub error_frames: BTreeMap<String, u64>,
 }
@@ -116,7 +132,10 @@ pub struct Cost {
     pub server_bytes_per_connection: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One step of the `step` scenario. Its messages are those whose send time falls in the step;
+/// their deliveries are counted here whenever they arrive (in flight at the step's end too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct StepResult {
     pub step: usize,
     /// Messages per second per sender.
@@ -124,10 +143,28 @@ pub struct StepResult {
     pub messages: u64,
     pub expected: u64,
     pub received: u64,
+    /// `expected - received`.
+    pub lost: u64,
     pub loss_ratio: f64,
+    /// Achieved: deliveries received / step time.
     pub deliveries_per_s: f64,
+    /// Offered: deliveries owed for the messages sent in the step / step time.
+    pub offered_deliveries_per_s: f64,
+    pub duration_s: f64,
     pub latency: Percentiles,
+    /// CPU seconds used during the step, and the same as cores (seconds per second).
+    pub generator_cpu_s: f64,
+    pub generator_cpu: f64,
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu: Option<f64>,
+    /// Sender lateness against the schedule in this step.
+    pub send_lag: Percentiles,
+    /// Sends more than 10 ms late.
+    pub late_sends: u64,
     pub within_bounds: bool,
+    /// The generator was the bottleneck in this step: its figures are not the server's.
+    pub generator_bottleneck: bool,
+    pub generator_bottleneck_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -287,20 +324,61 @@ impl Report {
         if let Some(best) = self.highest_sustained_deliveries_per_s {
             let _ = writeln!(s, "{:>20}  {best:.0} deliveries/s", "highest sustained");
         }
-        for st in &self.steps {
+        if !self.steps.is_empty() {
+            s.push_str(&self.step_table());
+        }
+        if let Some(why) = &self.step_stop_reason {
+            let _ = writeln!(s, "{:>20}  {why}", "steps stopped");
+        }
+        if self.generator_bottleneck {
             let _ = writeln!(
                 s,
-                "{:>20}  {:>6.1} msg/s/sender  {:>9.0} deliveries/s  p99 {:>8.2} ms  loss {:.4}%  {}",
-                format!("step {}", st.step),
-                st.msg_rate,
-                st.deliveries_per_s,
-                st.latency.p99_ms,
-                st.loss_ratio * 100.0,
-                if st.within_bounds { "ok" } else { "over bound" }
+                "INVALID: the load generator was the bottleneck: {}",
+                self.generator_bottleneck_reasons.join("; ")
             );
         }
         for w in &self.warnings {
             let _ = writeln!(s, "WARNING: {w}");
+        }
+        s
+    }
+
+    /// The per-step table of the `step` scenario.
+    pub fn step_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n{:>4} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}  verdict",
+            "step",
+            "msg/s/snd",
+            "offered/s",
+            "achieved/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "loss %",
+            "srv CPU",
+            "gen CPU"
+        );
+        for st in &self.steps {
+            let mut verdict = if st.within_bounds { "ok" } else { "over bound" }.to_string();
+            if st.generator_bottleneck {
+                verdict.push_str(", generator bottleneck");
+            }
+            let _ = writeln!(
+                s,
+                "{:>4} {:>9.1} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.4} {:>6.0}% {:>6.0}%  {verdict}",
+                st.step,
+                st.msg_rate,
+                st.offered_deliveries_per_s,
+                st.deliveries_per_s,
+                st.latency.p50_ms,
+                st.latency.p99_ms,
+                st.latency.max_ms,
+                st.loss_ratio * 100.0,
+                st.server_cpu.map(|c| c * 100.0).unwrap_or(f64::NAN),
+                st.generator_cpu * 100.0,
+            );
         }
         s
     }
@@ -345,6 +423,9 @@ impl Report {
                 (5.0, "99.999%"),
             ]),
         ));
+        if !self.steps.is_empty() {
+            h.push_str(&self.step_html());
+        }
         let tl = |f: &dyn Fn(&TimePoint) -> f64| -> Vec<(f64, f64)> {
             self.timeline.iter().map(|p| (p.t_s, f(p))).collect()
         };
@@ -425,9 +506,81 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The steps of `step` as an HTML table and two charts.
+    fn step_html(&self) -> String {
+        let mut h = String::from(
+            "<h2>Steps</h2><table><tr><th>step</th><th>msg/s per sender</th>\
+             <th>offered deliveries/s</th><th>achieved deliveries/s</th><th>p50 ms</th>\
+             <th>p99 ms</th><th>max ms</th><th>loss %</th><th>server CPU %</th>\
+             <th>generator CPU %</th><th>verdict</th></tr>",
+        );
+        for st in &self.steps {
+            let verdict = match (st.within_bounds, &st.generator_bottleneck_reason) {
+                (_, Some(why)) => format!("generator bottleneck: {}", esc(why)),
+                (true, None) => "ok".into(),
+                (false, None) => "over bound".into(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td>\
+                 <td>{:.2}</td><td>{:.2}</td><td>{:.4}</td><td>{}</td><td>{:.0}</td><td>{verdict}</td></tr>",
+                st.step,
+                st.msg_rate,
+                st.offered_deliveries_per_s,
+                st.deliveries_per_s,
+                st.latency.p50_ms,
+                st.latency.p99_ms,
+                st.latency.max_ms,
+                st.loss_ratio * 100.0,
+                st.server_cpu
+                    .map(|c| format!("{:.0}", c * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
+                st.generator_cpu * 100.0,
+            );
+        }
+        h.push_str("</table>");
+        if let Some(best) = self.highest_sustained_deliveries_per_s {
+            let _ = write!(
+                h,
+                "<p>Highest sustained: <b>{best:.0} deliveries/s</b>{}</p>",
+                if self.generator_bottleneck {
+                    " (invalid: the generator was the bottleneck)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let pts = |f: &dyn Fn(&StepResult) -> f64| -> Vec<(f64, f64)> {
+            self.steps.iter().map(|s| (s.step as f64, f(s))).collect()
+        };
+        let offered = pts(&|s| s.offered_deliveries_per_s);
+        let achieved = pts(&|s| s.deliveries_per_s);
+        h.push_str(&svg_chart(
+            "Deliveries per second by step",
+            "step",
+            "deliveries/s",
+            &[("offered", &offered), ("achieved", &achieved)],
+            None,
+        ));
+        let p50 = pts(&|s| s.latency.p50_ms);
+        let p99 = pts(&|s| s.latency.p99_ms);
+        let max = pts(&|s| s.latency.max_ms);
+        h.push_str(&svg_chart(
+            "Fan-out latency by step",
+            "step",
+            "ms",
+            &[("p50", &p50), ("p99", &p99), ("max", &max)],
+            None,
+        ));
+        h
+    }
+}
+
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:960px;color:#222}\
 pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:13px}.warn{color:#a00;font-weight:bold}\
-svg{display:block;margin:1.5em 0}text{font-size:11px;fill:#333}";
+svg{display:block;margin:1.5em 0}text{font-size:11px;fill:#333}\
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}";
 
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 

@@ -42,12 +42,29 @@ impl Room {
     }
 }
 
-/// Per-step counts of the `step` scenario.
-#[derive(Debug, Default)]
+/// Per-step counts of the `step` scenario. A message belongs to the step its send time (the
+/// time in its stamp) falls in, on the sender's side and on every receiver's, so deliveries
+/// still in flight when the next step begins are counted in the step that sent them.
+#[derive(Debug)]
 pub struct StepCounts {
     /// Deliveries owed for messages sent in this step.
     pub expected: AtomicU64,
     pub sent: AtomicU64,
+    /// Sends more than [`crate::client::LATE_SEND_US`] behind schedule.
+    pub late: AtomicU64,
+    /// How late senders were against their schedule, microseconds.
+    pub lag: Mutex<Histogram<u64>>,
+}
+
+impl Default for StepCounts {
+    fn default() -> Self {
+        Self {
+            expected: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            lag: Mutex::new(metrics::new_histogram()),
+        }
+    }
 }
 
 /// Everything clients share during one run.
@@ -90,8 +107,9 @@ pub struct Run {
     /// When the last sender stopped, microseconds since `epoch` (0: not yet).
     pub send_end_us: AtomicU64,
     pub sends: AtomicU64,
-    /// Every this many deliveries a client gives goose one sample.
-    pub sample_every: u64,
+    /// Every this many deliveries a client gives goose one sample (follows the rate of the
+    /// `step` scenario).
+    pub sample_every: AtomicU64,
     pub steps: Vec<StepCounts>,
 }
 
@@ -113,10 +131,7 @@ impl Run {
                 }
             })
             .collect();
-        let per_room = params.users as f64 / params.rooms as f64;
-        let offered = params.senders as f64 * params.msg_rate * (per_room - 1.0).max(0.0);
-        // About 500 goose samples a second: enough for its percentiles, cheap to aggregate.
-        let sample_every = (offered / 500.0).ceil().max(1.0) as u64;
+        let sample_every = AtomicU64::new(sample_every(&params, params.msg_rate));
         let steps = params
             .step
             .as_ref()
@@ -149,6 +164,17 @@ impl Run {
             sample_every,
             steps,
         })
+    }
+
+    /// Deliveries per goose sample.
+    pub fn sample_every(&self) -> u64 {
+        self.sample_every.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Adapts goose sampling to a new per-sender rate (`step`).
+    pub fn set_rate(&self, msg_rate: f64) {
+        self.sample_every
+            .store(sample_every(&self.params, msg_rate), Ordering::Relaxed);
     }
 
     /// Microseconds since the run's epoch.
@@ -242,7 +268,7 @@ impl Run {
     /// A sender's rate at a send time: constant, or doubling every step.
     pub fn rate_at(&self, send_us: u64) -> f64 {
         match self.step_of(send_us) {
-            Some(i) => self.params.msg_rate * f64::from(1u32 << i.min(30)),
+            Some(i) => step_rate(self.params.msg_rate, i),
             None if self.params.step.is_some() => 0.0,
             None => self.params.msg_rate,
         }
@@ -263,6 +289,19 @@ impl Run {
         };
         metrics::record(&mut g, us);
     }
+}
+
+/// Deliveries per goose sample at `msg_rate` per sender: about 500 goose samples a second,
+/// enough for its percentiles and cheap to aggregate.
+fn sample_every(params: &Params, msg_rate: f64) -> u64 {
+    let per_room = params.users as f64 / params.rooms as f64;
+    let offered = params.senders as f64 * msg_rate * (per_room - 1.0).max(0.0);
+    (offered / 500.0).ceil().max(1.0) as u64
+}
+
+/// The rate of step `k`: the first step's, doubled every step.
+pub fn step_rate(first: f64, k: usize) -> f64 {
+    first * f64::from(1u32 << k.min(30))
 }
 
 /// Senders of room `r` when `senders` are dealt round-robin over `rooms`.

@@ -2,27 +2,14 @@
 //! tiny seed-protocol server written here that drops every 10th message or delays one client:
 //! the report must count exactly what happened.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
+use common::{load, test_server};
 use loadtest::{Cli, Report};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
-
-/// Runs the load test with these command-line arguments (goose's and ours).
-async fn load(args: &[&str]) -> Report {
-    let mut argv = vec!["loadtest", "--quiet", "--no-print-metrics", "--drain", "2s"];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid arguments");
-    let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
-        .await
-        .expect("load test runs");
-    assert!(outcome.goose_error.is_none(), "{:?}", outcome.goose_error);
-    outcome.report
-}
 
 /// What every clean run must show: every expected delivery counted, nothing lost or repeated.
 fn assert_clean(r: &Report, users: usize) {
@@ -137,75 +124,6 @@ async fn tidechat_seed_protocol() {
     .await;
     assert_clean(&r, 20);
     assert!(r.target.url.ends_with("/chatSocket"));
-}
-
-/// A seed-protocol server (`N: text` to everyone) that misbehaves on purpose.
-struct TestServer {
-    url: String,
-    /// Messages it received, and those it dropped instead of broadcasting.
-    received: Arc<AtomicU64>,
-    dropped: Arc<AtomicU64>,
-}
-
-/// Starts the server: it drops every `drop_every`-th message (0: none), and delays everything
-/// it sends to its first connection by `delay_first`.
-async fn test_server(drop_every: u64, delay_first: Duration) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/chatSocket", listener.local_addr().unwrap());
-    let received = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
-    type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, String)>>>>;
-    let peers: Peers = Arc::default();
-    let (rx_count, drop_count) = (received.clone(), dropped.clone());
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Ok((tcp, _)) = listener.accept().await {
-            n += 1;
-            let conn = n;
-            let delay = if conn == 1 {
-                delay_first
-            } else {
-                Duration::ZERO
-            };
-            let (peers, rx_count, drop_count) =
-                (peers.clone(), rx_count.clone(), drop_count.clone());
-            tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let (mut sink, mut stream) = ws.split();
-                let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
-                peers.lock().unwrap().push(tx);
-                tokio::spawn(async move {
-                    // Every frame waits until its time: a constant delay keeps the order.
-                    while let Some((at, text)) = out.recv().await {
-                        tokio::time::sleep_until((at + delay).into()).await;
-                        if sink.send(Message::text(text)).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                while let Some(Ok(msg)) = stream.next().await {
-                    let Message::Text(text) = msg else { continue };
-                    let k = rx_count.fetch_add(1, Ordering::SeqCst) + 1;
-                    if drop_every > 0 && k % drop_every == 0 {
-                        drop_count.fetch_add(1, Ordering::SeqCst);
-                        continue;
-                    }
-                    let line = format!("{conn}: {}", text.as_str());
-                    let now = Instant::now();
-                    for p in peers.lock().unwrap().iter() {
-                        let _ = p.send((now, line.clone()));
-                    }
-                }
-            });
-        }
-    });
-    TestServer {
-        url,
-        received,
-        dropped,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,135 @@
+//! Shared by the integration tests: running the load test in-process, and a tiny seed-protocol
+//! server (`N: text` to everyone) that misbehaves on purpose.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use loadtest::{Cli, Report};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs the load test with these command-line arguments (goose's and ours).
+pub async fn load(args: &[&str]) -> Report {
+    let mut argv = vec!["loadtest", "--quiet", "--no-print-metrics", "--drain", "2s"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
+        .await
+        .expect("load test runs");
+    assert!(outcome.goose_error.is_none(), "{:?}", outcome.goose_error);
+    outcome.report
+}
+
+/// How the test server misbehaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Drop every n-th message instead of broadcasting it (0: none).
+    pub drop_every: u64,
+    /// Delay everything sent to the first connection by this much.
+    pub delay_first: Duration,
+    /// Delay everything sent to every connection by this much.
+    pub delay_all: Duration,
+    /// Drop every message that arrives while more than this many messages per second (over the
+    /// last [`RATE_WINDOW`]) are coming in.
+    pub lossy_above: Option<f64>,
+}
+
+/// The window over which the server measures its incoming message rate.
+pub const RATE_WINDOW: Duration = Duration::from_millis(250);
+
+pub struct TestServer {
+    pub url: String,
+    /// Messages it received, and those it dropped instead of broadcasting.
+    pub received: Arc<AtomicU64>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Starts the server: it drops every `drop_every`-th message (0: none), and delays everything
+/// it sends to its first connection by `delay_first`.
+pub async fn test_server(drop_every: u64, delay_first: Duration) -> TestServer {
+    faulty_server(Faults {
+        drop_every,
+        delay_first,
+        ..Faults::default()
+    })
+    .await
+}
+
+/// Starts a server with these faults.
+pub async fn faulty_server(faults: Faults) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/chatSocket", listener.local_addr().unwrap());
+    let received = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, String)>>>>;
+    let peers: Peers = Arc::default();
+    let arrivals: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+    let (rx_count, drop_count) = (received.clone(), dropped.clone());
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok((tcp, _)) = listener.accept().await {
+            n += 1;
+            let conn = n;
+            let delay = faults.delay_all
+                + if conn == 1 {
+                    faults.delay_first
+                } else {
+                    Duration::ZERO
+                };
+            let (peers, rx_count, drop_count, arrivals) = (
+                peers.clone(),
+                rx_count.clone(),
+                drop_count.clone(),
+                arrivals.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
+                peers.lock().unwrap().push(tx);
+                tokio::spawn(async move {
+                    // Every frame waits until its time: a constant delay keeps the order.
+                    while let Some((at, text)) = out.recv().await {
+                        tokio::time::sleep_until((at + delay).into()).await;
+                        if sink.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let now = Instant::now();
+                    let k = rx_count.fetch_add(1, Ordering::SeqCst) + 1;
+                    let too_fast = faults.lossy_above.is_some_and(|limit| {
+                        let mut a = arrivals.lock().unwrap();
+                        a.push_back(now);
+                        while a.front().is_some_and(|t| now - *t > RATE_WINDOW) {
+                            a.pop_front();
+                        }
+                        a.len() as f64 > limit * RATE_WINDOW.as_secs_f64()
+                    });
+                    if too_fast || (faults.drop_every > 0 && k % faults.drop_every == 0) {
+                        drop_count.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let line = format!("{conn}: {}", text.as_str());
+                    for p in peers.lock().unwrap().iter() {
+                        let _ = p.send((now, line.clone()));
+                    }
+                }
+            });
+        }
+    });
+    TestServer {
+        url,
+        received,
+        dropped,
+    }
+}
