@@ -12,7 +12,7 @@ pub const QUICK_ARGS: &[(&str, &str)] = &[("--users", "400"), ("--run-time", "10
 pub const QUICK_STEP_ARGS: &[(&str, &str)] = &[("--users", "400"), ("--max-steps", "4")];
 /// Runs per side by default, and with `--quick`.
 pub const DEFAULT_RUNS: usize = 3;
-pub const QUICK_RUNS: usize = 2;
+pub const QUICK_RUNS: usize = 3;
 
 /// A/B benchmark of the tidechat server: builds the baseline revision (in its own worktree and
 /// target dir) and the candidate (this working tree), runs the same loadtest binary against each,
@@ -36,7 +36,7 @@ pub struct Cli {
     /// Runs per side [default: 3, or 2 with --quick].
     #[arg(long)]
     pub runs: Option<usize>,
-    /// A short run for CI (400 clients, 10 s, 2 runs per side).
+    /// A short run for CI (400 clients, 10 s, 3 runs per side).
     #[arg(long)]
     pub quick: bool,
     /// Longest a single load-test run may take before it is killed.
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn quick_defaults_yield_to_explicit_args() {
         let cli = Cli::try_parse_from(["bench", "--quick", "--", "--users", "100"]).unwrap();
-        assert_eq!(cli.runs(), 2);
+        assert_eq!(cli.runs(), 3);
         assert_eq!(
             cli.loadtest_args(),
             ["--scenario", "chat", "--run-time", "10s", "--users", "100"]

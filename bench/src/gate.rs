@@ -79,12 +79,20 @@ pub struct Limit {
     pub floor: f64,
 }
 
+/// Default [`Thresholds::min_dominance`]: with 3 runs a side, 7 of the 9 pairs. With identical
+/// servers the share is about one half, and one outlier run moves it by at most 1/N.
+pub const MIN_DOMINANCE: f64 = 0.75;
+
 /// Every limit of the gate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thresholds {
     pub limits: BTreeMap<Metric, Limit>,
     /// Fewest valid runs each side needs for a verdict.
     pub min_valid_runs: usize,
+    /// Share of (candidate run, baseline run) pairs in which the candidate must be worse for a
+    /// regression (better for an improvement) beyond the medians' ratio: the runs must not
+    /// overlap much, so one outlier run cannot fail (or flatter) a change on its own.
+    pub min_dominance: f64,
 }
 
 impl Thresholds {
@@ -124,6 +132,7 @@ impl Thresholds {
         Self {
             limits,
             min_valid_runs: min_valid_runs.max(1),
+            min_dominance: MIN_DOMINANCE,
         }
     }
 }
@@ -217,6 +226,9 @@ pub enum Verdict {
     Invalid,
     /// Not measured on one of the sides.
     NotMeasured,
+    /// The medians' ratio is past the threshold but the runs overlap too much to call it
+    /// (noise); not a failure.
+    Inconclusive,
 }
 
 impl fmt::Display for Verdict {
@@ -227,6 +239,7 @@ impl fmt::Display for Verdict {
             Verdict::Regression => "REGRESSION",
             Verdict::Invalid => "invalid",
             Verdict::NotMeasured => "n/a",
+            Verdict::Inconclusive => "inconclusive (runs overlap)",
         })
     }
 }
@@ -317,6 +330,28 @@ pub fn judge(metric: Metric, limit: Limit, baseline: f64, candidate: f64) -> Ver
     }
 }
 
+/// Share of (baseline, candidate) value pairs in which the candidate is worse (ties count half).
+pub fn dominance(direction: Direction, baseline: &[f64], candidate: &[f64]) -> f64 {
+    if baseline.is_empty() || candidate.is_empty() {
+        return 0.0;
+    }
+    let mut worse = 0.0;
+    for &c in candidate {
+        for &b in baseline {
+            let w = match direction {
+                Direction::HigherIsBetter => c < b,
+                Direction::LowerIsBetter => c > b,
+            };
+            if w {
+                worse += 1.0;
+            } else if c == b {
+                worse += 0.5;
+            }
+        }
+    }
+    worse / (baseline.len() * candidate.len()) as f64
+}
+
 fn status(run: &Run) -> RunStatus {
     let v = violations(run);
     if !v.is_empty() {
@@ -399,7 +434,23 @@ pub fn evaluate(baseline: &[Run], candidate: &[Run], t: &Thresholds) -> Outcome 
         });
         let verdict = match (b, c, t.limits.get(&metric)) {
             _ if !enough => Verdict::Invalid,
-            (Some(b), Some(c), Some(limit)) => judge(metric, *limit, b, c),
+            (Some(b), Some(c), Some(limit)) => {
+                let share = dominance(metric.direction(), &bv, &cv);
+                match judge(metric, *limit, b, c) {
+                    Verdict::Regression if share < t.min_dominance => {
+                        notes.push(format!(
+                            "{}: median ratio {:.3} is past the threshold, but the candidate is \
+                             worse in only {:.0}% of run pairs: treated as noise",
+                            metric.name(),
+                            c / b,
+                            share * 100.0
+                        ));
+                        Verdict::Inconclusive
+                    }
+                    Verdict::Improvement if 1.0 - share < t.min_dominance => Verdict::Pass,
+                    v => v,
+                }
+            }
             _ => Verdict::NotMeasured,
         };
         if verdict == Verdict::Regression {
@@ -618,6 +669,39 @@ mod tests {
             verdict(&o, Metric::RssBytesPerConnection),
             Verdict::NotMeasured
         );
+    }
+
+    #[test]
+    fn one_outlier_run_is_inconclusive_not_a_regression() {
+        // Measured with identical servers: p99 36, 44 ms against 106, 19 ms.
+        let b = vec![
+            run("baseline-1", 40_000.0, 36.0, 11.5, 18_300.0),
+            run("baseline-2", 40_000.0, 44.0, 11.4, 18_800.0),
+        ];
+        let c = vec![
+            run("candidate-1", 40_000.0, 106.0, 11.0, 19_600.0),
+            run("candidate-2", 40_000.0, 19.0, 13.3, 17_500.0),
+        ];
+        let o = evaluate(&b, &c, &Thresholds::defaults(1));
+        assert_eq!(o.overall, Overall::Pass, "{o:#?}");
+        assert_eq!(verdict(&o, Metric::P99Ms), Verdict::Inconclusive);
+        assert!(o.notes.iter().any(|n| n.contains("treated as noise")));
+        // The same medians with every candidate run worse: a regression.
+        let c = vec![
+            run("candidate-1", 40_000.0, 63.0, 11.0, 18_500.0),
+            run("candidate-2", 40_000.0, 62.0, 11.5, 18_500.0),
+        ];
+        let o = evaluate(&b, &c, &Thresholds::defaults(1));
+        assert_eq!(verdict(&o, Metric::P99Ms), Verdict::Regression);
+        assert_eq!(o.overall, Overall::Fail);
+    }
+
+    #[test]
+    fn dominance_counts_pairs() {
+        let lower = Direction::LowerIsBetter;
+        assert_eq!(dominance(lower, &[1.0, 2.0], &[3.0, 4.0]), 1.0);
+        assert_eq!(dominance(lower, &[36.0, 44.0], &[106.0, 19.0]), 0.5);
+        assert_eq!(dominance(Direction::HigherIsBetter, &[5.0], &[5.0]), 0.5);
     }
 
     #[test]

@@ -17,7 +17,12 @@
 //! | server CPU / M deliveries | +15% and > 0.1 s/M | CPU per delivery is the steadiest cost figure; 0.1 s/M = 0.1 µs per delivery |
 //! | server RSS / connection | +15% and > 1 KiB | RSS is page-granular and allocator-dependent; a KiB per connection is noise at 400 clients |
 //!
-//! The same relative change in the good direction is reported as an improvement.
+//! Past both limits, a regression also needs the runs to agree: the candidate must be worse in at
+//! least 75% of the (candidate run, baseline run) pairs ([`gate::MIN_DOMINANCE`]). Otherwise the
+//! verdict is *inconclusive* and does not fail: measured with two identical servers, p99 medians
+//! differed by 56% because of one 106 ms run beside a 19 ms one. The same changes in the good
+//! direction are reported as an improvement. Three runs a side (also `--quick`) keep one outlier
+//! from deciding a median.
 //!
 //! # Layout
 //!
