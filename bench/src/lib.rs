@@ -115,13 +115,8 @@ pub fn run(root: &Path, cli: &cli::Cli) -> anyhow::Result<Ending> {
         );
         return Ok(Ending::Skipped);
     }
-    let candidate_bin = source::build(root, &target, None, &["tidechat", "loadtest"])?;
-    let baseline_bin = match source::build(
-        &src,
-        &out.join("baseline-target"),
-        Some(&target),
-        &["tidechat"],
-    ) {
+    let candidate_bin = source::build(root, &target, &["tidechat", "loadtest"])?;
+    let baseline_bin = match source::build(&src, &out.join("baseline-target"), &["tidechat"]) {
         Ok(dir) => dir,
         Err(e) => {
             source::remove_worktree(root, &src);

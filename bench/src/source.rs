@@ -143,23 +143,16 @@ pub fn has_server(src: &Path) -> bool {
 /// `cargo build --release --bin ...` of the workspace at `src` into `target`; returns
 /// `target/release`.
 ///
-/// `build_dir`, when given, holds the intermediate artifacts (cargo's `build.build-dir`): the
-/// baseline shares the candidate's, so dependencies both use are compiled once (minutes on two
-/// cores) while each side's binaries land in its own target dir. Crates of the two checkouts have
-/// different paths, hence different hashes, and never overwrite each other there.
-pub fn build(
-    src: &Path,
-    target: &Path,
-    build_dir: Option<&Path>,
-    bins: &[&str],
-) -> anyhow::Result<PathBuf> {
+/// The baseline must not share the candidate's target (or `build.build-dir`): cargo hashes a
+/// workspace member by its path *relative to the workspace root*, so the baseline's `server` and
+/// the candidate's land in the same slot, and a checkout older than the candidate's artifacts is
+/// taken as fresh: the "baseline" would silently be the candidate (seen in testing).
+pub fn build(src: &Path, target: &Path, bins: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(src)
         .args(["build", "--release"])
-        .env("CARGO_TARGET_DIR", target);
-    if let Some(dir) = build_dir.filter(|_| std::env::var_os("CARGO_BUILD_BUILD_DIR").is_none()) {
-        cmd.env("CARGO_BUILD_BUILD_DIR", dir);
-    }
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("CARGO_BUILD_BUILD_DIR");
     for b in bins {
         cmd.args(["--bin", b]);
     }
