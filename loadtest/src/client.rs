@@ -11,16 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use goose::prelude::*;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::config::Protocol;
 use crate::metrics::{self, Seen, Tally, Track};
 use crate::run::Run;
+use crate::ws::{Frame, WsClient, CLOSE_NORMAL};
 
 /// Longest a `chat` transaction runs before it returns to goose (which checks for the end of the
 /// run between transactions).
@@ -31,11 +28,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const SENDERS_STOP_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed for the close handshake at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// tungstenite's read buffer per socket (its default, 128 KiB, would cost 1.2 GiB at 10,000).
-/// Larger frames still work: the buffer grows for them (and stays grown).
-const READ_BUFFER: usize = 2 * 1024;
-/// Largest frame accepted from the server.
-const MAX_MESSAGE: usize = 1 << 20;
+/// Receive buffer per socket. It never grows: a larger frame is read only as far as its
+/// beginning (type and stamp), see [`crate::ws`]. 1 KiB holds about six 64-byte messages.
+const READ_BUFFER: usize = 1024;
 /// A send later than this against its schedule counts as late.
 pub const LATE_SEND_US: u64 = 10_000;
 
@@ -47,11 +42,16 @@ pub const REQ_FANOUT: &str = "fanout";
 pub const REQ_SAY: &str = "say";
 pub const REQ_DISCONNECT: &str = "disconnect";
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WsClient;
 
 /// A connected client, kept in goose session data between transactions.
 pub struct Client {
     ws: Option<Ws>,
+    state: State,
+}
+
+/// What a client knows besides its socket.
+struct State {
     room: usize,
     /// Slot among the room's senders when this client sends.
     slot: Option<usize>,
@@ -67,7 +67,8 @@ pub struct Client {
     samples: Vec<(&'static str, u64)>,
     /// When this sender's next message is due, in microseconds since the run's epoch.
     next_send_us: Option<u64>,
-    /// Reusable buffer for outgoing frames.
+    /// Reusable buffers for outgoing messages (the text, and the frame's JSON).
+    text: String,
     frame: String,
 }
 
@@ -94,14 +95,6 @@ fn put(user: &GooseUser, client: Box<Client>) {
     }
 }
 
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
-}
-
 /// Opens the TCP connection from source address 127.0.0.(1 + index % n) for loopback targets.
 async fn tcp_connect(target: SocketAddr, index: usize, sources: u8) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -114,12 +107,20 @@ async fn tcp_connect(target: SocketAddr, index: usize, sources: u8) -> std::io::
     Ok(stream)
 }
 
-/// Target address of a `ws://host:port/...` URL.
-async fn resolve(url: &str) -> Result<SocketAddr, String> {
+/// `(host:port, path)` of a `ws://host:port/path` URL.
+fn split_url(url: &str) -> Result<(&str, &str), String> {
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
+    Ok(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
+/// Target address of a `ws://host:port/...` URL.
+async fn resolve(url: &str) -> Result<SocketAddr, String> {
+    let (hostport, _) = split_url(url)?;
     let mut addrs = tokio::net::lookup_host(hostport)
         .await
         .map_err(|e| format!("{hostport}: {e}"))?;
@@ -128,23 +129,33 @@ async fn resolve(url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{hostport}: no IPv4 address"))
 }
 
-/// Reads the next text frame (answering nothing else), with a deadline.
-async fn next_text(ws: &mut Ws, deadline: Instant) -> Result<String, String> {
+/// Reads text frames until `done` decides on one (`Some`), with a deadline.
+async fn wait_for(
+    ws: &mut Ws,
+    deadline: Instant,
+    mut done: impl FnMut(&[u8]) -> Option<Result<(), String>>,
+) -> Result<(), String> {
     loop {
-        let msg = tokio::time::timeout_at(deadline.into(), ws.next())
-            .await
-            .map_err(|_| "timed out".to_string())?;
-        match msg {
-            None => return Err("connection closed".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(Message::Close(f))) => {
-                return Err(format!(
-                    "closed {}",
-                    f.map(|f| u16::from(f.code)).unwrap_or(1005)
-                ))
+        while let Some(frame) = ws.next_frame()? {
+            match frame {
+                Frame::Text { payload, .. } => {
+                    if let Some(r) = done(payload) {
+                        return r;
+                    }
+                }
+                Frame::Close(code) => return Err(format!("closed {code}")),
+                Frame::Other => {}
             }
-            Some(Ok(_)) => {}
+        }
+        if ws.has_control() {
+            ws.flush_control().await.map_err(|e| e.to_string())?;
+        }
+        let n = tokio::time::timeout_at(deadline.into(), ws.read())
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
         }
     }
 }
@@ -190,19 +201,23 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
         );
         let t0 = Instant::now();
         let joined = async {
-            ws.send(Message::text(join))
+            ws.send_text(join.as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
-            let deadline = t0 + CONNECT_TIMEOUT;
-            loop {
-                let text = next_text(&mut ws, deadline).await?;
-                if text.starts_with(r#"{"type":"joined""#) {
-                    return Ok(());
+            // In a big room `joined` lists up to 1,000 members: only its beginning is read.
+            wait_for(&mut ws, t0 + CONNECT_TIMEOUT, |text| {
+                if text.starts_with(br#"{"type":"joined""#) {
+                    Some(Ok(()))
+                } else if text.starts_with(br#"{"type":"error""#) {
+                    Some(Err(format!(
+                        "join refused: {}",
+                        String::from_utf8_lossy(&text[..text.len().min(200)])
+                    )))
+                } else {
+                    None
                 }
-                if text.starts_with(r#"{"type":"error""#) {
-                    return Err(format!("join refused: {text}"));
-                }
-            }
+            })
+            .await
         }
         .await;
         let took = t0.elapsed();
@@ -229,16 +244,19 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
     r.members.fetch_add(1, Ordering::AcqRel);
     let client = Client {
         ws: Some(ws),
-        room,
-        slot,
-        tracks,
-        ends: None,
-        acks: 0,
-        foreign: 0,
-        until_sample: 1 + index as u64 % run.sample_every(),
-        samples: Vec::new(),
-        next_send_us: None,
-        frame: String::new(),
+        state: State {
+            room,
+            slot,
+            tracks,
+            ends: None,
+            acks: 0,
+            foreign: 0,
+            until_sample: 1 + index as u64 % run.sample_every(),
+            samples: Vec::new(),
+            next_send_us: None,
+            text: String::new(),
+            frame: String::new(),
+        },
     };
     user.set_session_data(Session(Arc::new(Mutex::new(Some(Box::new(client))))));
     run.client_settled(true);
@@ -256,21 +274,23 @@ async fn open_socket(run: &Run, index: usize) -> Result<Ws, String> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let work = async {
         let target = resolve(&run.ws_url).await?;
+        let (host, path) = split_url(&run.ws_url)?;
         let tcp = tcp_connect(target, index, run.params.source_addrs)
             .await
             .map_err(|e| format!("tcp: {e}"))?;
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            run.ws_url.as_str(),
-            tcp,
-            Some(ws_config()),
-        )
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        let mut ws = WsClient::handshake(tcp, host, path, READ_BUFFER, index as u32).await?;
         if run.params.protocol == Protocol::V1 {
-            let hello = next_text(&mut ws, deadline).await?;
-            if !hello.starts_with(r#"{"type":"hello""#) {
-                return Err(format!("expected hello, got {hello:.80}"));
-            }
+            wait_for(&mut ws, deadline, |text| {
+                Some(if text.starts_with(br#"{"type":"hello""#) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected hello, got {:.80}",
+                        String::from_utf8_lossy(text)
+                    ))
+                })
+            })
+            .await?;
         }
         Ok(ws)
     };
@@ -288,7 +308,7 @@ pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     };
     let deadline = Instant::now() + ITERATION;
     client.receive_until(run, deadline, true).await;
-    client.flush_samples(user).await?;
+    client.state.flush_samples(user).await?;
     put(user, client);
     Ok(())
 }
@@ -298,27 +318,27 @@ pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     let Some(mut client) = take(user) else {
         return Ok(());
     };
-    if let Some(s) = client.slot {
-        run.sender_done(client.room, s);
+    if let Some(s) = client.state.slot {
+        run.sender_done(client.state.room, s);
     }
-    let room = &run.rooms[client.room];
+    let room = &run.rooms[client.state.room];
     let wait_senders = Instant::now() + SENDERS_STOP_WAIT;
     while client.ws.is_some() && !room.senders_done() && Instant::now() < wait_senders {
         let until = (Instant::now() + Duration::from_millis(50)).min(wait_senders);
         client.receive_until(run, until, false).await;
     }
     let drain_end = Instant::now() + Duration::from_secs_f64(run.params.drain_s);
-    while client.ws.is_some() && client.owed(run) > 0 && Instant::now() < drain_end {
+    while client.ws.is_some() && client.state.owed(run) > 0 && Instant::now() < drain_end {
         let until = (Instant::now() + Duration::from_millis(50)).min(drain_end);
         client.receive_until(run, until, false).await;
     }
-    client.flush_samples(user).await?;
+    client.state.flush_samples(user).await?;
     if let Some(mut ws) = client.ws.take() {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(CLOSE_NORMAL)).await;
         run.socket_closed();
         room.members.fetch_sub(1, Ordering::AcqRel);
     }
-    client.finish(run);
+    client.state.finish(run);
     Ok(())
 }
 
@@ -367,6 +387,18 @@ pub fn parse_stamp(frame: &[u8], protocol: Protocol) -> Option<Stamp> {
     })
 }
 
+/// The `code` of an `error` frame (read from its beginning, which may be all there is).
+fn error_code(frame: &[u8]) -> String {
+    let key = br#""code":""#;
+    memchr::memmem::find(frame, key)
+        .and_then(|at| {
+            let rest = &frame[at + key.len()..];
+            let end = memchr::memchr(b'"', rest)?;
+            Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Writes a message text of `size` bytes carrying the stamp.
 pub fn message_text(out: &mut String, stamp: Stamp, size: usize) {
     use std::fmt::Write;
@@ -379,23 +411,9 @@ pub fn message_text(out: &mut String, stamp: Stamp, size: usize) {
 }
 
 impl Client {
-    /// Deliveries still owed to this client by senders that have stopped.
-    fn owed(&self, run: &Run) -> u64 {
-        let room = &run.rooms[self.room];
-        self.tracks
-            .iter()
-            .enumerate()
-            .filter(|(s, _)| Some(*s) != self.slot)
-            .map(|(s, t)| {
-                let end = room.senders[s].sent.load(Ordering::Acquire);
-                end.saturating_sub(t.start).saturating_sub(t.in_window)
-            })
-            .sum()
-    }
-
     /// Receives until `deadline`; sends on schedule when `send` and this client is a sender.
     async fn receive_until(&mut self, run: &Run, deadline: Instant, send: bool) {
-        let sender = send && self.slot.is_some();
+        let sender = send && self.state.slot.is_some();
         // One timer for the whole call, moved only when the next wake-up changes.
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::pin!(sleep);
@@ -415,16 +433,16 @@ impl Client {
             }
             let mut wake = deadline;
             if sender && !run.stop_sending.load(Ordering::Relaxed) {
-                match (self.next_send_us, run.send_start()) {
+                match (self.state.next_send_us, run.send_start()) {
                     (Some(next), _) => wake = wake.min(run.instant_at(next)),
                     (None, Some(start)) => {
                         // Senders are spread evenly over the first period.
                         let rate = run.rate_at(start).max(1e-9);
-                        let phase = self.slot.unwrap_or(0) as f64 * run.params.rooms as f64
-                            + self.room as f64;
+                        let phase = self.state.slot.unwrap_or(0) as f64 * run.params.rooms as f64
+                            + self.state.room as f64;
                         let offset = phase / run.params.senders.max(1) as f64 / rate;
                         let first = start + (offset * 1e6) as u64;
-                        self.next_send_us = Some(first);
+                        self.state.next_send_us = Some(first);
                         wake = wake.min(run.instant_at(first));
                     }
                     (None, None) => {}
@@ -436,7 +454,11 @@ impl Client {
             }
             let waiting_for_start = sender && run.send_start().is_none();
             tokio::select! {
-                msg = ws.next() => self.on_message(run, msg),
+                r = ws.read() => match r {
+                    Ok(0) => self.disconnected(run, "closed without close frame".into()),
+                    Ok(_) => self.on_readable(run).await,
+                    Err(e) => self.disconnected(run, format!("error: {e}")),
+                },
                 _ = &mut sleep => {
                     if sender {
                         self.send_due(run).await;
@@ -449,10 +471,10 @@ impl Client {
 
     /// Sends every message whose time has come (open loop: a late sender catches up).
     async fn send_due(&mut self, run: &Run) {
-        let (Some(slot), Some(mut next)) = (self.slot, self.next_send_us) else {
+        let (Some(slot), Some(mut next)) = (self.state.slot, self.state.next_send_us) else {
             return;
         };
-        let room = &run.rooms[self.room];
+        let room = &run.rooms[self.state.room];
         loop {
             let now = run.now_us();
             if next > now || run.stop_sending.load(Ordering::Relaxed) {
@@ -482,49 +504,91 @@ impl Client {
                 Run::record_into(&counts.lag, lag);
             }
             let stamp = Stamp { slot, seq, sent_us };
-            let mut text = std::mem::take(&mut self.frame);
-            message_text(&mut text, stamp, run.params.message_size);
+            let st = &mut self.state;
+            message_text(&mut st.text, stamp, run.params.message_size);
             let frame = match run.params.protocol {
-                Protocol::V1 => format!(
-                    r#"{{"type":"say","room":"{}","text":"{}"}}"#,
-                    room.name, text
-                ),
-                Protocol::Seed => text.clone(),
+                Protocol::V1 => {
+                    use std::fmt::Write;
+                    st.frame.clear();
+                    // unwrap: writing into a String cannot fail.
+                    write!(
+                        st.frame,
+                        r#"{{"type":"say","room":"{}","text":"{}"}}"#,
+                        room.name, st.text
+                    )
+                    .unwrap();
+                    &st.frame
+                }
+                Protocol::Seed => &st.text,
             };
-            self.frame = text;
             run.sends.fetch_add(1, Ordering::Relaxed);
             let Some(ws) = self.ws.as_mut() else { break };
-            if let Err(e) = ws.send(Message::text(frame)).await {
+            if let Err(e) = ws.send_text(frame.as_bytes()).await {
                 self.disconnected(run, format!("send: {e}"));
                 break;
             }
             next += (1e6 / rate) as u64;
         }
-        self.next_send_us = Some(next);
+        self.state.next_send_us = Some(next);
     }
 
-    fn on_message(&mut self, run: &Run, msg: Option<Result<Message, WsError>>) {
-        match msg {
-            Some(Ok(Message::Text(t))) => self.on_text(run, t.as_bytes()),
-            Some(Ok(Message::Close(f))) => {
-                let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
-                self.disconnected(run, format!("close {code}"));
+    /// Handles every frame the last read completed, then answers pings.
+    async fn on_readable(&mut self, run: &Run) {
+        let Some(ws) = self.ws.as_mut() else { return };
+        let mut ended = None;
+        loop {
+            match ws.next_frame() {
+                Ok(Some(Frame::Text { payload, .. })) => self.state.on_text(run, payload),
+                Ok(Some(Frame::Other)) => {}
+                Ok(Some(Frame::Close(code))) => {
+                    ended = Some(format!("close {code}"));
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    ended = Some(format!("error: {e}"));
+                    break;
+                }
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => self.disconnected(run, format!("error: {e}")),
-            None => self.disconnected(run, "closed without close frame".into()),
         }
+        if ended.is_none() && ws.has_control() {
+            if let Err(e) = ws.flush_control().await {
+                ended = Some(format!("error: {e}"));
+            }
+        }
+        if let Some(why) = ended {
+            self.disconnected(run, why);
+        }
+    }
+
+    /// The socket ended before the run did.
+    fn disconnected(&mut self, run: &Run, why: String) {
+        if self.ws.take().is_some() {
+            self.state.disconnected(run, why);
+        }
+    }
+}
+
+impl State {
+    /// Deliveries still owed to this client by senders that have stopped.
+    fn owed(&self, run: &Run) -> u64 {
+        let room = &run.rooms[self.room];
+        self.tracks
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| Some(*s) != self.slot)
+            .map(|(s, t)| {
+                let end = room.senders[s].sent.load(Ordering::Acquire);
+                end.saturating_sub(t.start).saturating_sub(t.in_window)
+            })
+            .sum()
     }
 
     fn on_text(&mut self, run: &Run, frame: &[u8]) {
         let now = run.now_us();
         let Some(stamp) = parse_stamp(frame, run.params.protocol) else {
             if frame.starts_with(br#"{"type":"error""#) {
-                let code = serde_json::from_slice::<serde_json::Value>(frame)
-                    .ok()
-                    .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from))
-                    .unwrap_or_else(|| "unknown".into());
-                run.error_frames.add(code);
+                run.error_frames.add(error_code(frame));
             } else if run.params.protocol == Protocol::Seed
                 || !frame.starts_with(br#"{"type":"presence""#)
             {
@@ -572,9 +636,6 @@ impl Client {
 
     /// The socket ended before the run did.
     fn disconnected(&mut self, run: &Run, why: String) {
-        if self.ws.take().is_none() {
-            return;
-        }
         run.disconnects.add(why);
         run.socket_closed();
         let room = &run.rooms[self.room];
@@ -656,5 +717,14 @@ mod tests {
         assert_eq!(parse_stamp(seed.as_bytes(), Protocol::Seed), Some(stamp));
         assert_eq!(parse_stamp(br#"{"type":"presence"}"#, Protocol::V1), None);
         assert_eq!(parse_stamp(b"12: ~1.2~", Protocol::Seed), None);
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(
+            error_code(br#"{"type":"error","code":"rate_limited","message":"x"}"#),
+            "rate_limited"
+        );
+        assert_eq!(error_code(br#"{"type":"error","code":"trunc"#), "unknown");
     }
 }
