@@ -147,6 +147,7 @@ pub fn run(root: &Path, cli: &cli::Cli) -> anyhow::Result<Ending> {
             let label = format!("{side}-{i}");
             let r = one_run(
                 &label,
+                &root.join("static"),
                 exe,
                 &bins.loadtest,
                 &args,
@@ -233,6 +234,7 @@ fn run_line(r: &Run) -> String {
 /// Starts `tidechat`, runs the load test against it, stops it, reads the report.
 fn one_run(
     label: &str,
+    static_dir: &Path,
     tidechat: &Path,
     loadtest: &Path,
     args: &[String],
@@ -242,7 +244,12 @@ fn one_run(
     let port = proc::free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut cmd = Command::new(tidechat);
-    cmd.env("TIDECHAT_BIND", addr.to_string());
+    // Both servers serve the candidate's page: the baseline's default static dir was its
+    // worktree, which is gone by now.
+    cmd.env("TIDECHAT_BIND", addr.to_string())
+        .env("TIDECHAT_STATIC_DIR", static_dir)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     for (k, v) in SERVER_ENV {
         cmd.env(k, v);
     }
@@ -252,7 +259,9 @@ fn one_run(
 
     let stem = reports.join(label);
     let mut cmd = Command::new(loadtest);
-    cmd.arg("--host")
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .arg("--host")
         .arg(format!("ws://{addr}"))
         .arg("--server-pid")
         .arg(server.pid().to_string())
