@@ -37,8 +37,13 @@ pub struct Event {
 /// Events as they travel through a room channel.
 pub type EventRef = Arc<Event>;
 
-/// What a connection gives the hub so the hub can tell it that a resume took its place in a room.
-pub type Evictor = async_channel::Sender<Arc<str>>;
+/// How the hub tells a connection that a resume took its place in a room.
+pub trait Evict: Send + Sync + std::fmt::Debug {
+    fn evict(&self, room: Arc<str>);
+}
+
+/// What a connection gives the hub with each join.
+pub type Evictor = Arc<dyn Evict>;
 
 /// Sizes the hub works within (from [`crate::Config`]).
 #[derive(Debug, Clone)]
@@ -174,7 +179,7 @@ impl Hub {
                 // A resume: the old connection is probably half dead. It loses the room quietly
                 // (no presence: the person never left) and is told so if it is still there.
                 let old = st.members.remove(req.name).expect("checked above");
-                let _ = old.evictor.try_send(room.name.clone());
+                old.evictor.evict(room.name.clone());
                 new_token()
             }
             Some(_) => return Err(HubError::NameTaken),

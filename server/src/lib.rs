@@ -5,6 +5,7 @@
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
 //! - [`session`]: one connection: the reader and the single writer that owns the socket.
+//! - [`inbox`]: what the reader and the hub queue for a connection's writer.
 //! - [`ws`]: the websocket upgrade on tide (handshake, Origin allowlist, connection cap).
 //! - [`server`]: accept loop, shared state, graceful shutdown.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod logging;
 pub mod protocol;

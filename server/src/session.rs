@@ -21,9 +21,10 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use futures::future::{self, Either};
-use futures::{AsyncRead, AsyncWrite, FutureExt, SinkExt, Stream, StreamExt};
+use futures::{AsyncRead, AsyncWrite, SinkExt, Stream, StreamExt};
 
-use crate::hub::{EventRef, HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::hub::{EventRef, Evictor, HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::inbox::{FromEviction, Inbox};
 use crate::limits::{valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
 use crate::server::State;
@@ -39,15 +40,13 @@ pub enum Mode {
 
 /// Frames the writer may send in one flush before it looks at its inputs again.
 const MAX_BATCH: usize = 256;
-/// Reader-to-writer queue; when full the reader waits, so a client that floods requests but
-/// does not read replies is held back instead of growing memory.
-const CONTROL_CAPACITY: usize = 16;
 /// Time the writer gets to flush a final close frame after the reader has ended.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Longest `ref` a client may attach.
 const MAX_REF_CHARS: usize = 64;
 
-/// What the reader asks the writer to do.
+/// What the reader (and the hub) ask the writer to do.
+#[derive(Debug)]
 enum Out {
     Text(Utf8Bytes),
     /// Send the `joined` frame, then forward the room's events.
@@ -58,6 +57,16 @@ enum Out {
         reason: &'static str,
     },
     Close(u16, &'static str),
+    /// The hub gave this connection's place in a room to a resuming connection.
+    Evicted(Arc<str>),
+    /// The reader has ended: flush what is queued and stop.
+    Finish,
+}
+
+impl FromEviction for Out {
+    fn eviction(room: Arc<str>) -> Self {
+        Out::Evicted(room)
+    }
 }
 
 /// Why a connection ended (logged at info).
@@ -94,8 +103,7 @@ where
 {
     log::info!("connect #{conn} {peer} {mode:?}");
     let (sink, stream) = ws.split();
-    let (ctl_tx, ctl_rx) = async_channel::bounded(CONTROL_CAPACITY);
-    let (evict_tx, evict_rx) = async_channel::bounded(state.config.max_rooms_per_connection);
+    let inbox: Arc<Inbox<Out>> = Arc::default();
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
     let mut memberships: Vec<Membership> = Vec::new();
@@ -105,15 +113,15 @@ where
             state: &state,
             mode,
             conn,
-            ctl: ctl_tx,
-            evictor: evict_tx,
+            inbox: &inbox,
+            evictor: inbox.clone(),
             memberships: &mut memberships,
             started,
             last_seen: &last_seen,
             bucket: TokenBucket::new(state.config.rate, state.config.burst),
             strikes: 0,
         }
-        .run(stream, evict_rx);
+        .run(stream);
         let writer = Writer {
             state: &state,
             mode,
@@ -121,7 +129,7 @@ where
             started,
             last_seen: &last_seen,
         }
-        .run(sink, ctl_rx);
+        .run(sink, &inbox);
         futures::pin_mut!(reader, writer);
         match future::select(reader, writer).await {
             Either::Left((ending, writer)) => {
@@ -142,8 +150,8 @@ struct Reader<'a> {
     state: &'a State,
     mode: Mode,
     conn: u64,
-    ctl: async_channel::Sender<Out>,
-    evictor: async_channel::Sender<Arc<str>>,
+    inbox: &'a Inbox<Out>,
+    evictor: Evictor,
     memberships: &'a mut Vec<Membership>,
     started: Instant,
     last_seen: &'a AtomicU64,
@@ -155,31 +163,27 @@ struct Reader<'a> {
 type Step = Result<(), Ending>;
 
 impl Reader<'_> {
-    async fn run<R>(mut self, mut stream: R, evictions: async_channel::Receiver<Arc<str>>) -> Ending
+    async fn run<R>(mut self, mut stream: R) -> Ending
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let ending = match self.start().await {
             Ok(()) => loop {
-                let next = futures::select_biased! {
-                    room = evictions.recv().fuse() => Either::Left(room),
-                    msg = stream.next().fuse() => Either::Right(msg),
-                };
-                let step = match next {
-                    Either::Left(Ok(room)) => self.evicted(room).await,
-                    Either::Left(Err(_)) => Ok(()),
-                    // Boxed: handling a frame needs far more state than waiting for one, and
-                    // an idle connection should not carry that state inline (760 B each).
-                    Either::Right(msg) => Box::pin(self.frame(msg)).await,
-                };
-                if let Err(ending) = step {
+                let msg = stream.next().await;
+                for room in self.inbox.take_evicted() {
+                    self.memberships.retain(|m| m.room != room);
+                }
+                // Boxed: handling a frame needs far more state than waiting for one, and
+                // an idle connection should not carry that state inline (760 B each).
+                if let Err(ending) = Box::pin(self.frame(msg)).await {
                     break ending;
                 }
             },
             Err(ending) => ending,
         };
-        if let Ending::Closed(code, reason) = ending {
-            let _ = self.ctl.send(Out::Close(code, reason)).await;
+        match ending {
+            Ending::Closed(code, reason) => self.inbox.send(Out::Close(code, reason)).await,
+            _ => self.inbox.push(Out::Finish),
         }
         ending
     }
@@ -198,10 +202,8 @@ impl Reader<'_> {
     }
 
     async fn send(&self, out: Out) -> Step {
-        self.ctl
-            .send(out)
-            .await
-            .map_err(|_| Ending::Gone("writer ended".into()))
+        self.inbox.send(out).await;
+        Ok(())
     }
 
     async fn frame(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
@@ -394,16 +396,6 @@ impl Reader<'_> {
         .await
     }
 
-    /// The hub gave this connection's place in `room` to a resuming connection.
-    async fn evicted(&mut self, room: Arc<str>) -> Step {
-        self.memberships.retain(|m| m.room != room);
-        self.send(Out::Unsubscribe {
-            room,
-            reason: error_code::REPLACED,
-        })
-        .await
-    }
-
     async fn say(&mut self, room: &str, text: &str, reference: Option<&str>) -> Step {
         if reference.is_some_and(|r| r.chars().count() > MAX_REF_CHARS) {
             return self
@@ -509,7 +501,7 @@ struct Writer<'a> {
 
 /// One thing the writer reacts to.
 enum Input {
-    Ctl(Option<Out>),
+    Ctl(Out),
     Event(usize, Option<Result<EventRef, RecvError>>),
     Tick,
     Shutdown,
@@ -523,25 +515,23 @@ enum Then {
 }
 
 impl<'a> Writer<'a> {
-    async fn run<W>(mut self, mut sink: W, ctl: async_channel::Receiver<Out>) -> Ending
+    async fn run<W>(mut self, mut sink: W, inbox: &Inbox<Out>) -> Ending
     where
         W: futures::Sink<Message, Error = WsError> + Unpin,
     {
         let state: &'a State = self.state;
         let mut ticks = async_io::Timer::interval(state.config.ping_interval);
         let mut shutdown = state.shutdown_listener();
-        futures::pin_mut!(ctl);
         let mut batch: Vec<Message> = Vec::new();
         loop {
             let first =
-                future::poll_fn(|cx| self.poll_input(cx, ctl.as_mut(), &mut ticks, &mut shutdown))
-                    .await;
+                future::poll_fn(|cx| self.poll_input(cx, inbox, &mut ticks, &mut shutdown)).await;
             let mut then = self.apply(first, &mut batch);
             // Take what is already queued, without registering wakers (polling with another
             // waker would re-register listeners and the ping timer every time), into the same
             // flush.
             while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
-                match self.try_input(&ctl) {
+                match self.try_input(inbox) {
                     Some(input) => then = self.apply(input, &mut batch),
                     None => break,
                 }
@@ -570,14 +560,14 @@ impl<'a> Writer<'a> {
     fn poll_input(
         &mut self,
         cx: &mut Context<'_>,
-        ctl: Pin<&mut async_channel::Receiver<Out>>,
+        inbox: &Inbox<Out>,
         ticks: &mut async_io::Timer,
         shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     ) -> Poll<Input> {
         if shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Input::Shutdown);
         }
-        if let Poll::Ready(out) = ctl.poll_next(cx) {
+        if let Poll::Ready(out) = inbox.poll_next(cx) {
             return Poll::Ready(Input::Ctl(out));
         }
         for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
@@ -592,12 +582,10 @@ impl<'a> Writer<'a> {
     }
 
     /// The next queued input, if any, without waiting.
-    fn try_input(&mut self, ctl: &async_channel::Receiver<Out>) -> Option<Input> {
+    fn try_input(&mut self, inbox: &Inbox<Out>) -> Option<Input> {
         use async_broadcast::TryRecvError;
-        match ctl.try_recv() {
-            Ok(out) => return Some(Input::Ctl(Some(out))),
-            Err(async_channel::TryRecvError::Closed) => return Some(Input::Ctl(None)),
-            Err(async_channel::TryRecvError::Empty) => {}
+        if let Some(out) = inbox.try_next() {
+            return Some(Input::Ctl(out));
         }
         for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
             match rx.try_recv() {
@@ -622,14 +610,14 @@ impl<'a> Writer<'a> {
             Input::Event(i, Some(Err(RecvError::Closed)) | None) => {
                 self.subs.swap_remove(i);
             }
-            Input::Ctl(Some(Out::Text(text))) => batch.push(Message::Text(text)),
-            Input::Ctl(Some(Out::Subscribe(joined))) => {
+            Input::Ctl(Out::Text(text)) => batch.push(Message::Text(text)),
+            Input::Ctl(Out::Subscribe(joined)) => {
                 if self.mode == Mode::V1 {
                     batch.push(Message::Text(joined.frame.into()));
                 }
                 self.subs.push((joined.room, joined.rx));
             }
-            Input::Ctl(Some(Out::Unsubscribe { room, reason })) => {
+            Input::Ctl(Out::Unsubscribe { room, reason }) => {
                 self.subs.retain(|(r, _)| *r != room);
                 let left = ServerFrame::Left {
                     room: &room,
@@ -637,13 +625,21 @@ impl<'a> Writer<'a> {
                 };
                 batch.push(Message::Text(protocol::to_text(&left).into()));
             }
-            Input::Ctl(Some(Out::Close(code, reason))) => {
+            Input::Ctl(Out::Close(code, reason)) => {
                 // What was already published (e.g. the client's own last message) goes first.
                 self.drain_events(batch);
                 return self.close(batch, code, reason);
             }
+            Input::Ctl(Out::Evicted(room)) => {
+                self.subs.retain(|(r, _)| *r != room);
+                let left = ServerFrame::Left {
+                    room: &room,
+                    reason: error_code::REPLACED,
+                };
+                batch.push(Message::Text(protocol::to_text(&left).into()));
+            }
             // The reader ended without asking for a close: flush tungstenite's close reply.
-            Input::Ctl(None) => return Then::End(Ending::Gone("reader ended".into())),
+            Input::Ctl(Out::Finish) => return Then::End(Ending::Gone("reader ended".into())),
             Input::Tick => {
                 let idle = self.started.elapsed().as_millis() as u64
                     - self.last_seen.load(Ordering::Relaxed);

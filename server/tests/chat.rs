@@ -181,6 +181,10 @@ async fn resume_with_since_is_loss_free() {
     for i in 0..5 {
         a.say("lobby", &format!("missed {i}")).await;
     }
+    // alice's own copies ("seen" and the five) say all are published before bob comes back.
+    for _ in 0..6 {
+        a.recv_type("message").await;
+    }
     let mut b = s.connect().await;
     b.send(json!({"type": "join", "room": "lobby", "name": "bob", "since": seen, "epoch": epoch, "token": token}))
         .await;
