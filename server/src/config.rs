@@ -72,8 +72,8 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     pub history_bytes: usize,
     /// Events buffered per room for receivers that fall behind; past it a receiver is closed
-    /// with 4008 (slow consumer).
-    #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 4096)]
+    /// with 4008 (slow consumer). Allocated when the room is created (16 B per slot).
+    #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 1024)]
     pub room_buffer: usize,
     /// Rooms with more members than this send no join/leave presence and list only this many
     /// members in `joined`, so very large rooms do not cost O(members²).

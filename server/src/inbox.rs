@@ -107,8 +107,8 @@ impl<T> Inbox<T> {
         let mut st = self.lock();
         let full = st.queue.len() >= CAPACITY;
         let item = st.queue.pop_front();
-        if st.queue.is_empty() && st.queue.capacity() > CAPACITY {
-            // A burst is over; an idle connection keeps no large queue.
+        if st.queue.is_empty() && st.queue.capacity() > 0 {
+            // Replies are rare; an idle connection keeps no queue memory (~700 B each).
             st.queue = VecDeque::new();
         }
         drop(st);
