@@ -7,6 +7,7 @@
 //! - [`session`]: one connection: the reader and the single writer that owns the socket.
 //! - [`inbox`]: what the reader and the hub queue for a connection's writer.
 //! - [`ws`]: the websocket upgrade on tide (handshake, Origin allowlist, connection cap).
+//! - [`race`]: reader and writer in one task, each polled only when its waker fired.
 //! - [`server`]: accept loop, shared state, graceful shutdown.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
@@ -21,6 +22,7 @@ pub mod inbox;
 pub mod limits;
 pub mod logging;
 pub mod protocol;
+pub mod race;
 pub mod server;
 pub mod session;
 pub mod ws;

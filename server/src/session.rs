@@ -131,13 +131,13 @@ where
         }
         .run(sink, &inbox);
         futures::pin_mut!(reader, writer);
-        match future::select(reader, writer).await {
-            Either::Left((ending, writer)) => {
+        match crate::race::race(reader.as_mut(), writer.as_mut()).await {
+            Either::Left(ending) => {
                 // The writer flushes the close (ours or tungstenite's reply) and then stops.
                 let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
                 ending
             }
-            Either::Right((ending, _reader)) => ending,
+            Either::Right(ending) => ending,
         }
     };
     for m in &memberships {
