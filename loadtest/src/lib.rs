@@ -142,7 +142,9 @@ pub async fn execute(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let (rss_before, _) = sys::self_rss();
+    let anon_before = sys::process_rss_anon(std::process::id());
     let server_rss_start = setup.server_pid.and_then(sys::process_rss).map(|r| r.0);
+    let server_anon_start = setup.server_pid.and_then(sys::process_rss_anon);
     let (gen_cpu0, srv_cpu0) = cpu.read();
 
     let run = Run::new(params.clone(), setup.url.clone());
@@ -170,7 +172,25 @@ pub async fn execute(
         .is_some()
         .then(|| tokio::spawn(step_controller(run.clone(), cpu.clone(), done.clone())));
 
+    let holder = params.hold_s.map(|hold| {
+        let (run, done) = (run.clone(), done.clone());
+        tokio::spawn(async move {
+            while run.send_start().is_none() && !done.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let end = Instant::now() + Duration::from_secs_f64(hold);
+            while Instant::now() < end && !done.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !done.load(Ordering::Acquire) {
+                goose::trigger_killswitch("storm: held");
+            }
+        })
+    });
     let goose_result = attack(&run, goose).await;
+    if let Some(h) = holder {
+        h.abort();
+    }
     done.store(true, Ordering::Release);
     warmup.abort();
     let _ = sampler.await;
@@ -225,6 +245,10 @@ pub async fn execute(
         server_rss_peak,
         server_bytes_per_connection: server_rss_start
             .and_then(|start| per_client(&report.timeline, start, |p| p.server_rss)),
+        generator_anon_bytes_per_client: anon_before
+            .and_then(|start| per_client(&report.timeline, start, |p| p.generator_rss_anon)),
+        server_anon_bytes_per_connection: server_anon_start
+            .and_then(|start| per_client(&report.timeline, start, |p| p.server_rss_anon)),
     };
     if let Some(outcome) = step_outcome {
         finish_steps(&run, &mut report, outcome);
@@ -346,6 +370,8 @@ async fn sample_timeline(
             },
             generator_rss: sys::self_rss().0,
             server_rss,
+            generator_rss_anon: sys::process_rss_anon(std::process::id()),
+            server_rss_anon: cpu.server_pid.and_then(sys::process_rss_anon),
         };
         gen0 = gen;
         srv0 = srv;

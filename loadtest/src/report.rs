@@ -130,6 +130,14 @@ pub struct Cost {
     pub server_rss_start: Option<u64>,
     pub server_rss_peak: Option<u64>,
     pub server_bytes_per_connection: Option<f64>,
+    /// As `generator_bytes_per_client`, counting anonymous memory only (heap, stacks): what
+    /// the clients cost, without the executable's code pages, which fill in as code first runs
+    /// (~10 MiB whatever the number of clients).
+    #[serde(default)]
+    pub generator_anon_bytes_per_client: Option<f64>,
+    /// As `server_bytes_per_connection`, anonymous memory only.
+    #[serde(default)]
+    pub server_anon_bytes_per_connection: Option<f64>,
 }
 
 /// One step of the `step` scenario. Its messages are those whose send time falls in the step;
@@ -180,6 +188,11 @@ pub struct TimePoint {
     pub server_cpu: Option<f64>,
     pub generator_rss: u64,
     pub server_rss: Option<u64>,
+    /// Anonymous resident memory (see [`Cost::generator_anon_bytes_per_client`]).
+    #[serde(default)]
+    pub generator_rss_anon: Option<u64>,
+    #[serde(default)]
+    pub server_rss_anon: Option<u64>,
 }
 
 impl Report {
@@ -302,14 +315,26 @@ impl Report {
                 format!(
                     "generator peak {:.1} MiB{}{}",
                     c.generator_peak_rss as f64 / 1048576.0,
-                    c.generator_bytes_per_client
-                        .map(|b| format!(" ({:.1} KiB/client)", b / 1024.0))
-                        .unwrap_or_default(),
+                    match (
+                        c.generator_bytes_per_client,
+                        c.generator_anon_bytes_per_client
+                    ) {
+                        (Some(b), Some(a)) => format!(
+                            " ({:.1} KiB/client, {:.1} KiB anonymous)",
+                            b / 1024.0,
+                            a / 1024.0
+                        ),
+                        (Some(b), None) => format!(" ({:.1} KiB/client)", b / 1024.0),
+                        _ => String::new(),
+                    },
                     match (c.server_rss_peak, c.server_bytes_per_connection) {
                         (Some(pk), Some(b)) => format!(
-                            ", server peak {:.1} MiB ({:.1} KiB/connection)",
+                            ", server peak {:.1} MiB ({:.1} KiB/connection{})",
                             pk as f64 / 1048576.0,
-                            b / 1024.0
+                            b / 1024.0,
+                            c.server_anon_bytes_per_connection
+                                .map(|a| format!(", {:.1} KiB anonymous", a / 1024.0))
+                                .unwrap_or_default()
                         ),
                         (Some(pk), None) =>
                             format!(", server peak {:.1} MiB", pk as f64 / 1048576.0),

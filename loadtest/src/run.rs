@@ -214,6 +214,7 @@ impl Run {
             .compare_exchange(NOT_STARTED, at, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            crate::sys::release_free_memory();
             self.started.notify_waiters();
         }
     }

@@ -52,6 +52,16 @@ pub fn process_rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Anonymous resident memory of process `pid` (heap, stacks: what its clients or connections
+/// cost), in bytes: resident memory less the pages of files such as its own executable, which
+/// fill in as code runs for the first time whatever the number of clients.
+pub fn process_rss_anon(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn self_rss() -> (u64, u64) {
     process_rss(std::process::id()).unwrap_or((0, 0))
 }
@@ -83,6 +93,18 @@ pub fn threads_cpu_s(pred: impl Fn(&str) -> bool) -> f64 {
         };
     }
     total
+}
+
+/// Returns memory the allocator holds but no longer uses to the operating system (glibc's
+/// `malloc_trim`; nothing elsewhere). Called once the clients have connected: the connect
+/// phase's short-lived allocations (a handshake future per waiting client, presence frames)
+/// otherwise stay resident as holes in the heap for the whole run.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit; returns (soft, hard) afterwards.
@@ -146,6 +168,8 @@ mod tests {
         assert!(process_cpu_s(std::process::id()).is_some());
         let (rss, peak) = self_rss();
         assert!(rss > 0 && peak >= rss);
+        let anon = process_rss_anon(std::process::id()).unwrap();
+        assert!(anon > 0 && anon <= rss);
         assert!(threads_cpu_s(|_| true) > 0.0);
     }
 }
