@@ -4,7 +4,8 @@
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
-//! - [`session`]: one connection: the reader and the single writer that owns the socket.
+//! - [`session`]: one connection: the reader, run with its writer.
+//! - [`writer`]: the single writer of a connection: batches, frames, one `writev` per batch.
 //! - [`inbox`]: what the reader and the hub queue for a connection's writer.
 //! - [`ws`]: the websocket upgrade on tide (handshake, Origin allowlist, connection cap).
 //! - [`race`]: reader and writer in one task, each polled only when its waker fired.
@@ -25,6 +26,7 @@ pub mod protocol;
 pub mod race;
 pub mod server;
 pub mod session;
+pub mod writer;
 pub mod ws;
 
 use std::future::Future;

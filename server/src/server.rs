@@ -219,9 +219,12 @@ pub async fn serve(
 async fn http_connection(app: tide::Server<Arc<State>>, stream: TcpStream, timeout: Duration) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
+    let tcp = stream.clone();
     let mut conn = async_h1::server::Server::new(stream, move |mut req: tide::http::Request| {
         req.set_peer_addr(peer);
         req.set_local_addr(local);
+        // For the websocket upgrade: its writer writes to the socket directly.
+        req.ext_mut().insert(tcp.clone());
         let app = app.clone();
         async move { app.respond(req).await }
     });

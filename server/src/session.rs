@@ -1,33 +1,28 @@
-//! One websocket connection: a reader that handles what the client sends, and the single writer
-//! that owns the socket's write half.
+//! One websocket connection: the reader, which handles what the client sends, run together with
+//! the single [writer](crate::writer) that sends everything to the client.
 //!
-//! Both run as two futures inside the connection's one task (less memory than two tasks). The
-//! reader tells the writer what to send through a small bounded channel; the writer also forwards
-//! the events of every room the connection is in, batching whatever is ready into one flush.
-//! Whichever side ends first ends the connection: the reader because the client left or broke a
-//! rule (the writer then sends the close frame), the writer because the socket failed, fell
-//! behind (4008), went idle (4000) or the server is shutting down (1001).
+//! Both run as two futures inside the connection's one task (less memory than two tasks), each
+//! polled only when its own waker fired ([`crate::race`]). The reader hands replies to the writer
+//! through the connection's [`Inbox`]; the writer also forwards the events of every room the
+//! connection is in. Whichever side ends first ends the connection: the reader because the
+//! client left or broke a rule (the writer then sends the close frame), the writer because the
+//! socket failed, fell behind (4008), went idle (4000) or the server is shutting down (1001).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_broadcast::{Receiver, RecvError};
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
-use futures::future::{self, Either};
-use futures::{AsyncRead, AsyncWrite, SinkExt, Stream, StreamExt};
+use futures::future::Either;
+use futures::{AsyncRead, AsyncWrite, Stream, StreamExt};
 
-use crate::hub::{EventRef, Evictor, HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::hub::{Evictor, HubError, JoinRequest, Joined, SEED_ROOM};
 use crate::inbox::{FromEviction, Inbox};
 use crate::limits::{valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
 use crate::server::State;
+use crate::writer::Writer;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +33,6 @@ pub enum Mode {
     Seed,
 }
 
-/// Frames the writer may send in one flush before it looks at its inputs again.
-const MAX_BATCH: usize = 256;
 /// Time the writer gets to flush a final close frame after the reader has ended.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Longest `ref` a client may attach.
@@ -47,8 +40,10 @@ const MAX_REF_CHARS: usize = 64;
 
 /// What the reader (and the hub) ask the writer to do.
 #[derive(Debug)]
-enum Out {
+pub(crate) enum Out {
     Text(Utf8Bytes),
+    /// Answer to a client's ping.
+    Pong(Bytes),
     /// Send the `joined` frame, then forward the room's events.
     Subscribe(Joined),
     /// Stop forwarding a room and say so with a `left` frame.
@@ -71,7 +66,7 @@ impl FromEviction for Out {
 
 /// Why a connection ended (logged at info).
 #[derive(Debug)]
-enum Ending {
+pub(crate) enum Ending {
     /// The client sent a close frame.
     ClientClosed,
     /// The socket ended or failed without a close handshake.
@@ -96,13 +91,20 @@ struct Membership {
     name: Arc<str>,
 }
 
-/// Runs a connection to its end and releases everything it held in the hub.
-pub async fn run<S>(ws: WebSocketStream<S>, state: Arc<State>, mode: Mode, conn: u64, peer: String)
-where
+/// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
+/// must not write: see [`crate::ws::ReadOnly`]); every byte to the client goes through `out`.
+pub async fn run<S, W>(
+    ws: WebSocketStream<S>,
+    out: W,
+    state: Arc<State>,
+    mode: Mode,
+    conn: u64,
+    peer: String,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: futures::AsyncWrite + Unpin + Send,
 {
     log::info!("connect #{conn} {peer} {mode:?}");
-    let (sink, stream) = ws.split();
     let inbox: Arc<Inbox<Out>> = Arc::default();
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
@@ -121,7 +123,7 @@ where
             bucket: TokenBucket::new(state.config.rate, state.config.burst),
             strikes: 0,
         }
-        .run(stream);
+        .run(ws);
         let writer = Writer {
             state: &state,
             mode,
@@ -129,11 +131,11 @@ where
             started,
             last_seen: &last_seen,
         }
-        .run(sink, &inbox);
+        .run(out, &inbox);
         futures::pin_mut!(reader, writer);
         match crate::race::race(reader.as_mut(), writer.as_mut()).await {
             Either::Left(ending) => {
-                // The writer flushes the close (ours or tungstenite's reply) and then stops.
+                // The writer sends the close (ours, or the reply to the client's) and stops.
                 let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
                 ending
             }
@@ -183,7 +185,8 @@ impl Reader<'_> {
         };
         match ending {
             Ending::Closed(code, reason) => self.inbox.send(Out::Close(code, reason)).await,
-            _ => self.inbox.push(Out::Finish),
+            Ending::ClientClosed => self.inbox.send(Out::Close(close::NORMAL, "")).await,
+            Ending::Gone(_) => self.inbox.push(Out::Finish),
         }
         ending
     }
@@ -230,8 +233,10 @@ impl Reader<'_> {
                 "binary frames are not supported",
             )),
             Message::Close(_) => Err(Ending::ClientClosed),
-            // tungstenite answers pings itself; any frame counts as a sign of life.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            // tungstenite only reads here, so the writer answers pings.
+            Message::Ping(data) => self.send(Out::Pong(data)).await,
+            // Any frame counts as a sign of life.
+            Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
 
@@ -454,23 +459,6 @@ impl Reader<'_> {
     }
 }
 
-/// Runs `fut` with a time limit, starting the timer only if it does not finish at once: almost
-/// every write does, and a timer per write cost ~10% of the server's CPU in fan-out (profiled).
-async fn within<F: Future + Unpin>(limit: Duration, mut fut: F) -> Option<F::Output> {
-    if let Poll::Ready(out) = futures::poll!(&mut fut) {
-        return Some(out);
-    }
-    async_std::future::timeout(limit, fut).await.ok()
-}
-
-/// The frame a room event becomes on this connection (seed clients see only messages).
-fn frame_for(mode: Mode, ev: &EventRef) -> Option<Message> {
-    match mode {
-        Mode::V1 => Some(Message::Text(ev.json.clone())),
-        Mode::Seed => ev.seed.clone().map(Message::Text),
-    }
-}
-
 /// Maps a read error to the close the client gets (tungstenite reports, but does not send it).
 fn read_error(e: WsError) -> Ending {
     use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -488,185 +476,5 @@ fn read_error(e: WsError) -> Ending {
             Ending::Closed(close::PROTOCOL_ERROR, "protocol error")
         }
         other => Ending::Gone(other.to_string()),
-    }
-}
-
-struct Writer<'a> {
-    state: &'a State,
-    mode: Mode,
-    subs: Vec<(Arc<str>, Receiver<EventRef>)>,
-    started: Instant,
-    last_seen: &'a AtomicU64,
-}
-
-/// One thing the writer reacts to.
-enum Input {
-    Ctl(Out),
-    Event(usize, Option<Result<EventRef, RecvError>>),
-    Tick,
-    Shutdown,
-}
-
-/// What handling one input decided.
-enum Then {
-    Continue,
-    /// Flush what is queued, then end.
-    End(Ending),
-}
-
-impl<'a> Writer<'a> {
-    async fn run<W>(mut self, mut sink: W, inbox: &Inbox<Out>) -> Ending
-    where
-        W: futures::Sink<Message, Error = WsError> + Unpin,
-    {
-        let state: &'a State = self.state;
-        let mut ticks = async_io::Timer::interval(state.config.ping_interval);
-        let mut shutdown = state.shutdown_listener();
-        let mut batch: Vec<Message> = Vec::new();
-        loop {
-            let first =
-                future::poll_fn(|cx| self.poll_input(cx, inbox, &mut ticks, &mut shutdown)).await;
-            let mut then = self.apply(first, &mut batch);
-            // Take what is already queued, without registering wakers (polling with another
-            // waker would re-register listeners and the ping timer every time), into the same
-            // flush.
-            while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
-                match self.try_input(inbox) {
-                    Some(input) => then = self.apply(input, &mut batch),
-                    None => break,
-                }
-            }
-            // The timeout bounds each step, so a slow reader that makes progress is not cut off;
-            // a socket that takes nothing for `write_timeout` is. Its close frame cannot be
-            // delivered (the socket is full), so the connection is dropped.
-            let limit = state.config.write_timeout;
-            for msg in batch.drain(..).map(Some).chain([None]) {
-                let step = match msg {
-                    Some(msg) => within(limit, sink.feed(msg)).await,
-                    None => within(limit, sink.flush()).await,
-                };
-                match step {
-                    None => return Ending::Closed(close::SLOW_CONSUMER, "write timeout"),
-                    Some(Err(e)) => return Ending::Gone(e.to_string()),
-                    Some(Ok(())) => {}
-                }
-            }
-            if let Then::End(ending) = then {
-                return ending;
-            }
-        }
-    }
-
-    fn poll_input(
-        &mut self,
-        cx: &mut Context<'_>,
-        inbox: &Inbox<Out>,
-        ticks: &mut async_io::Timer,
-        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
-    ) -> Poll<Input> {
-        if shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Input::Shutdown);
-        }
-        if let Poll::Ready(out) = inbox.poll_next(cx) {
-            return Poll::Ready(Input::Ctl(out));
-        }
-        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
-            if let Poll::Ready(ev) = Pin::new(rx).poll_recv(cx) {
-                return Poll::Ready(Input::Event(i, ev));
-            }
-        }
-        if ticks.poll_next_unpin(cx).is_ready() {
-            return Poll::Ready(Input::Tick);
-        }
-        Poll::Pending
-    }
-
-    /// The next queued input, if any, without waiting.
-    fn try_input(&mut self, inbox: &Inbox<Out>) -> Option<Input> {
-        use async_broadcast::TryRecvError;
-        if let Some(out) = inbox.try_next() {
-            return Some(Input::Ctl(out));
-        }
-        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
-            match rx.try_recv() {
-                Ok(ev) => return Some(Input::Event(i, Some(Ok(ev)))),
-                Err(TryRecvError::Overflowed(n)) => {
-                    return Some(Input::Event(i, Some(Err(RecvError::Overflowed(n)))))
-                }
-                Err(TryRecvError::Closed) => return Some(Input::Event(i, None)),
-                Err(TryRecvError::Empty) => {}
-            }
-        }
-        None
-    }
-
-    fn apply(&mut self, input: Input, batch: &mut Vec<Message>) -> Then {
-        match input {
-            Input::Event(_, Some(Ok(ev))) => batch.extend(frame_for(self.mode, &ev)),
-            Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
-                log::debug!("receiver lagged by {n} events");
-                return self.close(batch, close::SLOW_CONSUMER, "slow consumer");
-            }
-            Input::Event(i, Some(Err(RecvError::Closed)) | None) => {
-                self.subs.swap_remove(i);
-            }
-            Input::Ctl(Out::Text(text)) => batch.push(Message::Text(text)),
-            Input::Ctl(Out::Subscribe(joined)) => {
-                if self.mode == Mode::V1 {
-                    batch.push(Message::Text(joined.frame.into()));
-                }
-                self.subs.push((joined.room, joined.rx));
-            }
-            Input::Ctl(Out::Unsubscribe { room, reason }) => {
-                self.subs.retain(|(r, _)| *r != room);
-                let left = ServerFrame::Left {
-                    room: &room,
-                    reason,
-                };
-                batch.push(Message::Text(protocol::to_text(&left).into()));
-            }
-            Input::Ctl(Out::Close(code, reason)) => {
-                // What was already published (e.g. the client's own last message) goes first.
-                self.drain_events(batch);
-                return self.close(batch, code, reason);
-            }
-            Input::Ctl(Out::Evicted(room)) => {
-                self.subs.retain(|(r, _)| *r != room);
-                let left = ServerFrame::Left {
-                    room: &room,
-                    reason: error_code::REPLACED,
-                };
-                batch.push(Message::Text(protocol::to_text(&left).into()));
-            }
-            // The reader ended without asking for a close: flush tungstenite's close reply.
-            Input::Ctl(Out::Finish) => return Then::End(Ending::Gone("reader ended".into())),
-            Input::Tick => {
-                let idle = self.started.elapsed().as_millis() as u64
-                    - self.last_seen.load(Ordering::Relaxed);
-                if Duration::from_millis(idle) > self.state.config.idle_timeout {
-                    return self.close(batch, close::IDLE_TIMEOUT, "idle timeout");
-                }
-                batch.push(Message::Ping(Default::default()));
-            }
-            Input::Shutdown => return self.close(batch, close::GOING_AWAY, "server shutting down"),
-        }
-        Then::Continue
-    }
-
-    /// Moves the room events that are ready now into the batch, without waiting.
-    fn drain_events(&mut self, batch: &mut Vec<Message>) {
-        for (_, rx) in &mut self.subs {
-            while let Ok(ev) = rx.try_recv() {
-                batch.extend(frame_for(self.mode, &ev));
-            }
-        }
-    }
-
-    fn close(&mut self, batch: &mut Vec<Message>, code: u16, reason: &'static str) -> Then {
-        batch.push(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        })));
-        Then::End(Ending::Closed(code, reason))
     }
 }

@@ -1,15 +1,23 @@
 //! The websocket upgrade on tide: RFC 6455 handshake checks, the Origin allowlist, the
-//! connection cap, then the connection is handed to the current `async-tungstenite` with an
-//! explicit [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig).
+//! connection cap, then the connection is handed to the current `async-tungstenite` (for
+//! reading, with an explicit
+//! [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig)) and to the
+//! connection's [writer](crate::writer) (for writing).
 //!
 //! Not tide-websockets: its last release pins async-tungstenite 0.13 with no way to set message
 //! limits (64 MiB accepted), and its `send` holds a thread-blocking lock across socket writes.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_std::net::TcpStream;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
+use futures::{AsyncRead, AsyncWrite};
 use tide::http::{headers, Url};
 use tide::{Request, Response, StatusCode};
 
@@ -52,6 +60,13 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         );
         return Ok(plain(StatusCode::Forbidden, "origin not allowed"));
     }
+    // The connection's writer writes to the socket itself (see `writer`); the accept loop puts
+    // a handle on it in every request.
+    let Some(tcp) = req.ext::<TcpStream>().cloned() else {
+        log::error!("websocket request without its TCP stream: serve with tidechat::server::serve");
+        let msg = "websockets need tidechat's accept loop";
+        return Ok(plain(StatusCode::InternalServerError, msg));
+    };
     let Some(slot) = state.try_acquire() else {
         return Ok(plain(
             StatusCode::ServiceUnavailable,
@@ -73,12 +88,46 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         let Some(stream) = upgrade.await else {
             return;
         };
-        let ws =
-            WebSocketStream::from_raw_socket(stream, Role::Server, Some(state.ws_config)).await;
-        session::run(ws, state.clone(), mode, slot.id, peer).await;
+        let config = Some(state.ws_config);
+        let ws = WebSocketStream::from_raw_socket(ReadOnly(stream), Role::Server, config).await;
+        session::run(ws, tcp, state.clone(), mode, slot.id, peer).await;
         drop(slot);
     });
     Ok(res)
+}
+
+/// The upgraded connection as tungstenite sees it: reads pass through, writes are dropped.
+/// tungstenite queues pong and close replies and writes them while reading; the connection's
+/// writer sends those itself, so tungstenite's copies must not interleave with its frames.
+#[derive(Debug)]
+pub struct ReadOnly<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadOnly<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: Unpin> AsyncWrite for ReadOnly<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn plain(status: StatusCode, body: &str) -> Response {
