@@ -67,6 +67,8 @@ struct State {
     samples: Vec<(&'static str, u64)>,
     /// When this sender's next message is due, in microseconds since the run's epoch.
     next_send_us: Option<u64>,
+    /// This sender's place in a sending period (0..1), spreading the senders evenly.
+    phase: f64,
     /// Reusable buffers for outgoing messages (the text, and the frame's JSON).
     text: String,
     frame: String,
@@ -254,6 +256,7 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
             until_sample: 1 + index as u64 % run.sample_every(),
             samples: Vec::new(),
             next_send_us: None,
+            phase: 0.0,
             text: String::new(),
             frame: String::new(),
         },
@@ -440,7 +443,8 @@ impl Client {
                         let rate = run.rate_at(start).max(1e-9);
                         let phase = self.state.slot.unwrap_or(0) as f64 * run.params.rooms as f64
                             + self.state.room as f64;
-                        let offset = phase / run.params.senders.max(1) as f64 / rate;
+                        self.state.phase = phase / run.params.senders.max(1) as f64;
+                        let offset = self.state.phase / rate;
                         let first = start + (offset * 1e6) as u64;
                         self.state.next_send_us = Some(first);
                         wake = wake.min(run.instant_at(first));
@@ -482,9 +486,18 @@ impl Client {
             }
             let rate = run.rate_at(next);
             if rate <= 0.0 {
-                // Past the last step: stop for good.
-                run.stop_sending.store(true, Ordering::Relaxed);
-                break;
+                match run.next_step_start(next) {
+                    // Between steps: on to the next one, at this sender's place in the period.
+                    Some(at) => {
+                        next = at + (self.state.phase / run.rate_at(at).max(1e-9) * 1e6) as u64;
+                        continue;
+                    }
+                    // Past the last step: stop for good.
+                    None => {
+                        run.stop_sending.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
             }
             let seq = room.senders[slot].sent.fetch_add(1, Ordering::SeqCst);
             let sent_us = run.now_us();

@@ -330,7 +330,10 @@ impl Options {
                 let secs = match &step {
                     // An upper bound: the step controller ends the run after the last step;
                     // this leaves room for slow joins before the first.
-                    Some(s) => (s.step_time_s * s.max_steps as f64 + warmup_s).ceil() as u64 + 5,
+                    Some(s) => {
+                        let period = s.step_time_s + crate::run::step_pause_s(s);
+                        (period * s.max_steps as f64 + warmup_s).ceil() as u64 + 5
+                    }
                     // An upper bound too: the run ends `hold` after the last client connected.
                     None if hold_s.is_some() => (p.run_time_s as f64 + warmup_s).ceil() as u64 + 5,
                     None => p.run_time_s,

@@ -380,10 +380,6 @@ async fn sample_timeline(
     }
 }
 
-/// Longest time after a step ends before it is judged, for its last messages to arrive (at most
-/// half a step).
-const STEP_GRACE: Duration = Duration::from_millis(1000);
-
 /// What the step controller measured and decided.
 #[derive(Default)]
 struct StepOutcome {
@@ -394,9 +390,9 @@ struct StepOutcome {
     reason: Option<String>,
 }
 
-/// `step` scenario: reads CPU at every step boundary, judges each step a grace period after
-/// its end (while the next one runs), and stops the senders and the run at the first step over
-/// a bound or limited by the generator, or after the last step.
+/// `step` scenario: reads CPU at each step's start and end, judges each step a grace period
+/// after its end (senders pause meanwhile, see [`run::step_pause_s`]), and stops the senders
+/// and the run at the first step over a bound or limited by the generator, or after the last.
 async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) -> StepOutcome {
     let mut out = StepOutcome::default();
     let Some(step) = run.params.step.clone() else {
@@ -412,7 +408,8 @@ async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let step_time = Duration::from_secs_f64(step.step_time_s);
-    let grace = STEP_GRACE.min(step_time / 2);
+    let grace = Duration::from_secs_f64(run::step_grace_s(&step));
+    let period = step_time + Duration::from_secs_f64(run::step_pause_s(&step));
     let sleep_until = |at: Instant| {
         let done = done.clone();
         async move {
@@ -426,13 +423,14 @@ async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) ->
             true
         }
     };
-    if !sleep_until(start).await {
-        return out;
-    }
-    let mut before = cpu.read();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     for k in 0..step.max_steps {
-        let end = start + step_time * (k as u32 + 1);
+        let begin = start + period * k as u32;
+        if !sleep_until(begin).await {
+            return out;
+        }
+        let before = cpu.read();
+        let end = begin + step_time;
         if !sleep_until(end).await {
             return out;
         }
@@ -441,7 +439,6 @@ async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) ->
             after.0 - before.0,
             after.1.zip(before.1).map(|(a, b)| a - b),
         ));
-        before = after;
         if k + 1 < step.max_steps {
             run.set_rate(run::step_rate(run.params.msg_rate, k + 1));
         }

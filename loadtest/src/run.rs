@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{Params, Protocol};
+use crate::config::{Params, Protocol, StepParams};
 use crate::metrics::{self, Events, Shards, Tally};
 
 /// Not started yet (value of [`Run::send_start_us`]).
@@ -258,12 +258,24 @@ impl Run {
         }
     }
 
-    /// The step (of the `step` scenario) a send time falls in.
+    /// The step (of the `step` scenario) a send time falls in; `None` in the pause after a
+    /// step and after the last.
     pub fn step_of(&self, send_us: u64) -> Option<usize> {
         let s = self.params.step.as_ref()?;
         let start = self.send_start()?;
-        let i = (send_us.saturating_sub(start) as f64 / 1e6 / s.step_time_s) as usize;
-        (i < s.max_steps).then_some(i)
+        let t = send_us.saturating_sub(start) as f64 / 1e6;
+        let period = s.step_time_s + step_pause_s(s);
+        let i = (t / period) as usize;
+        (i < s.max_steps && t - i as f64 * period < s.step_time_s).then_some(i)
+    }
+
+    /// When the first step after `us` starts, if one does.
+    pub fn next_step_start(&self, us: u64) -> Option<u64> {
+        let s = self.params.step.as_ref()?;
+        let start = self.send_start()?;
+        let period = s.step_time_s + step_pause_s(s);
+        let i = (us.saturating_sub(start) as f64 / 1e6 / period) as usize + 1;
+        (i < s.max_steps).then(|| start + (i as f64 * period * 1e6) as u64)
     }
 
     /// A sender's rate at a send time: constant, or doubling every step.
@@ -300,6 +312,22 @@ fn sample_every(params: &Params, msg_rate: f64) -> u64 {
     (offered / 500.0).ceil().max(1.0) as u64
 }
 
+/// Longest wait after a step ends before it is judged, for its last messages to arrive (at
+/// most half a step).
+pub const STEP_GRACE: Duration = Duration::from_millis(1000);
+
+/// Seconds after a step ends before it is judged.
+pub fn step_grace_s(s: &StepParams) -> f64 {
+    STEP_GRACE.as_secs_f64().min(s.step_time_s / 2.0)
+}
+
+/// Seconds between one step's end and the next one's start: senders pause while the step is
+/// judged, so that each step is measured alone (its deliveries drain before the next begins)
+/// and the run stops before a step beyond the bound is sent.
+pub fn step_pause_s(s: &StepParams) -> f64 {
+    step_grace_s(s) + 0.2
+}
+
 /// The rate of step `k`: the first step's, doubled every step.
 pub fn step_rate(first: f64, k: usize) -> f64 {
     first * f64::from(1u32 << k.min(30))
@@ -308,4 +336,40 @@ pub fn step_rate(first: f64, k: usize) -> f64 {
 /// Senders of room `r` when `senders` are dealt round-robin over `rooms`.
 pub fn senders_in_room(senders: usize, rooms: usize, r: usize) -> usize {
     senders / rooms + usize::from(r < senders % rooms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn steps_pause_between() {
+        let mut cli = crate::Cli::try_parse_from([
+            "loadtest",
+            "--scenario",
+            "step",
+            "--step-time",
+            "2s",
+            "--max-steps",
+            "3",
+        ])
+        .unwrap();
+        let params = cli.options.resolve(&mut cli.goose).unwrap();
+        let run = Run::new(params, "ws://127.0.0.1:9/ws".into());
+        run.start_sending();
+        let s0 = run.send_start().unwrap();
+        // 2 s steps, judged 1 s after their end, the next 0.2 s later: period 3.2 s.
+        let at = |secs: f64| s0 + (secs * 1e6) as u64;
+        assert_eq!(run.step_of(at(0.0)), Some(0));
+        assert_eq!(run.step_of(at(1.99)), Some(0));
+        assert_eq!(run.step_of(at(2.5)), None);
+        assert_eq!(run.rate_at(at(2.5)), 0.0);
+        assert_eq!(run.next_step_start(at(2.5)), Some(at(3.2)));
+        assert_eq!(run.step_of(at(3.3)), Some(1));
+        assert_eq!(run.rate_at(at(3.3)), 10.0);
+        assert_eq!(run.step_of(at(6.5)), Some(2));
+        assert_eq!(run.next_step_start(at(6.5)), None);
+        assert_eq!(run.step_of(at(9.7)), None);
+    }
 }
