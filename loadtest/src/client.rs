@@ -635,7 +635,7 @@ impl State {
             metrics::record(&mut s.fanout_interval, latency);
             if let Some(i) = step {
                 while s.by_step.len() <= i {
-                    s.by_step.push(metrics::new_histogram());
+                    s.by_step.push(metrics::new_step_histogram());
                 }
                 metrics::record(&mut s.by_step[i], latency);
             }

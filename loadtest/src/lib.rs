@@ -488,7 +488,7 @@ fn judge_step(
         .merged_steps()
         .get(k)
         .cloned()
-        .unwrap_or_else(metrics::new_histogram);
+        .unwrap_or_else(metrics::new_step_histogram);
     let received = h.len();
     let lost = expected.saturating_sub(received);
     let loss_ratio = lost as f64 / expected.max(1) as f64;

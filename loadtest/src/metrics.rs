@@ -28,6 +28,17 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG).unwrap()
 }
 
+/// Significant digits of the per-step histograms of `step` (1% relative error, enough to hold
+/// a step against its p99 bound): one takes 21 KiB instead of 147 KiB, and there are two per
+/// step and shard, which at 3 digits cost ~3 KiB per client of 1,000.
+const STEP_SIGFIG: u8 = 2;
+
+/// A latency histogram for one step of `step`, microseconds, see [`STEP_SIGFIG`].
+pub fn new_step_histogram() -> Histogram<u64> {
+    // unwrap: constant bounds hdrhistogram accepts, as above.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, STEP_SIGFIG).unwrap()
+}
+
 /// Records `us` (clamped into the histogram's range).
 pub fn record(h: &mut Histogram<u64>, us: u64) {
     // saturating_record clamps to the highest trackable value instead of failing.
@@ -132,7 +143,7 @@ impl Shards {
             };
             for (i, h) in shard.by_step.iter().enumerate() {
                 while out.len() <= i {
-                    out.push(new_histogram());
+                    out.push(new_step_histogram());
                 }
                 // unwrap: same bounds, as above.
                 out[i].add(h).unwrap();

@@ -62,7 +62,7 @@ impl Default for StepCounts {
             expected: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             late: AtomicU64::new(0),
-            lag: Mutex::new(metrics::new_histogram()),
+            lag: Mutex::new(metrics::new_step_histogram()),
         }
     }
 }
