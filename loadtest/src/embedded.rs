@@ -144,6 +144,12 @@ impl Drop for Embedded {
 pub fn serve(extra: &[String]) -> anyhow::Result<()> {
     crate::sys::raise_nofile();
     let config = load_config(extra)?;
+    // The executor size the tidechat binary would use (`--threads`), set before async-std starts.
+    let argv = ["tidechat".to_string()]
+        .into_iter()
+        .chain(extra.iter().cloned());
+    let threads = tidechat::config::Args::try_parse_from(argv)?.executor_threads();
+    std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("listening {}", std_listener.local_addr()?);
     let listener = async_std::net::TcpListener::from(std_listener);

@@ -114,6 +114,23 @@ pub struct Args {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
+    /// Executor threads; 0 = one less than the CPUs (at least 1). On this project's 2-core
+    /// machine one thread sustained more fan-out at lower latency than two (README,
+    /// Performance): cross-thread wake-ups cost more than a second core gives.
+    #[arg(long, env = "TIDECHAT_THREADS", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl Args {
+    /// The executor size `--threads` asks for.
+    pub fn executor_threads(&self) -> usize {
+        match self.threads {
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
+            n => n,
+        }
+    }
 }
 
 /// A configuration value that cannot work.

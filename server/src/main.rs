@@ -5,10 +5,19 @@ use async_std::net::TcpListener;
 use clap::Parser;
 use tidechat::config::Args;
 
-#[async_std::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // async-std sizes its executor from this variable when it first starts, which is below.
+    std::env::set_var(
+        "ASYNC_STD_THREAD_COUNT",
+        args.executor_threads().to_string(),
+    );
+    async_std::task::block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     tidechat::logging::init(args.log_level, args.log_format);
+    log::debug!("executor threads: {}", args.executor_threads());
     let bind = args.bind;
     let config = args.into_config()?;
 
