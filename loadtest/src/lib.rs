@@ -380,11 +380,15 @@ async fn sample_timeline(
     }
 }
 
+/// CPU seconds used during one step: generator, server, whole machine.
+type StepCpu = (f64, Option<f64>, Option<f64>);
+
 /// What the step controller measured and decided.
 #[derive(Default)]
 struct StepOutcome {
-    /// CPU seconds (generator, server) used during each step that ran to its end.
-    cpu: Vec<(f64, Option<f64>)>,
+    /// CPU seconds (generator, server, whole machine) used during each step that ran to its
+    /// end.
+    cpu: Vec<StepCpu>,
     /// The step that ended the run early (over a bound or generator-bound).
     stopped_at: Option<usize>,
     reason: Option<String>,
@@ -429,15 +433,16 @@ async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) ->
         if !sleep_until(begin).await {
             return out;
         }
-        let before = cpu.read();
+        let (before, machine0) = (cpu.read(), sys::machine_busy_s());
         let end = begin + step_time;
         if !sleep_until(end).await {
             return out;
         }
-        let after = cpu.read();
+        let (after, machine1) = (cpu.read(), sys::machine_busy_s());
         out.cpu.push((
             after.0 - before.0,
             after.1.zip(before.1).map(|(a, b)| a - b),
+            machine1.zip(machine0).map(|(a, b)| a - b),
         ));
         if k + 1 < step.max_steps {
             run.set_rate(run::step_rate(run.params.msg_rate, k + 1));
@@ -475,7 +480,7 @@ async fn step_controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) ->
 fn judge_step(
     run: &Run,
     k: usize,
-    (gen_s, srv_s): (f64, Option<f64>),
+    (gen_s, srv_s, machine_s): StepCpu,
     workers: usize,
 ) -> StepResult {
     // unwrap: `judge_step` is only called for the `step` scenario.
@@ -535,6 +540,9 @@ fn judge_step(
         generator_cpu: gen,
         server_cpu_s: srv_s,
         server_cpu: srv,
+        other_cpu: machine_s
+            .zip(srv_s)
+            .map(|(m, s)| ((m - s - gen_s) / secs).max(0.0)),
         send_lag,
         late_sends,
         generator_bottleneck: reason.is_some(),
@@ -548,6 +556,8 @@ const SENT_SHARE: f64 = 0.95;
 /// ms is normal: a sender shares its thread with hundreds of receivers handling a fan-out
 /// burst; the stamps carry the actual send time, so it does not enter the latencies.)
 const LATE_P99_MS: f64 = 50.0;
+/// Other processes using more than this many cores during a step get a warning.
+const OTHER_CPU_WARN: f64 = 0.25;
 /// The generator is saturated at this share of the cores it can run on.
 const SATURATED: f64 = 0.9;
 
@@ -750,6 +760,23 @@ fn add_warnings(r: &mut Report) {
             r.generator_bottleneck = true;
             r.generator_bottleneck_reasons.push(why);
         }
+    }
+    if let Some(st) = r
+        .steps
+        .iter()
+        .filter(|s| s.other_cpu.is_some_and(|c| c > OTHER_CPU_WARN))
+        .max_by(|a, b| {
+            a.other_cpu
+                .partial_cmp(&b.other_cpu)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    {
+        r.warnings.push(format!(
+            "other processes used up to {:.0}% of a core during the steps (step {}): the \
+             generator and the server did not have the machine to themselves",
+            st.other_cpu.unwrap_or(0.0) * 100.0,
+            st.step
+        ));
     }
     if r.sends.messages > 0 && r.sends.late as f64 > 0.05 * r.sends.messages as f64 {
         r.warnings.push(format!(

@@ -165,6 +165,9 @@ pub struct StepResult {
     pub generator_cpu: f64,
     pub server_cpu_s: Option<f64>,
     pub server_cpu: Option<f64>,
+    /// Cores used by everything else on the machine during the step (when the server's CPU is
+    /// known): other work competing with the generator and the server.
+    pub other_cpu: Option<f64>,
     /// Sender lateness against the schedule in this step.
     pub send_lag: Percentiles,
     /// Sends more than 10 ms late.
@@ -373,7 +376,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "\n{:>4} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}  verdict",
+            "\n{:>4} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7}  verdict",
             "step",
             "msg/s/snd",
             "offered/s",
@@ -383,7 +386,8 @@ impl Report {
             "max ms",
             "loss %",
             "srv CPU",
-            "gen CPU"
+            "gen CPU",
+            "other"
         );
         for st in &self.steps {
             let mut verdict = if st.within_bounds { "ok" } else { "over bound" }.to_string();
@@ -392,7 +396,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "{:>4} {:>9.1} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.4} {:>6.0}% {:>6.0}%  {verdict}",
+                "{:>4} {:>9.1} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.4} {:>6.0}% {:>6.0}% {:>6.0}%  {verdict}",
                 st.step,
                 st.msg_rate,
                 st.offered_deliveries_per_s,
@@ -403,6 +407,7 @@ impl Report {
                 st.loss_ratio * 100.0,
                 st.server_cpu.map(|c| c * 100.0).unwrap_or(f64::NAN),
                 st.generator_cpu * 100.0,
+                st.other_cpu.map(|c| c * 100.0).unwrap_or(f64::NAN),
             );
         }
         s
@@ -538,7 +543,7 @@ impl Report {
             "<h2>Steps</h2><table><tr><th>step</th><th>msg/s per sender</th>\
              <th>offered deliveries/s</th><th>achieved deliveries/s</th><th>p50 ms</th>\
              <th>p99 ms</th><th>max ms</th><th>loss %</th><th>server CPU %</th>\
-             <th>generator CPU %</th><th>verdict</th></tr>",
+             <th>generator CPU %</th><th>other processes CPU %</th><th>verdict</th></tr>",
         );
         for st in &self.steps {
             let verdict = match (st.within_bounds, &st.generator_bottleneck_reason) {
@@ -549,7 +554,7 @@ impl Report {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td>\
-                 <td>{:.2}</td><td>{:.2}</td><td>{:.4}</td><td>{}</td><td>{:.0}</td><td>{verdict}</td></tr>",
+                 <td>{:.2}</td><td>{:.2}</td><td>{:.4}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td></tr>",
                 st.step,
                 st.msg_rate,
                 st.offered_deliveries_per_s,
@@ -562,6 +567,9 @@ impl Report {
                     .map(|c| format!("{:.0}", c * 100.0))
                     .unwrap_or_else(|| "n/a".into()),
                 st.generator_cpu * 100.0,
+                st.other_cpu
+                    .map(|c| format!("{:.0}", c * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
             );
         }
         h.push_str("</table>");

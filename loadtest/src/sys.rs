@@ -41,6 +41,20 @@ fn stat_cpu_s(stat: &str) -> Option<f64> {
     Some((utime + stime) / ticks_per_sec())
 }
 
+/// CPU seconds the whole machine has been busy (all CPUs, every process: user, nice, system,
+/// irq, softirq, steal), from `/proc/stat`.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.get(..3)?.iter().sum::<f64>() + f.get(5..8)?.iter().sum::<f64>();
+    Some(busy / ticks_per_sec())
+}
+
 /// Resident memory of process `pid` now and at its peak, in bytes.
 pub fn process_rss(pid: u32) -> Option<(u64, u64)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -171,5 +185,6 @@ mod tests {
         let anon = process_rss_anon(std::process::id()).unwrap();
         assert!(anon > 0 && anon <= rss);
         assert!(threads_cpu_s(|_| true) > 0.0);
+        assert!(machine_busy_s().unwrap() > 0.0);
     }
 }
