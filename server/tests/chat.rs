@@ -266,3 +266,24 @@ async fn names_are_unique_and_a_token_takes_a_name_back() {
     s.wait_stats("one alice", |st| st.hub.members == 1).await;
     s.stop().await;
 }
+
+#[async_std::test]
+async fn client_pings_get_pongs_and_a_close_gets_its_reply() {
+    use async_tungstenite::tungstenite::Message;
+    use futures::SinkExt;
+    let s = TestServer::default().await;
+    let mut c = s.connect().await;
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    match c.next().await {
+        Some(Message::Pong(data)) => assert_eq!(&data[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    c.ws.close(None).await.unwrap();
+    // The server answers the close handshake, then the stream ends.
+    assert_eq!(c.closed().await, Some(1000));
+    s.wait_stats("the connection to be released", |st| st.connections == 0)
+        .await;
+    s.stop().await;
+}
