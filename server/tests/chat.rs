@@ -270,7 +270,6 @@ async fn names_are_unique_and_a_token_takes_a_name_back() {
 #[async_std::test]
 async fn client_pings_get_pongs_and_a_close_gets_its_reply() {
     use async_tungstenite::tungstenite::Message;
-    use futures::SinkExt;
     let s = TestServer::default().await;
     let mut c = s.connect().await;
     c.ws.send(Message::Ping(b"are you there".to_vec().into()))
