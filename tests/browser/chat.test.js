@@ -7,10 +7,9 @@ import {
   launchBrowser,
   memberNames,
   messages,
-  openSession,
   say,
   screenshot,
-  startServer,
+  twoPeople,
   waitMessage,
 } from "./helpers.js";
 
@@ -23,12 +22,7 @@ after(async () => {
 });
 
 test("two people join a room, see each other and chat", async (t) => {
-  const server = await startServer({ label: "chat", args: ["--rate", "50", "--burst", "50"] });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "chat", args: ["--rate", "50", "--burst", "50"] });
 
   await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   // Bob follows an invite link: the room comes prefilled from the URL.
@@ -86,12 +80,7 @@ test("two people join a room, see each other and chat", async (t) => {
 });
 
 test("markup in a message is shown as text and runs nothing", async (t) => {
-  const server = await startServer({ label: "xss" });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const mallory = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => mallory.context().close());
+  const [server, alice, mallory] = await twoPeople(t, browser, { label: "xss" });
 
   const res = await alice.goto(`${server.url}/`);
   const csp = res.headers()["content-security-policy"] ?? "";

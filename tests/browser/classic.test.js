@@ -4,7 +4,14 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, test } from "node:test";
-import { joinAs, launchBrowser, openSession, say, screenshot, startServer, waitMessage } from "./helpers.js";
+import {
+  joinAs,
+  launchBrowser,
+  say,
+  screenshot,
+  twoPeople,
+  waitMessage,
+} from "./helpers.js";
 
 let browser;
 before(async () => {
@@ -27,12 +34,7 @@ test("the classic page chats with the new page", async (t) => {
     await port3000Free(),
     "port 127.0.0.1:3000 is in use; classic.html hardcodes ws://localhost:3000/chatSocket, so stop whatever listens there",
   );
-  const server = await startServer({ bind: "127.0.0.1:3000", label: "classic" });
-  t.after(() => server.stop());
-  const classic = await openSession(browser);
-  const alice = await openSession(browser);
-  t.after(() => classic.context().close());
-  t.after(() => alice.context().close());
+  const [server, classic, alice] = await twoPeople(t, browser, { bind: "127.0.0.1:3000", label: "classic" });
 
   await joinAs(alice, "http://localhost:3000/#room=lobby", "alice", "lobby");
   const res = await classic.goto("http://localhost:3000/classic.html");

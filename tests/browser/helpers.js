@@ -221,3 +221,17 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: file });
   return file;
 }
+
+/**
+ * A tidechat (options as for startServer) and two browser sessions for one test, all stopped
+ * and closed when the test ends: resolves to [server, firstPage, secondPage].
+ */
+export async function twoPeople(t, browser, serverOptions) {
+  const server = await startServer(serverOptions);
+  t.after(() => server.stop());
+  const pages = [await openSession(browser), await openSession(browser)];
+  for (const page of pages) {
+    t.after(() => page.context().close());
+  }
+  return [server, ...pages];
+}

@@ -6,10 +6,9 @@ import {
   joinAs,
   launchBrowser,
   messages,
-  openSession,
   say,
   screenshot,
-  startServer,
+  twoPeople,
   waitMessage,
 } from "./helpers.js";
 
@@ -22,12 +21,7 @@ after(async () => {
 });
 
 test("a too-long message is refused with a readable error", async (t) => {
-  const server = await startServer({ label: "too-long", args: ["--max-text-bytes", "200"] });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "too-long", args: ["--max-text-bytes", "200"] });
   await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
 
@@ -54,12 +48,7 @@ test("a too-long message is refused with a readable error", async (t) => {
 });
 
 test("a taken name is explained and another can be picked", async (t) => {
-  const server = await startServer({ label: "name-taken" });
-  t.after(() => server.stop());
-  const first = await openSession(browser);
-  const second = await openSession(browser);
-  t.after(() => first.context().close());
-  t.after(() => second.context().close());
+  const [server, first, second] = await twoPeople(t, browser, { label: "name-taken" });
   await joinAs(first, `${server.url}/#room=lobby`, "sam", "lobby");
 
   await second.goto(`${server.url}/#room=lobby`);
@@ -78,12 +67,7 @@ test("a taken name is explained and another can be picked", async (t) => {
 });
 
 test("sending faster than the rate limit is paced, never dropped", async (t) => {
-  const server = await startServer({ label: "rate", args: ["--rate", "2", "--burst", "3"] });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "rate", args: ["--rate", "2", "--burst", "3"] });
   await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
 

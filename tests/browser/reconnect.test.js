@@ -12,6 +12,7 @@ import {
   screenshot,
   startProxy,
   startServer,
+  twoPeople,
   waitMessage,
 } from "./helpers.js";
 
@@ -128,12 +129,7 @@ test("dropped connection: resume with since and token recovers missed messages e
 });
 
 test("the browser goes offline: the page says so and catches up when the network returns", async (t) => {
-  const server = await startServer({ label: "offline" });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "offline" });
   await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
 

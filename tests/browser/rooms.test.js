@@ -2,7 +2,17 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { joinAs, launchBrowser, messages, openSession, say, screenshot, startServer, waitMessage } from "./helpers.js";
+import {
+  joinAs,
+  launchBrowser,
+  messages,
+  openSession,
+  say,
+  screenshot,
+  startServer,
+  twoPeople,
+  waitMessage,
+} from "./helpers.js";
 
 let browser;
 before(async () => {
@@ -15,12 +25,7 @@ after(async () => {
 const badge = (page, room) => page.locator(".room-button", { hasText: `#${room}` }).locator(".badge");
 
 test("switching rooms, unread counts, and the room in the URL", async (t) => {
-  const server = await startServer({ label: "rooms", args: ["--rate", "50", "--burst", "50"] });
-  t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "rooms", args: ["--rate", "50", "--burst", "50"] });
   await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
 
