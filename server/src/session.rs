@@ -94,7 +94,7 @@ struct Membership {
 /// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
 /// must not write: see [`crate::ws::ReadOnly`]); every byte to the client goes through `out`.
 pub async fn run<S, W>(
-    ws: WebSocketStream<S>,
+    ws: Box<WebSocketStream<S>>,
     out: W,
     state: Arc<State>,
     mode: Mode,

@@ -89,7 +89,11 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
             return;
         };
         let config = Some(state.ws_config);
-        let ws = WebSocketStream::from_raw_socket(ReadOnly(stream), Role::Server, config).await;
+        // Boxed: an async fn keeps its arguments for its whole life, so passing the stream by
+        // value would hold a second, dead copy of it (~600 B) in every connection's future.
+        let ws = Box::new(
+            WebSocketStream::from_raw_socket(ReadOnly(stream), Role::Server, config).await,
+        );
         session::run(ws, tcp, state.clone(), mode, slot.id, peer).await;
         drop(slot);
     });
