@@ -22,8 +22,9 @@ use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
 
 /// Size of tungstenite's read buffer per connection. Its default (128 KiB) made an idle
 /// connection cost ~147 KiB, and 4 KiB cost 13.2 KiB against 9.7 KiB with 512 B (5,000 idle
-/// connections, scripts/idle-rss). Larger frames still work: the buffer grows for them.
-const WS_READ_BUFFER: usize = 512;
+/// connections, scripts/idle-rss). Client frames are small (a `say` is ~100 B); larger ones
+/// still work: the buffer grows for them.
+const WS_READ_BUFFER: usize = 256;
 /// Bytes queued before tungstenite writes to the socket; `feed` + one `flush` batches only when
 /// this is above zero.
 const WS_WRITE_BUFFER: usize = 16 * 1024;

@@ -108,7 +108,7 @@ pub async fn run<S, W>(
     let inbox: Arc<Inbox<Out>> = Arc::default();
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
-    let mut memberships: Vec<Membership> = Vec::new();
+    let mut memberships: Vec<Membership> = Vec::with_capacity(1);
 
     let ending = {
         let reader = Reader {
@@ -127,7 +127,8 @@ pub async fn run<S, W>(
         let writer = Writer {
             state: &state,
             mode,
-            subs: Vec::new(),
+            // Most connections are in one room; a Vec grows to 4 slots at its first push.
+            subs: Vec::with_capacity(1),
             started,
             last_seen: &last_seen,
         }
