@@ -246,3 +246,39 @@ async fn connect_failures_are_reported() {
     );
     assert!(r.warnings.iter().any(|w| w.contains("failed to connect")));
 }
+
+/// Beyond ~28,000 connections one source address runs out of ports, so clients spread over
+/// 127.0.0.x; with a few clients and `--source-addrs 3` the server sees three sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_spread_over_source_addresses() {
+    let server = test_server(0, Duration::ZERO).await;
+    let r = load(&[
+        "--host",
+        &server.url,
+        "--protocol",
+        "seed",
+        "--users",
+        "12",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "2",
+        "--senders",
+        "2",
+        "--msg-rate",
+        "5",
+        "--source-addrs",
+        "3",
+    ])
+    .await;
+    assert_eq!(r.connections.failed, 0);
+    assert_eq!(r.deliveries.tally.lost, 0, "{:?}", r.deliveries.tally);
+    let sources: Vec<String> = server
+        .sources
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(sources, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+}

@@ -47,6 +47,8 @@ pub struct TestServer {
     /// Messages it received, and those it dropped instead of broadcasting.
     pub received: Arc<AtomicU64>,
     pub dropped: Arc<AtomicU64>,
+    /// Source addresses of the connections it accepted.
+    pub sources: Arc<Mutex<std::collections::BTreeSet<std::net::IpAddr>>>,
 }
 
 /// Starts the server: it drops every `drop_every`-th message (0: none), and delays everything
@@ -70,9 +72,12 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
     let peers: Peers = Arc::default();
     let arrivals: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let (rx_count, drop_count) = (received.clone(), dropped.clone());
+    let sources: Arc<Mutex<std::collections::BTreeSet<std::net::IpAddr>>> = Arc::default();
+    let seen = sources.clone();
     tokio::spawn(async move {
         let mut n = 0u64;
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            seen.lock().unwrap().insert(peer.ip());
             n += 1;
             let conn = n;
             let delay = faults.delay_all
@@ -131,5 +136,6 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
         url,
         received,
         dropped,
+        sources,
     }
 }
