@@ -65,7 +65,7 @@ pub struct JoinRequest<'a> {
     pub token: Option<&'a str>,
     /// Id of the joining connection.
     pub conn: u64,
-    pub evictor: &'a Evictor,
+    pub evictor: Evictor,
 }
 
 /// A successful join: the receiver for live events, and the `joined` frame to send before any
@@ -201,7 +201,7 @@ impl Hub {
             Member {
                 conn: req.conn,
                 token: token.clone(),
-                evictor: req.evictor.clone(),
+                evictor: req.evictor,
             },
         );
         st.empty_since = None;

@@ -17,7 +17,7 @@ use async_tungstenite::WebSocketStream;
 use futures::future::Either;
 use futures::{AsyncRead, AsyncWrite, Stream, StreamExt};
 
-use crate::hub::{Evictor, HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::hub::{HubError, JoinRequest, Joined, SEED_ROOM};
 use crate::inbox::{FromEviction, Inbox};
 use crate::limits::{valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
@@ -52,15 +52,17 @@ pub(crate) enum Out {
         reason: &'static str,
     },
     Close(u16, &'static str),
-    /// The hub gave this connection's place in a room to a resuming connection.
-    Evicted(Arc<str>),
     /// The reader has ended: flush what is queued and stop.
     Finish,
 }
 
 impl FromEviction for Out {
+    /// The hub gave this connection's place in a room to a resuming connection.
     fn eviction(room: Arc<str>) -> Self {
-        Out::Evicted(room)
+        Out::Unsubscribe {
+            room,
+            reason: error_code::REPLACED,
+        }
     }
 }
 
@@ -116,7 +118,6 @@ pub async fn run<S, W>(
             mode,
             conn,
             inbox: &inbox,
-            evictor: inbox.clone(),
             memberships: &mut memberships,
             started,
             last_seen: &last_seen,
@@ -153,8 +154,7 @@ struct Reader<'a> {
     state: &'a State,
     mode: Mode,
     conn: u64,
-    inbox: &'a Inbox<Out>,
-    evictor: Evictor,
+    inbox: &'a Arc<Inbox<Out>>,
     memberships: &'a mut Vec<Membership>,
     started: Instant,
     last_seen: &'a AtomicU64,
@@ -379,7 +379,7 @@ impl Reader<'_> {
             epoch,
             token,
             conn: self.conn,
-            evictor: &self.evictor,
+            evictor: self.inbox.clone(),
         })?;
         self.memberships.push(Membership {
             room: joined.room.clone(),

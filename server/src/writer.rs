@@ -23,7 +23,7 @@ use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
 
 use crate::hub::EventRef;
 use crate::inbox::Inbox;
-use crate::protocol::{self, close, error_code, ServerFrame};
+use crate::protocol::{self, close, ServerFrame};
 use crate::server::State;
 use crate::session::{Ending, Mode, Out};
 
@@ -183,7 +183,6 @@ impl<'a> Writer<'a> {
                 self.subs.push((joined.room, joined.rx));
             }
             Input::Ctl(Out::Unsubscribe { room, reason }) => self.unsubscribe(batch, room, reason),
-            Input::Ctl(Out::Evicted(room)) => self.unsubscribe(batch, room, error_code::REPLACED),
             Input::Ctl(Out::Close(code, reason)) => {
                 // What was already published (e.g. the client's own last message) goes first.
                 for (_, rx) in &mut self.subs {
