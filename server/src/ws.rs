@@ -94,7 +94,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         let ws = Box::new(
             WebSocketStream::from_raw_socket(ReadOnly(stream), Role::Server, config).await,
         );
-        session::run(ws, tcp, state.clone(), mode, slot.id, peer).await;
+        session::run(ws, tcp, state, mode, slot.id, peer).await;
         drop(slot);
     });
     Ok(res)
