@@ -339,6 +339,7 @@ async fn sample_timeline(
 ) {
     let mut last = Instant::now();
     let (mut gen0, mut srv0) = cpu.read();
+    let mut machine0 = sys::machine_busy_s();
     let mut sends0 = run.sends.load(Ordering::Relaxed);
     let mut tick = tokio::time::interval(TICK);
     tick.tick().await;
@@ -347,6 +348,7 @@ async fn sample_timeline(
         let dt = last.elapsed().as_secs_f64().max(1e-3);
         last = Instant::now();
         let (gen, srv) = cpu.read();
+        let machine = sys::machine_busy_s();
         let h = run.shards.merged(true, |s| &mut s.fanout_interval);
         let p = Percentiles::of(&h);
         let sends = run.sends.load(Ordering::Relaxed);
@@ -368,6 +370,12 @@ async fn sample_timeline(
                 (Some(b), Some(a)) => Some((b - a) / dt),
                 _ => None,
             },
+            other_cpu: match (machine, machine0, srv, srv0) {
+                (Some(m1), Some(m0), Some(s1), Some(s0)) => {
+                    Some(((m1 - m0) - (s1 - s0) - (gen - gen0)).max(0.0) / dt)
+                }
+                _ => None,
+            },
             generator_rss: sys::self_rss().0,
             server_rss,
             generator_rss_anon: sys::process_rss_anon(std::process::id()),
@@ -375,6 +383,7 @@ async fn sample_timeline(
         };
         gen0 = gen;
         srv0 = srv;
+        machine0 = machine;
         sends0 = sends;
         out.lock().unwrap_or_else(|e| e.into_inner()).push(point);
     }

@@ -189,6 +189,10 @@ pub struct TimePoint {
     pub max_ms: f64,
     pub generator_cpu: f64,
     pub server_cpu: Option<f64>,
+    /// Cores used by every other process on the machine during this second (machine busy time
+    /// less the generator's and the server's; `None` when the server's CPU is unknown).
+    #[serde(default)]
+    pub other_cpu: Option<f64>,
     pub generator_rss: u64,
     pub server_rss: Option<u64>,
     /// Anonymous resident memory (see [`Cost::generator_anon_bytes_per_client`]).
