@@ -2,8 +2,8 @@
 //! and send on schedule when a sender) and `drain` (on stop: wait for messages in flight, close).
 //!
 //! The socket lives in the user's session data and is read inside the `chat` transaction itself,
-//! so a client costs one task. Each delivery is parsed only as far as the `~slot.seq.micros~`
-//! stamp in its text; latencies go into the run's sharded HDR histograms, and goose gets one
+//! so a client costs one task. Each delivery is parsed only as far as the stamp in its text
+//! ([`crate::wire`]); latencies go into the run's sharded HDR histograms, and goose gets one
 //! sample every [`Run::sample_every`] deliveries.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -17,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::config::Protocol;
 use crate::metrics::{self, Seen, Tally, Track};
 use crate::run::Run;
+use crate::wire::{self, Received, Stamp};
 use crate::ws::{Frame, WsClient, CLOSE_NORMAL};
 
 /// Longest a `chat` transaction runs before it returns to goose (which checks for the end of the
@@ -60,7 +61,10 @@ struct State {
     /// Per sender: its message count when this client stopped listening (None: still listening).
     ends: Option<Vec<u64>>,
     acks: u64,
+    /// Messages stamped for another room or another run.
     foreign: u64,
+    /// Frames that are neither a stamped message nor a known frame of the protocol.
+    unrecognized: u64,
     /// Deliveries until the next goose sample.
     until_sample: u64,
     /// Goose samples gathered during the current transaction: (name, microseconds).
@@ -196,30 +200,14 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
         .await?;
 
     if run.params.protocol == Protocol::V1 {
-        let r = &run.rooms[room];
-        let join = format!(
-            r#"{{"type":"join","room":"{}","name":"lt{index}"}}"#,
-            r.name
-        );
+        let join = wire::join_frame(&run.rooms[room].name, &format!("lt{index}"));
         let t0 = Instant::now();
         let joined = async {
             ws.send_text(join.as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
             // In a big room `joined` lists up to 1,000 members: only its beginning is read.
-            wait_for(&mut ws, t0 + CONNECT_TIMEOUT, |text| {
-                if text.starts_with(br#"{"type":"joined""#) {
-                    Some(Ok(()))
-                } else if text.starts_with(br#"{"type":"error""#) {
-                    Some(Err(format!(
-                        "join refused: {}",
-                        String::from_utf8_lossy(&text[..text.len().min(200)])
-                    )))
-                } else {
-                    None
-                }
-            })
-            .await
+            wait_for(&mut ws, t0 + CONNECT_TIMEOUT, wire::join_reply).await
         }
         .await;
         let took = t0.elapsed();
@@ -253,6 +241,7 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
             ends: None,
             acks: 0,
             foreign: 0,
+            unrecognized: 0,
             until_sample: 1 + index as u64 % run.sample_every(),
             samples: Vec::new(),
             next_send_us: None,
@@ -275,16 +264,17 @@ fn give_up(run: &Run, room: usize, slot: Option<usize>) {
 
 async fn open_socket(run: &Run, index: usize) -> Result<Ws, String> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let url = &run.targets[run.target_of(index)];
     let work = async {
-        let target = resolve(&run.ws_url).await?;
-        let (host, path) = split_url(&run.ws_url)?;
+        let target = resolve(url).await?;
+        let (host, path) = split_url(url)?;
         let tcp = tcp_connect(target, index, run.params.source_addrs)
             .await
             .map_err(|e| format!("tcp: {e}"))?;
         let mut ws = WsClient::handshake(tcp, host, path, READ_BUFFER, index as u32).await?;
         if run.params.protocol == Protocol::V1 {
             wait_for(&mut ws, deadline, |text| {
-                Some(if text.starts_with(br#"{"type":"hello""#) {
+                Some(if wire::is_hello(text) {
                     Ok(())
                 } else {
                     Err(format!(
@@ -343,74 +333,6 @@ pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     }
     client.state.finish(run);
     Ok(())
-}
-
-/// What the stamp `~slot.seq.micros~` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub slot: usize,
-    pub seq: u64,
-    pub sent_us: u64,
-}
-
-/// Finds and parses the stamp in a received frame. v1 frames are recognised by their prefix and
-/// the stamp is looked for after `"text":"`; seed frames (`N: text`) at their first `~`.
-pub fn parse_stamp(frame: &[u8], protocol: Protocol) -> Option<Stamp> {
-    let start = match protocol {
-        Protocol::V1 => {
-            if !frame.starts_with(br#"{"type":"message""#) {
-                return None;
-            }
-            let at = memchr::memmem::find(frame, br#""text":"~"#)?;
-            at + br#""text":"~"#.len()
-        }
-        Protocol::Seed => memchr::memchr(b'~', frame)? + 1,
-    };
-    let mut nums = [0u64; 3];
-    let mut i = start;
-    for (k, n) in nums.iter_mut().enumerate() {
-        let digits_start = i;
-        while i < frame.len() && frame[i].is_ascii_digit() {
-            *n = n.checked_mul(10)?.checked_add(u64::from(frame[i] - b'0'))?;
-            i += 1;
-        }
-        if i == digits_start || i >= frame.len() {
-            return None;
-        }
-        let want = if k < 2 { b'.' } else { b'~' };
-        if frame[i] != want {
-            return None;
-        }
-        i += 1;
-    }
-    Some(Stamp {
-        slot: nums[0] as usize,
-        seq: nums[1],
-        sent_us: nums[2],
-    })
-}
-
-/// The `code` of an `error` frame (read from its beginning, which may be all there is).
-fn error_code(frame: &[u8]) -> String {
-    let key = br#""code":""#;
-    memchr::memmem::find(frame, key)
-        .and_then(|at| {
-            let rest = &frame[at + key.len()..];
-            let end = memchr::memchr(b'"', rest)?;
-            Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// Writes a message text of `size` bytes carrying the stamp.
-pub fn message_text(out: &mut String, stamp: Stamp, size: usize) {
-    use std::fmt::Write;
-    out.clear();
-    // unwrap: writing into a String cannot fail.
-    write!(out, "~{}.{}.{}~", stamp.slot, stamp.seq, stamp.sent_us).unwrap();
-    while out.len() < size {
-        out.push('x');
-    }
 }
 
 impl Client {
@@ -516,24 +438,16 @@ impl Client {
                 }
                 Run::record_into(&counts.lag, lag);
             }
-            let stamp = Stamp { slot, seq, sent_us };
-            let st = &mut self.state;
-            message_text(&mut st.text, stamp, run.params.message_size);
-            let frame = match run.params.protocol {
-                Protocol::V1 => {
-                    use std::fmt::Write;
-                    st.frame.clear();
-                    // unwrap: writing into a String cannot fail.
-                    write!(
-                        st.frame,
-                        r#"{{"type":"say","room":"{}","text":"{}"}}"#,
-                        room.name, st.text
-                    )
-                    .unwrap();
-                    &st.frame
-                }
-                Protocol::Seed => &st.text,
+            let stamp = Stamp {
+                tag: run.tag,
+                room: self.state.room as u32,
+                slot: slot as u32,
+                seq,
+                sent_us,
             };
+            let st = &mut self.state;
+            wire::message_text(&mut st.text, stamp, run.params.message_size);
+            let frame = wire::say_frame(&mut st.frame, run.params.protocol, &room.name, &st.text);
             run.sends.fetch_add(1, Ordering::Relaxed);
             let Some(ws) = self.ws.as_mut() else { break };
             if let Err(e) = ws.send_text(frame.as_bytes()).await {
@@ -599,18 +513,25 @@ impl State {
 
     fn on_text(&mut self, run: &Run, frame: &[u8]) {
         let now = run.now_us();
-        let Some(stamp) = parse_stamp(frame, run.params.protocol) else {
-            if frame.starts_with(br#"{"type":"error""#) {
-                run.error_frames.add(error_code(frame));
-            } else if run.params.protocol == Protocol::Seed
-                || !frame.starts_with(br#"{"type":"presence""#)
-            {
+        let stamp = match wire::classify(frame, run.params.protocol) {
+            Received::Message(s) if s.tag == run.tag && s.room as usize == self.room => s,
+            Received::Message(_) => {
                 self.foreign += 1;
+                return;
             }
-            return;
+            Received::Error(code) => {
+                run.error_frames.add(code);
+                return;
+            }
+            Received::Control => return,
+            Received::Unrecognized => {
+                self.unrecognized += 1;
+                return;
+            }
         };
         let latency = now.saturating_sub(stamp.sent_us);
-        if Some(stamp.slot) == self.slot {
+        let slot = stamp.slot as usize;
+        if Some(slot) == self.slot {
             self.acks += 1;
             run.shards.with(|s| metrics::record(&mut s.ack, latency));
             if self.acks % 16 == 1 {
@@ -618,7 +539,8 @@ impl State {
             }
             return;
         }
-        let Some(track) = self.tracks.get_mut(stamp.slot) else {
+        let Some(track) = self.tracks.get_mut(slot) else {
+            // A slot this room does not have: not a message of this run's room.
             self.foreign += 1;
             return;
         };
@@ -687,6 +609,7 @@ impl State {
         let mut t = Tally {
             acks: self.acks,
             foreign: self.foreign,
+            unrecognized: self.unrecognized,
             ..Tally::default()
         };
         for (s, track) in self.tracks.iter().enumerate() {
@@ -699,45 +622,14 @@ impl State {
             };
             let owed = end.saturating_sub(track.start);
             t.expected += owed + track.early;
+            // More received than owed means the bookkeeping is wrong somewhere: counted, never
+            // hidden by saturating the loss at zero.
+            t.excess += track.in_window.saturating_sub(owed);
             t.received += track.in_window.min(owed) + track.early;
             t.duplicates += track.duplicates;
             t.out_of_order += track.out_of_order;
         }
         t.lost = t.expected - t.received;
         run.add_tally(&t);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_round_trip() {
-        let mut text = String::new();
-        let stamp = Stamp {
-            slot: 3,
-            seq: 41,
-            sent_us: 123_456,
-        };
-        message_text(&mut text, stamp, 64);
-        assert_eq!(text.len(), 64);
-        let v1 = format!(
-            r#"{{"type":"message","room":"lt-0","id":7,"from":"lt3","text":"{text}","ts":1}}"#
-        );
-        assert_eq!(parse_stamp(v1.as_bytes(), Protocol::V1), Some(stamp));
-        let seed = format!("12: {text}");
-        assert_eq!(parse_stamp(seed.as_bytes(), Protocol::Seed), Some(stamp));
-        assert_eq!(parse_stamp(br#"{"type":"presence"}"#, Protocol::V1), None);
-        assert_eq!(parse_stamp(b"12: ~1.2~", Protocol::Seed), None);
-    }
-
-    #[test]
-    fn error_codes() {
-        assert_eq!(
-            error_code(br#"{"type":"error","code":"rate_limited","message":"x"}"#),
-            "rate_limited"
-        );
-        assert_eq!(error_code(br#"{"type":"error","code":"trunc"#), "unknown");
     }
 }

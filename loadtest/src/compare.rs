@@ -109,10 +109,10 @@ pub fn compare(a: &Report, b: &Report) -> String {
         s,
         "A: {:?} {} ({} clients)\nB: {:?} {} ({} clients)\n",
         a.params.scenario,
-        a.target.url,
+        a.target_urls(),
         a.params.users,
         b.params.scenario,
-        b.target.url,
+        b.target_urls(),
         b.params.users
     );
     let _ = writeln!(s, "{:<24} {:>14} {:>14} {:>8}", "", "A", "B", "B/A");

@@ -18,6 +18,9 @@ pub enum Protocol {
     /// The original demo's plain text on `/chatSocket`: everyone is in one room, a message comes
     /// back as `"N: text"`.
     Seed,
+    /// A plain broadcast server (`/ws`): text in, the same text out to every client, sender
+    /// included; no join, one room. The reference servers in `shared/peers/` speak it.
+    Raw,
 }
 
 /// Named scenarios for common questions; explicit options override their values.
@@ -61,7 +64,8 @@ pub struct Options {
         help_heading = "Chat"
     )]
     pub scenario: ScenarioName,
-    /// Wire protocol: v1 (`/ws`) or seed (the original demo's `/chatSocket`, one room).
+    /// Wire protocol: v1 (`/ws`), seed (the original demo's `/chatSocket`, one room) or raw (a
+    /// plain broadcast server: text in, the same text out to everyone; one room).
     #[arg(long, value_enum, default_value = "v1", help_heading = "Chat")]
     pub protocol: Protocol,
     /// Number of rooms; clients are spread over them round-robin.
@@ -92,9 +96,10 @@ pub struct Options {
     /// Longest wait for every client to join before senders start anyway.
     #[arg(long, value_parser = parse_duration, help_heading = "Chat")]
     pub warmup_timeout: Option<Duration>,
-    /// PID of the server under test when it runs on this machine (for its CPU and memory).
-    #[arg(long, help_heading = "Chat")]
-    pub server_pid: Option<u32>,
+    /// PID of the server under test when it runs on this machine (for its CPU and memory);
+    /// repeatable (or a comma list), one per --host in the same order.
+    #[arg(long, value_delimiter = ',', help_heading = "Chat")]
+    pub server_pid: Vec<u32>,
     /// How to run the embedded server (when no --host is given).
     #[arg(long, value_enum, default_value = "process", help_heading = "Chat")]
     pub server_mode: ServerMode,
@@ -136,6 +141,52 @@ pub struct Cli {
     pub options: Options,
     #[command(flatten)]
     pub goose: GooseConfiguration,
+}
+
+/// Parses a command line, taking `--host` (`-H`) several times: goose's option holds one
+/// value, so repeated ones are joined into its comma list (see [`crate::setup::hosts`]).
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(merge_hosts(args.into_iter().map(Into::into).collect()))
+}
+
+/// `--host A --host=B -H C` -> `--host A,B,C` (at the first one's place); everything after `--`
+/// is left alone.
+fn merge_hosts(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hosts: Vec<String> = Vec::new();
+    let mut at = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy().into_owned();
+        if s == "--" {
+            out.push(a);
+            out.extend(it);
+            break;
+        }
+        let value = if s == "--host" || s == "-H" {
+            it.next().map(|v| v.to_string_lossy().into_owned())
+        } else if let Some(v) = s.strip_prefix("--host=") {
+            Some(v.to_string())
+        } else {
+            out.push(a);
+            continue;
+        };
+        at.get_or_insert(out.len());
+        match value {
+            Some(v) => hosts.push(v),
+            // No value: let clap say so.
+            None => out.push(a),
+        }
+    }
+    if let Some(i) = at {
+        let joined = hosts.join(",");
+        out.splice(i..i, ["--host".into(), joined.into()]);
+    }
+    out
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -237,6 +288,34 @@ pub struct StepParams {
     pub loss: f64,
 }
 
+/// Longest wait after a step ends before it is judged, for its last messages to arrive (at
+/// most half a step).
+pub const STEP_GRACE: Duration = Duration::from_millis(1000);
+
+impl StepParams {
+    /// Seconds after a step ends before it is judged.
+    pub fn grace_s(&self) -> f64 {
+        STEP_GRACE.as_secs_f64().min(self.step_time_s / 2.0)
+    }
+
+    /// Seconds between one step's end and the next one's start: senders pause while the step
+    /// is judged, so that each step is measured alone (its deliveries drain before the next
+    /// begins) and the run stops before a step beyond the bound is sent.
+    pub fn pause_s(&self) -> f64 {
+        self.grace_s() + 0.2
+    }
+
+    /// Seconds from one step's start to the next one's.
+    pub fn period_s(&self) -> f64 {
+        self.step_time_s + self.pause_s()
+    }
+}
+
+/// The rate of step `k`: the first step's, doubled every step.
+pub fn step_rate(first: f64, k: usize) -> f64 {
+    first * f64::from(1u32 << k.min(30))
+}
+
 /// Defaults of a named scenario.
 struct Preset {
     users: usize,
@@ -331,7 +410,7 @@ impl Options {
                     // An upper bound: the step controller ends the run after the last step;
                     // this leaves room for slow joins before the first.
                     Some(s) => {
-                        let period = s.step_time_s + crate::run::step_pause_s(s);
+                        let period = s.period_s();
                         (period * s.max_steps as f64 + warmup_s).ceil() as u64 + 5
                     }
                     // An upper bound too: the run ends `hold` after the last client connected.
@@ -348,7 +427,7 @@ impl Options {
             (None, None) => p.rooms,
         };
         let rooms = match self.protocol {
-            Protocol::Seed => 1,
+            Protocol::Seed | Protocol::Raw => 1,
             Protocol::V1 => rooms.clamp(1, users),
         };
         let senders = self.senders.unwrap_or(p.senders).min(users);
@@ -397,6 +476,31 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_may_repeat() {
+        let cli = parse([
+            "loadtest",
+            "--host",
+            "ws://127.0.0.1:1",
+            "--users",
+            "4",
+            "--host=ws://127.0.0.1:2",
+            "-H",
+            "ws://127.0.0.1:3",
+            "--server-pid",
+            "7,8",
+            "--server-pid",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.goose.host.as_deref(),
+            Some("ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3")
+        );
+        assert_eq!(cli.options.server_pid, [7, 8, 9]);
+        assert_eq!(cli.goose.users, Some(4));
+    }
 
     #[test]
     fn durations() {

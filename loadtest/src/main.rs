@@ -1,11 +1,10 @@
 //! `cargo run --release -p loadtest -- [--scenario chat|bigroom|storm|step] [goose options]`
 //! (`--help` lists everything). Thin: parse, build the runtime, run, print and write reports.
 
-use clap::Parser;
-use loadtest::config::{Cli, Command};
+use loadtest::config::Command;
 
 fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
+    let mut cli = loadtest::config::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command.take() {
         Some(Command::Serve { args }) => return loadtest::embedded::serve(&args),
         Some(Command::Compare { a, b }) => {

@@ -11,7 +11,7 @@ use crate::config::Params;
 use crate::metrics::{Percentiles, Tally};
 
 /// Format version of the JSON report.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -19,7 +19,8 @@ pub struct Report {
     /// Unix time the run started, seconds.
     pub started_unix_s: u64,
     pub params: Params,
-    pub target: Target,
+    /// The servers under test, in `--host` order (clients were dealt to them round-robin).
+    pub targets: Vec<Target>,
     pub environment: Environment,
     pub connections: Connections,
     pub deliveries: Deliveries,
@@ -203,6 +204,12 @@ pub struct TimePoint {
 }
 
 impl Report {
+    /// The targets' URLs, comma-separated.
+    pub fn target_urls(&self) -> String {
+        let urls: Vec<&str> = self.targets.iter().map(|t| t.url.as_str()).collect();
+        urls.join(", ")
+    }
+
     pub fn write(&self, stem: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
         let json = stem.with_extension("json");
         let html = stem.with_extension("html");
@@ -229,7 +236,8 @@ impl Report {
         let _ = writeln!(
             s,
             "\n=== fan-out summary ({:?}, {}) ===",
-            p.scenario, self.target.url
+            p.scenario,
+            self.target_urls()
         );
         let rows: Vec<(&str, String)> = vec![
             (
@@ -430,7 +438,7 @@ impl Report {
             h,
             "<h1>Fan-out report: {:?} against {}</h1>",
             self.params.scenario,
-            esc(&self.target.url)
+            esc(&self.target_urls())
         );
         for w in &self.warnings {
             let _ = write!(h, "<p class=\"warn\">Warning: {}</p>", esc(w));
@@ -525,7 +533,7 @@ impl Report {
         }
         h.push_str("<h2>Run parameters and environment (JSON)</h2><pre>");
         let meta = serde_json::json!({
-            "params": self.params, "target": self.target, "environment": self.environment,
+            "params": self.params, "targets": self.targets, "environment": self.environment,
             "cost": self.cost, "connections": {
                 "failures": self.connections.failures,
                 "disconnects": self.connections.disconnects,

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{Params, Protocol, StepParams};
+use crate::config::{step_rate, Params, Protocol};
 use crate::metrics::{self, Events, Shards, Tally};
 
 /// Not started yet (value of [`Run::send_start_us`]).
 const NOT_STARTED: u64 = u64::MAX;
 /// Pause between the last join and the first message, so that every server has subscribed the
-/// last members (the seed protocol has no `joined` reply to wait for).
+/// last members (the seed and raw protocols have no `joined` reply to wait for).
 const SETTLE_V1: Duration = Duration::from_millis(50);
 const SETTLE_SEED: Duration = Duration::from_millis(300);
 
@@ -70,8 +70,10 @@ impl Default for StepCounts {
 /// Everything clients share during one run.
 pub struct Run {
     pub params: Params,
-    /// Websocket URL clients connect to.
-    pub ws_url: String,
+    /// Websocket URLs of the targets; client `i` connects to the one [`Run::target_of`] names.
+    pub targets: Vec<String>,
+    /// Tells this run's rooms (and stamps) from another run's against the same server.
+    pub tag: u16,
     /// The one monotonic clock of the process: messages carry microseconds since this instant.
     pub epoch: Instant,
     pub rooms: Vec<Room>,
@@ -114,13 +116,12 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(params: Params, ws_url: String) -> Arc<Self> {
+    pub fn new(params: Params, targets: Vec<String>) -> Arc<Self> {
         // A tag per run keeps two runs against one server out of each other's rooms.
         let tag = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
-            .unwrap_or(0)
-            & 0xffff;
+            .unwrap_or(0) as u16;
         let rooms = (0..params.rooms)
             .map(|r| {
                 let senders = senders_in_room(params.senders, params.rooms, r);
@@ -140,7 +141,8 @@ impl Run {
         Arc::new(Self {
             handshakes: Semaphore::new(params.max_handshakes),
             params,
-            ws_url,
+            targets,
+            tag,
             epoch: Instant::now(),
             rooms,
             shards: Shards::default(),
@@ -186,6 +188,12 @@ impl Run {
         self.epoch + Duration::from_micros(us)
     }
 
+    /// Which target user `index` connects to: round-robin within each room, so that a room's
+    /// members (users `r`, `r + rooms`, `r + 2 rooms`, ...) are spread over every target.
+    pub fn target_of(&self, index: usize) -> usize {
+        (index / self.params.rooms) % self.targets.len().max(1)
+    }
+
     /// Which room user `index` is in and, when it sends, its slot among the room's senders.
     pub fn role(&self, index: usize) -> (usize, Option<usize>) {
         let rooms = self.params.rooms;
@@ -206,7 +214,7 @@ impl Run {
     pub fn start_sending(&self) {
         let settle = match self.params.protocol {
             Protocol::V1 => SETTLE_V1,
-            Protocol::Seed => SETTLE_SEED,
+            Protocol::Seed | Protocol::Raw => SETTLE_SEED,
         };
         let at = self.now_us() + settle.as_micros() as u64;
         if self
@@ -264,7 +272,7 @@ impl Run {
         let s = self.params.step.as_ref()?;
         let start = self.send_start()?;
         let t = send_us.saturating_sub(start) as f64 / 1e6;
-        let period = s.step_time_s + step_pause_s(s);
+        let period = s.period_s();
         let i = (t / period) as usize;
         (i < s.max_steps && t - i as f64 * period < s.step_time_s).then_some(i)
     }
@@ -273,7 +281,7 @@ impl Run {
     pub fn next_step_start(&self, us: u64) -> Option<u64> {
         let s = self.params.step.as_ref()?;
         let start = self.send_start()?;
-        let period = s.step_time_s + step_pause_s(s);
+        let period = s.period_s();
         let i = (us.saturating_sub(start) as f64 / 1e6 / period) as usize + 1;
         (i < s.max_steps).then(|| start + (i as f64 * period * 1e6) as u64)
     }
@@ -312,27 +320,6 @@ fn sample_every(params: &Params, msg_rate: f64) -> u64 {
     (offered / 500.0).ceil().max(1.0) as u64
 }
 
-/// Longest wait after a step ends before it is judged, for its last messages to arrive (at
-/// most half a step).
-pub const STEP_GRACE: Duration = Duration::from_millis(1000);
-
-/// Seconds after a step ends before it is judged.
-pub fn step_grace_s(s: &StepParams) -> f64 {
-    STEP_GRACE.as_secs_f64().min(s.step_time_s / 2.0)
-}
-
-/// Seconds between one step's end and the next one's start: senders pause while the step is
-/// judged, so that each step is measured alone (its deliveries drain before the next begins)
-/// and the run stops before a step beyond the bound is sent.
-pub fn step_pause_s(s: &StepParams) -> f64 {
-    step_grace_s(s) + 0.2
-}
-
-/// The rate of step `k`: the first step's, doubled every step.
-pub fn step_rate(first: f64, k: usize) -> f64 {
-    first * f64::from(1u32 << k.min(30))
-}
-
 /// Senders of room `r` when `senders` are dealt round-robin over `rooms`.
 pub fn senders_in_room(senders: usize, rooms: usize, r: usize) -> usize {
     senders / rooms + usize::from(r < senders % rooms)
@@ -356,7 +343,7 @@ mod tests {
         ])
         .unwrap();
         let params = cli.options.resolve(&mut cli.goose).unwrap();
-        let run = Run::new(params, "ws://127.0.0.1:9/ws".into());
+        let run = Run::new(params, vec!["ws://127.0.0.1:9/ws".into()]);
         run.start_sending();
         let s0 = run.send_start().unwrap();
         // 2 s steps, judged 1 s after their end, the next 0.2 s later: period 3.2 s.

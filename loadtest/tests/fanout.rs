@@ -7,9 +7,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::Parser;
 use common::{load, test_server};
-use loadtest::{Cli, Report};
+use loadtest::Report;
 
 /// What every clean run must show: every expected delivery counted, nothing lost or repeated.
 fn assert_clean(r: &Report, users: usize) {
@@ -60,7 +59,7 @@ async fn tidechat_v1_every_delivery_counted() {
     ])
     .await;
     assert_clean(&r, 30);
-    assert_eq!(r.target.server, "thread");
+    assert_eq!(r.targets[0].server, "thread");
     assert!(r.cost.server_cpu_s.unwrap_or(0.0) > 0.0, "{:?}", r.cost);
     // About 3 s of 3 senders x 20 msg/s (the window ends when goose stops the users).
     assert!(r.sends.messages >= 120, "{:?}", r.sends);
@@ -123,7 +122,7 @@ async fn tidechat_seed_protocol() {
     ])
     .await;
     assert_clean(&r, 20);
-    assert!(r.target.url.ends_with("/chatSocket"));
+    assert!(r.targets[0].url.ends_with("/chatSocket"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +216,7 @@ async fn connect_failures_are_reported() {
         .local_addr()
         .unwrap();
     let host = format!("ws://{addr}");
-    let cli = Cli::try_parse_from([
+    let cli = loadtest::config::parse([
         "loadtest",
         "--quiet",
         "--no-print-metrics",

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use loadtest::{Cli, Report};
+use loadtest::Report;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub async fn load(args: &[&str]) -> Report {
     let mut argv = vec!["loadtest", "--quiet", "--no-print-metrics", "--drain", "2s"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let cli = loadtest::config::parse(argv).expect("valid arguments");
     let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
         .await
         .expect("load test runs");
