@@ -150,6 +150,7 @@ pub fn report(
         ack_latency: Percentiles::of(&ack),
         sends: Sends {
             messages,
+            scheduled: run.scheduled_sends.load(Ordering::Acquire),
             per_s: per(messages),
             window_s,
             lag: Percentiles::of(&lag),

@@ -71,6 +71,10 @@ struct State {
     samples: Vec<(&'static str, u64)>,
     /// When this sender's next message is due, in microseconds since the run's epoch.
     next_send_us: Option<u64>,
+    /// Messages this client sent.
+    sent: u64,
+    /// The schedule was closed (see [`State::stop_schedule`]).
+    schedule_stopped: bool,
     /// This sender's place in a sending period (0..1), spreading the senders evenly.
     phase: f64,
     /// Reusable buffers for outgoing messages (the text, and the frame's JSON).
@@ -245,6 +249,8 @@ pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult 
             until_sample: 1 + index as u64 % run.sample_every(),
             samples: Vec::new(),
             next_send_us: None,
+            sent: 0,
+            schedule_stopped: false,
             phase: 0.0,
             text: String::new(),
             frame: String::new(),
@@ -311,9 +317,7 @@ pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
     let Some(mut client) = take(user) else {
         return Ok(());
     };
-    if let Some(s) = client.state.slot {
-        run.sender_done(client.state.room, s);
-    }
+    client.state.stop_schedule(run);
     let room = &run.rooms[client.state.room];
     let wait_senders = Instant::now() + SENDERS_STOP_WAIT;
     while client.ws.is_some() && !room.senders_done() && Instant::now() < wait_senders {
@@ -446,6 +450,7 @@ impl Client {
                 sent_us,
             };
             let st = &mut self.state;
+            st.sent += 1;
             wire::message_text(&mut st.text, stamp, run.params.message_size);
             let frame = wire::say_frame(&mut st.frame, run.params.protocol, &room.name, &st.text);
             run.sends.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +502,33 @@ impl Client {
 }
 
 impl State {
+    /// This sender stops for good: adds what its schedule asked for until now to the run's
+    /// scheduled sends (scenarios at a constant rate; `step` checks its senders per step), so
+    /// that a generator whose senders fell behind is told from a server that was slow.
+    fn stop_schedule(&mut self, run: &Run) {
+        let Some(slot) = self.slot else { return };
+        if std::mem::replace(&mut self.schedule_stopped, true) {
+            return;
+        }
+        if run.params.step.is_none() {
+            let due = match self.next_send_us {
+                Some(next) if run.params.msg_rate > 0.0 => {
+                    let now = run.now_us();
+                    let interval = 1e6 / run.params.msg_rate;
+                    let unsent = if next <= now {
+                        ((now - next) as f64 / interval) as u64 + 1
+                    } else {
+                        0
+                    };
+                    self.sent + unsent
+                }
+                _ => self.sent,
+            };
+            run.scheduled_sends.fetch_add(due, Ordering::AcqRel);
+        }
+        run.sender_done(self.room, slot);
+    }
+
     /// Deliveries still owed to this client by senders that have stopped.
     fn owed(&self, run: &Run) -> u64 {
         let room = &run.rooms[self.room];
@@ -581,9 +613,7 @@ impl State {
                 .map(|s| s.sent.load(Ordering::SeqCst))
                 .collect(),
         );
-        if let Some(s) = self.slot {
-            run.sender_done(self.room, s);
-        }
+        self.stop_schedule(run);
         self.samples.push((REQ_DISCONNECT, 0));
     }
 

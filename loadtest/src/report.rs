@@ -105,6 +105,10 @@ pub struct Deliveries {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Sends {
     pub messages: u64,
+    /// Messages the senders' schedules asked for by the time each stopped (constant-rate
+    /// scenarios; `step` counts per step).
+    #[serde(default)]
+    pub scheduled: u64,
     pub per_s: f64,
     /// Seconds from the first scheduled send to the last sender stopping.
     pub window_s: f64,
@@ -154,6 +158,8 @@ pub struct StepResult {
     pub received: u64,
     /// `expected - received`.
     pub lost: u64,
+    /// `received - expected` when more arrived than was owed (an accounting error).
+    pub excess: u64,
     pub loss_ratio: f64,
     /// Achieved: deliveries received / step time.
     pub deliveries_per_s: f64,

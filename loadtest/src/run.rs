@@ -109,6 +109,9 @@ pub struct Run {
     /// When the last sender stopped, microseconds since `epoch` (0: not yet).
     pub send_end_us: AtomicU64,
     pub sends: AtomicU64,
+    /// Sends the schedule asked for, added by each sender when it stops (constant-rate
+    /// scenarios).
+    pub scheduled_sends: AtomicU64,
     /// Every this many deliveries a client gives goose one sample (follows the rate of the
     /// `step` scenario).
     pub sample_every: AtomicU64,
@@ -163,6 +166,7 @@ impl Run {
             stop_sending: AtomicBool::new(false),
             send_end_us: AtomicU64::new(0),
             sends: AtomicU64::new(0),
+            scheduled_sends: AtomicU64::new(0),
             sample_every,
             steps,
         })

@@ -129,6 +129,8 @@ pub fn judge(
         .unwrap_or_else(metrics::new_step_histogram);
     let received = h.len();
     let lost = expected.saturating_sub(received);
+    // Never hidden by the saturation above: more received than owed is an accounting error.
+    let excess = received.saturating_sub(expected);
     let loss_ratio = lost as f64 / expected.max(1) as f64;
     let latency = Percentiles::of(&h);
     let messages = counts.sent.load(Ordering::Acquire);
@@ -163,11 +165,15 @@ pub fn judge(
         expected,
         received,
         lost,
+        excess,
         loss_ratio,
         deliveries_per_s: received as f64 / secs,
         offered_deliveries_per_s: expected as f64 / secs,
         duration_s: secs,
-        within_bounds: expected > 0 && latency.p99_ms <= step.p99_ms && loss_ratio <= step.loss,
+        within_bounds: expected > 0
+            && excess == 0
+            && latency.p99_ms <= step.p99_ms
+            && loss_ratio <= step.loss,
         latency,
         generator_cpu_s: gen_s,
         generator_cpu: gen,

@@ -82,19 +82,31 @@ pub fn add_warnings(r: &mut Report) {
         let workers = tokio::runtime::Handle::try_current()
             .map(|h| h.metrics().num_workers())
             .unwrap_or(r.environment.cpus);
-        // Senders that never connected or dropped out are reported apart (as failures and
-        // disconnects); the schedule asked the others for what they sent, within a message.
+        // Less a message per sender: one due at the moment a sender stops is the schedule's
+        // edge, not a lag.
+        let scheduled = (r.sends.scheduled as f64 - r.params.senders as f64).max(0.0);
         if let Some(why) = bottleneck(
             gen,
             srv,
             r.environment.cpus,
             workers,
             r.sends.messages,
-            0.0,
+            scheduled,
             r.sends.lag.p99_ms,
         ) {
             r.generator_bottleneck = true;
             r.generator_bottleneck_reasons.push(why);
+        }
+        let other: Vec<f64> = window.iter().filter_map(|p| p.other_cpu).collect();
+        if !other.is_empty() {
+            let mean = other.iter().sum::<f64>() / other.len() as f64;
+            if mean > OTHER_CPU_WARN {
+                r.warnings.push(format!(
+                    "other processes used {:.0}% of a core on average while sending: the \
+                     generator and the server did not have the machine to themselves",
+                    mean * 100.0
+                ));
+            }
         }
     }
     if let Some(st) = r
@@ -148,6 +160,36 @@ pub fn add_warnings(r: &mut Report) {
         r.warnings.push(format!(
             "connections ended before the run did: {:?}",
             r.connections.disconnects
+        ));
+    }
+    let t = &r.deliveries.tally;
+    for (n, what) in [
+        (t.duplicates, "deliveries received twice"),
+        (
+            t.out_of_order,
+            "deliveries out of order (after a later message of their sender)",
+        ),
+        (
+            t.foreign,
+            "messages delivered to the wrong room (or from another run)",
+        ),
+        (
+            t.excess,
+            "deliveries beyond what was owed (an accounting error of the load test)",
+        ),
+        (
+            t.unrecognized,
+            "frames that were neither a stamped message nor a known frame",
+        ),
+    ] {
+        if n > 0 {
+            r.warnings.push(format!("{n} {what}"));
+        }
+    }
+    let excess: u64 = r.steps.iter().map(|s| s.excess).sum();
+    if excess > 0 {
+        r.warnings.push(format!(
+            "{excess} deliveries beyond what the steps owed (an accounting error of the load test)"
         ));
     }
     if r.deliveries.tally.lost > 0 {

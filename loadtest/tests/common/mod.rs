@@ -36,6 +36,9 @@ pub struct Faults {
     /// Drop every message that arrives while more than this many messages per second (over the
     /// last [`RATE_WINDOW`]) are coming in.
     pub lossy_above: Option<f64>,
+    /// Speak the raw protocol (the text as it came, to everyone) instead of the seed's
+    /// `N: text`.
+    pub raw: bool,
 }
 
 /// The window over which the server measures its incoming message rate.
@@ -64,7 +67,8 @@ pub async fn test_server(drop_every: u64, delay_first: Duration) -> TestServer {
 /// Starts a server with these faults.
 pub async fn faulty_server(faults: Faults) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/chatSocket", listener.local_addr().unwrap());
+    let path = if faults.raw { "ws" } else { "chatSocket" };
+    let url = format!("ws://{}/{path}", listener.local_addr().unwrap());
     let received = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, String)>>>>;
@@ -123,7 +127,11 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
                         drop_count.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
-                    let line = format!("{conn}: {}", text.as_str());
+                    let line = if faults.raw {
+                        text.to_string()
+                    } else {
+                        format!("{conn}: {}", text.as_str())
+                    };
                     for p in peers.lock().unwrap().iter() {
                         let _ = p.send((now, line.clone()));
                     }
@@ -137,4 +145,61 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
         dropped,
         sources,
     }
+}
+
+/// A protocol-v1 server that ignores rooms: every `say` goes to every connection as a
+/// `message` of the sender's room. Returns its `ws://` URL.
+pub async fn roomless_v1_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>>;
+    let peers: Peers = Arc::default();
+    let ids = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (peers, ids) = (peers.clone(), ids.clone());
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let _ = tx.send(r#"{"type":"hello","protocol":1,"limits":{}}"#.into());
+                peers.lock().unwrap().push(tx.clone());
+                tokio::spawn(async move {
+                    while let Some(text) = out.recv().await {
+                        if sink.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                    let room = v["room"].as_str().unwrap_or_default().to_string();
+                    match v["type"].as_str() {
+                        Some("join") => {
+                            // Written by hand: serde_json would sort the keys, and clients read
+                            // `type` first, as servers send it.
+                            let _ = tx.send(format!(
+                                r#"{{"type":"joined","room":"{room}","members":[]}}"#
+                            ));
+                        }
+                        Some("say") => {
+                            let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+                            let m = format!(
+                                r#"{{"type":"message","room":"{room}","id":{id},"from":"x","text":{},"ts":0}}"#,
+                                v["text"]
+                            );
+                            for p in peers.lock().unwrap().iter() {
+                                let _ = p.send(m.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    url
 }
