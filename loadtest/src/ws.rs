@@ -625,8 +625,113 @@ mod tests {
     use super::*;
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// Bounds every exchange of a test (a hang fails the test instead of blocking it).
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+    /// A tungstenite server running `serve` on one connection, and a client connected to it
+    /// with a `buffer`-byte read buffer.
+    async fn with_tungstenite<T, F>(
+        buffer: usize,
+        serve: impl FnOnce(WebSocketStream<TcpStream>) -> F + Send + 'static,
+    ) -> (WsClient, tokio::task::JoinHandle<T>)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let server = tokio::spawn(async move {
+            let ws = tokio_tungstenite::accept_async(accepted.unwrap().0)
+                .await
+                .unwrap();
+            serve(ws).await
+        });
+        let ws = WsClient::handshake(tcp.unwrap(), &addr.to_string(), "/ws", buffer, 0)
+            .await
+            .unwrap();
+        (ws, server)
+    }
+
+    /// Receives until the server's close (or the end, or an error), answering pings and
+    /// calling `on_text` for each text message; what was seen, one line per frame.
+    async fn receive(ws: &mut WsClient, mut on_text: impl FnMut(&[u8]) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        let work = async {
+            for _ in 0..10_000 {
+                let mut reply = false;
+                loop {
+                    match ws.next_frame() {
+                        Ok(Some(Frame::Text { payload, complete })) => {
+                            seen.push(format!(
+                                "text {} {} {complete}",
+                                String::from_utf8_lossy(&payload[..payload.len().min(5)]),
+                                payload.len()
+                            ));
+                            reply |= on_text(payload);
+                        }
+                        Ok(Some(Frame::Other)) => seen.push("other".into()),
+                        Ok(Some(Frame::Close(code))) => {
+                            seen.push(format!("close {code}"));
+                            return;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            seen.push(e);
+                            return;
+                        }
+                    }
+                }
+                if reply {
+                    ws.send_text(b"ok").await.unwrap();
+                }
+                if ws.has_control() {
+                    ws.flush_control().await.unwrap();
+                }
+                if ws.read().await.unwrap() == 0 {
+                    seen.push("eof".into());
+                    return;
+                }
+            }
+            seen.push("too many reads".into());
+        };
+        tokio::time::timeout(BOUND, work).await.unwrap();
+        seen
+    }
+
+    /// Sends a raw data frame (`fin`: the message's last).
+    async fn send_frame(ws: &mut WebSocketStream<TcpStream>, data: &[u8], op: Data, fin: bool) {
+        let frame = WireFrame::message(data.to_vec(), OpCode::Data(op), fin);
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+
+    /// What a tungstenite server receives until the end (pongs, texts, close frames).
+    async fn server_receives(ws: &mut WebSocketStream<TcpStream>) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match ws.next().await {
+                Some(Ok(Message::Pong(p))) => got.push(format!("pong {:?}", p.as_ref())),
+                Some(Ok(Message::Text(t))) => got.push(format!("text {t}")),
+                Some(Ok(Message::Close(c))) => got.push(format!(
+                    "close {:?}",
+                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                )),
+                Some(Ok(m)) => got.push(format!("{m:?}")),
+                Some(Err(e)) => {
+                    got.push(format!("error {e}"));
+                    break;
+                }
+                None => break,
+            }
+        }
+        got
+    }
 
     /// Against tungstenite's server: small and oversized frames in order, pings answered,
     /// masked text understood, close codes seen.
@@ -715,5 +820,441 @@ mod tests {
         out.clear();
         frame_into(&mut out, OP_TEXT, &[0; 300], [0; 4]);
         assert_eq!(&out[..4], &[0x81, 0x80 | 126, 1, 44]);
+    }
+
+    /// A fragmented text message with a ping between its fragments is one message; a
+    /// fragmented binary one is one `Other`; the client's answers arrive masked (tungstenite's
+    /// server refuses unmasked frames) and the close handshake completes on the server's side.
+    #[tokio::test]
+    async fn fragmented_messages() {
+        let (mut ws, server) = with_tungstenite(1024, |mut ws| async move {
+            send_frame(&mut ws, b"hel", Data::Text, false).await;
+            ws.send(Message::Ping(vec![9].into())).await.unwrap();
+            send_frame(&mut ws, b"lo", Data::Continue, false).await;
+            send_frame(&mut ws, b" world", Data::Continue, true).await;
+            ws.send(Message::text("after")).await.unwrap();
+            send_frame(&mut ws, &[1, 2], Data::Binary, false).await;
+            send_frame(&mut ws, &[3], Data::Continue, true).await;
+            // An empty fragmented message.
+            send_frame(&mut ws, b"", Data::Text, false).await;
+            send_frame(&mut ws, b"", Data::Continue, true).await;
+            ws.send(Message::text("end")).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match ws.next().await {
+                    Some(Ok(Message::Pong(p))) => got.push(format!("pong {:?}", p.as_ref())),
+                    Some(Ok(Message::Text(t))) => got.push(format!("text {t}")),
+                    other => panic!("{other:?}"),
+                }
+            }
+            // The pong and the answer, in either order.
+            got.sort();
+            ws.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(4008),
+                reason: "slow".into(),
+            })))
+            .await
+            .unwrap();
+            got.extend(server_receives(&mut ws).await);
+            got
+        })
+        .await;
+        let seen = receive(&mut ws, |text| text == b"end").await;
+        assert_eq!(
+            seen,
+            [
+                "text hello 11 true",
+                "text after 5 true",
+                "other",
+                "text  0 true",
+                "text end 3 true",
+                "close 4008"
+            ]
+        );
+        tokio::time::timeout(BOUND, ws.reply_close())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            server.await.unwrap(),
+            ["pong [9]", "text ok", "close Some((4008, \"\"))",]
+        );
+    }
+
+    /// A fragmented message larger than the buffer is handed over as its first 256 bytes,
+    /// whether its fragments are small or larger than the buffer themselves; one of exactly
+    /// the buffer's size is complete.
+    #[tokio::test]
+    async fn fragmented_message_larger_than_the_buffer() {
+        let (mut ws, server) = with_tungstenite(256, |mut ws| async move {
+            let mut first = b"~".to_vec();
+            first.extend([b'a'; 199]);
+            send_frame(&mut ws, &first, Data::Text, false).await;
+            ws.send(Message::Ping(vec![1].into())).await.unwrap();
+            send_frame(&mut ws, &[b'b'; 200], Data::Continue, false).await;
+            ws.send(Message::Ping(vec![2].into())).await.unwrap();
+            send_frame(&mut ws, &[b'c'; 200], Data::Continue, true).await;
+            // Exactly the buffer's size, then an empty last fragment.
+            send_frame(&mut ws, &[b'd'; 128], Data::Text, false).await;
+            send_frame(&mut ws, &[b'e'; 128], Data::Continue, false).await;
+            send_frame(&mut ws, b"", Data::Continue, true).await;
+            // The buffer's size, then one byte more.
+            send_frame(&mut ws, &[b'f'; 256], Data::Text, false).await;
+            send_frame(&mut ws, b"", Data::Continue, false).await;
+            send_frame(&mut ws, b"g", Data::Continue, true).await;
+            // Fragments larger than the buffer.
+            send_frame(&mut ws, &[b'x'; 5000], Data::Text, false).await;
+            send_frame(&mut ws, &[b'y'; 3000], Data::Continue, true).await;
+            ws.send(Message::text("after")).await.unwrap();
+            ws.send(Message::Close(None)).await.unwrap();
+            server_receives(&mut ws).await
+        })
+        .await;
+        let mut texts = Vec::new();
+        let seen = receive(&mut ws, |text| {
+            texts.push(text.to_vec());
+            false
+        })
+        .await;
+        assert_eq!(
+            seen,
+            [
+                "text ~aaaa 256 false",
+                "text ddddd 256 true",
+                "text fffff 256 false",
+                "text xxxxx 256 false",
+                "text after 5 true",
+                "close 1005"
+            ]
+        );
+        let mut expect = b"~".to_vec();
+        expect.extend([b'a'; 199]);
+        expect.extend([b'b'; 56]);
+        assert_eq!(texts[0], expect);
+        assert_eq!(texts[1][127..129], *b"de");
+        assert!(texts[3].iter().all(|&b| b == b'x'));
+        assert!(
+            ws.prefix.capacity() == 0,
+            "the prefix is freed once handed over"
+        );
+        tokio::time::timeout(BOUND, ws.reply_close())
+            .await
+            .unwrap()
+            .unwrap();
+        // The reply to a close without a code has none either.
+        assert_eq!(
+            server.await.unwrap(),
+            ["pong [1]", "pong [2]", "close None"]
+        );
+    }
+
+    /// The server's close is answered with its code, and nothing is sent after it.
+    #[tokio::test]
+    async fn server_close_is_answered() {
+        let (mut ws, server) = with_tungstenite(1024, |mut ws| async move {
+            ws.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(1001),
+                reason: "going away".into(),
+            })))
+            .await
+            .unwrap();
+            server_receives(&mut ws).await
+        })
+        .await;
+        assert_eq!(receive(&mut ws, |_| false).await, ["close 1001"]);
+        assert!(ws.is_closing());
+        assert!(ws.send_text(b"late").await.is_err());
+        assert_eq!(ws.next_frame(), Ok(None));
+        tokio::time::timeout(BOUND, ws.reply_close())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(server.await.unwrap(), ["close Some((1001, \"\"))"]);
+    }
+
+    /// The client's own close: the server sees it (after the text sent before it) and
+    /// answers, and `close` returns once the server ended the stream.
+    #[tokio::test]
+    async fn client_close_handshake() {
+        let (mut ws, server) =
+            with_tungstenite(1024, |mut ws| async move { server_receives(&mut ws).await }).await;
+        ws.send_text(b"bye").await.unwrap();
+        tokio::time::timeout(BOUND, ws.close(CLOSE_NORMAL))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ws.send_text(b"late").await.is_err());
+        assert_eq!(
+            server.await.unwrap(),
+            ["text bye", "close Some((1000, \"\"))"]
+        );
+    }
+
+    /// A raw TCP server: answers the upgrade with `response(accept)`, sends `frames`, then
+    /// returns the first frame the client sends, unmasked, as (opcode, payload); `None` when the
+    /// client ended the stream first.
+    async fn raw_server(
+        response: impl FnOnce(&str) -> String + Send + 'static,
+        frames: Vec<u8>,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<Option<(u8, Vec<u8>)>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(i) = memchr::memmem::find(&got, b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0 && got.len() < 65536, "no request head");
+                got.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8(got[..head_end].to_vec()).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let accept = derive_accept_key(key.trim().as_bytes());
+            tcp.write_all(response(&accept).as_bytes()).await.unwrap();
+            tcp.write_all(&frames).await.unwrap();
+            got.drain(..head_end);
+            loop {
+                if got.len() >= 2 {
+                    assert_eq!(got[1] & 0x80, 0x80, "unmasked client frame");
+                    let len = usize::from(got[1] & 0x7f);
+                    assert!(len < 126);
+                    if got.len() >= 6 + len {
+                        let key = [got[2], got[3], got[4], got[5]];
+                        let payload = got[6..6 + len]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| b ^ key[i % 4])
+                            .collect();
+                        return Some((got[0], payload));
+                    }
+                }
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (addr, server)
+    }
+
+    fn good_response(accept: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+    }
+
+    async fn connect_raw(addr: std::net::SocketAddr, buffer: usize) -> Result<WsClient, String> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(
+            BOUND,
+            WsClient::handshake(tcp, &addr.to_string(), "/", buffer, 0),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Each wrong answer to the upgrade gives its error; header values and names are
+    /// case-insensitive and `Connection` is a list.
+    #[tokio::test]
+    async fn handshake_checks() {
+        /// The response to the upgrade, from the expected accept key.
+        type Response = fn(&str) -> String;
+        let cases: [(Response, &str); 10] = [
+            (good_response, ""),
+            (
+                |a| {
+                    format!(
+                        "HTTP/1.1 101 OK\r\nupgrade: WebSocket\r\nconnection: keep-alive, UPGRADE\r\n\
+                         sec-websocket-accept: {a}\r\n\r\n"
+                    )
+                },
+                "",
+            ),
+            (
+                |a| format!("HTTP/1.1 200 OK\r\nSec-WebSocket-Accept: {a}\r\n\r\n"),
+                "handshake: expected status 101, got `HTTP/1.1 200 OK`",
+            ),
+            (
+                |a| {
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Accept: {a}\r\n\r\n"
+                    )
+                },
+                "handshake: no `Upgrade: websocket` header",
+            ),
+            (
+                |a| {
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Accept: {a}\r\n\r\n"
+                    )
+                },
+                "handshake: no `Upgrade: websocket` header",
+            ),
+            (
+                |a| {
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: keep-alive\r\nSec-WebSocket-Accept: {a}\r\n\r\n"
+                    )
+                },
+                "handshake: no `Connection` header with `upgrade`",
+            ),
+            (
+                |a| {
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Sec-WebSocket-Accept: {a}\r\n\r\n"
+                    )
+                },
+                "handshake: no `Connection` header with `upgrade`",
+            ),
+            (
+                |_| good_response("dGhlIHNhbXBsZSBub25jZQ=="),
+                "handshake: missing or wrong Sec-WebSocket-Accept",
+            ),
+            (
+                |a| {
+                    good_response(a).replace(
+                        "\r\n\r\n",
+                        "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+                    )
+                },
+                "handshake: server chose extensions `permessage-deflate`, none were requested",
+            ),
+            (
+                |a| {
+                    good_response(a).replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n")
+                },
+                "handshake: server chose subprotocol `chat`, none was requested",
+            ),
+        ];
+        for (response, expect) in cases {
+            let (addr, server) = raw_server(response, Vec::new()).await;
+            let result = connect_raw(addr, 1024).await;
+            match result {
+                Ok(mut ws) => {
+                    assert_eq!(expect, "");
+                    drop(tokio::time::timeout(BOUND, ws.close(CLOSE_NORMAL)).await);
+                    assert_eq!(
+                        server.await.unwrap(),
+                        Some((0x80 | OP_CLOSE, CLOSE_NORMAL.to_be_bytes().to_vec()))
+                    );
+                }
+                Err(e) => {
+                    assert_eq!(e, expect);
+                    // The client dropped the connection without sending a frame.
+                    assert_eq!(server.await.unwrap(), None);
+                }
+            }
+        }
+    }
+
+    /// Each protocol violation by the server gives its error (again on later calls), stops
+    /// data frames, and `reply_close` sends the close 1002 (1007 for a bad close reason).
+    #[tokio::test]
+    async fn protocol_errors_close_with_1002() {
+        let mut too_big_ping = vec![0x89, 126, 0, 126];
+        too_big_ping.extend([0u8; 126]);
+        let cases: Vec<(Vec<u8>, &str, u16)> = vec![
+            (vec![0xC1, 1, b'x'], "RSV bits set (0x40)", 1002),
+            (vec![0x91, 1, b'x'], "RSV bits set (0x10)", 1002),
+            (vec![0x83, 0], "unknown opcode 0x3", 1002),
+            (vec![0x8B, 0], "unknown opcode 0xb", 1002),
+            (vec![0x09, 0], "fragmented control frame", 1002),
+            (vec![0x08, 0], "fragmented control frame", 1002),
+            (vec![0x80, 1, b'x'], "continuation frame without", 1002),
+            (
+                vec![0x01, 1, b'a', 0x81, 1, b'b'],
+                "new message while",
+                1002,
+            ),
+            (
+                vec![0x01, 1, b'a', 0x02, 1, b'b'],
+                "new message while",
+                1002,
+            ),
+            (vec![0x81, 0x81, 1, 2, 3, 4, b'x'], "masked frame", 1002),
+            (too_big_ping, "control frame over 125 bytes", 1002),
+            (vec![0x88, 1, 3], "close frame with a 1-byte payload", 1002),
+            (
+                vec![0x88, 2, 0x03, 0xED],
+                "close code 1005 not allowed",
+                1002,
+            ),
+            (
+                vec![0x88, 2, 0x03, 0xE7],
+                "close code 999 not allowed",
+                1002,
+            ),
+            (
+                vec![0x88, 4, 0x03, 0xE8, 0xff, 0xfe],
+                "close reason not UTF-8",
+                1007,
+            ),
+        ];
+        for (frames, expect, code) in cases {
+            // A valid text first: errors come after what was fine.
+            let mut bytes = vec![0x81, 2, b'h', b'i'];
+            bytes.extend(frames);
+            let (addr, server) = raw_server(good_response, bytes).await;
+            let mut ws = connect_raw(addr, 256).await.unwrap();
+            let seen = receive(&mut ws, |_| false).await;
+            assert_eq!(seen.len(), 2, "{expect}: {seen:?}");
+            assert_eq!(seen[0], "text hi 2 true");
+            assert!(
+                seen[1].starts_with("protocol error: ") && seen[1].contains(expect),
+                "{seen:?}"
+            );
+            assert_eq!(ws.next_frame(), Err(seen[1].clone()));
+            assert!(ws.is_closing());
+            assert!(ws.send_text(b"late").await.is_err());
+            drop(tokio::time::timeout(BOUND, ws.reply_close()).await);
+            assert_eq!(
+                server.await.unwrap(),
+                Some((0x80 | OP_CLOSE, code.to_be_bytes().to_vec())),
+                "{expect}"
+            );
+        }
+    }
+
+    /// A close without a code is reported as 1005 and answered without a code.
+    #[tokio::test]
+    async fn close_without_code_is_echoed_without_code() {
+        let (addr, server) = raw_server(good_response, vec![0x88, 0]).await;
+        let mut ws = connect_raw(addr, 256).await.unwrap();
+        assert_eq!(receive(&mut ws, |_| false).await, ["close 1005"]);
+        drop(tokio::time::timeout(BOUND, ws.reply_close()).await);
+        assert_eq!(server.await.unwrap(), Some((0x80 | OP_CLOSE, Vec::new())));
+    }
+
+    /// Masking keys come from the random buffer, refilled when used up.
+    #[tokio::test]
+    async fn masking_keys_are_refilled() {
+        let (addr, server) = raw_server(good_response, Vec::new()).await;
+        let mut ws = connect_raw(addr, 256).await.unwrap();
+        let keys: Vec<[u8; 4]> = (0..3 * KEY_BYTES / 4)
+            .map(|_| ws.next_key().unwrap())
+            .collect();
+        let mut distinct = keys.clone();
+        distinct.sort();
+        distinct.dedup();
+        // 48 random 32-bit keys: a repeat has a probability of about 3e-7.
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(ws.key_at, KEY_BYTES);
+        drop(tokio::time::timeout(BOUND, ws.close(CLOSE_NORMAL)).await);
+        assert!(server.await.unwrap().is_some());
     }
 }
