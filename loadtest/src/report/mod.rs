@@ -225,3 +225,154 @@ impl Report {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }
+
+/// A small report for the renderers' tests: a `step` run with a few seconds of timeline and
+/// three steps (the last over its bounds).
+#[cfg(test)]
+pub(crate) fn sample_report() -> Report {
+    use clap::Parser as _;
+
+    let mut cli = crate::Cli::try_parse_from(["loadtest", "--scenario", "step", "--users", "50"])
+        .expect("test arguments parse");
+    let params = cli.options.resolve(&mut cli.goose).expect("test params");
+    let lat = |p50: f64, p99: f64, max: f64| Percentiles {
+        count: 1000,
+        min_ms: p50 / 2.0,
+        mean_ms: p50,
+        p50_ms: p50,
+        p90_ms: (p50 + p99) / 2.0,
+        p99_ms: p99,
+        p999_ms: (p99 + max) / 2.0,
+        max_ms: max,
+    };
+    let timeline = (0..5)
+        .map(|i| TimePoint {
+            t_s: i as f64,
+            open: 50,
+            deliveries_per_s: 4000.0 + 1000.0 * i as f64,
+            sends_per_s: 90.0,
+            p50_ms: 1.0 + 0.1 * i as f64,
+            p99_ms: 4.0 + i as f64,
+            max_ms: 9.0 + 2.0 * i as f64,
+            generator_cpu: 0.3,
+            server_cpu: Some(0.5 + 0.1 * i as f64),
+            other_cpu: Some(0.05),
+            generator_rss: 40 << 20,
+            server_rss: Some(20 << 20),
+            generator_rss_anon: Some(30 << 20),
+            server_rss_anon: Some(15 << 20),
+        })
+        .collect();
+    let steps = (1..=3)
+        .map(|i| StepResult {
+            step: i,
+            msg_rate: 5.0 * i as f64,
+            messages: 500 * i as u64,
+            expected: 24_500 * i as u64,
+            received: 24_500 * i as u64 - if i == 3 { 100 } else { 0 },
+            lost: if i == 3 { 100 } else { 0 },
+            offered_deliveries_per_s: 2450.0 * i as f64,
+            deliveries_per_s: 2450.0 * i as f64 - if i == 3 { 400.0 } else { 0.0 },
+            duration_s: 10.0,
+            latency: lat(1.0 * i as f64, 5.0 * i as f64, 12.0 * i as f64),
+            generator_cpu: 0.2 * i as f64,
+            server_cpu: Some(0.3 * i as f64),
+            other_cpu: Some(0.05),
+            within_bounds: i < 3,
+            ..StepResult::default()
+        })
+        .collect();
+    let dist = |scale: f64| -> Vec<(f64, f64)> {
+        [0.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| (q, scale * (1.0 + i as f64 * i as f64)))
+            .collect()
+    };
+    Report {
+        report_version: REPORT_VERSION,
+        started_unix_s: 1_700_000_000,
+        params,
+        target: Target {
+            url: "ws://127.0.0.1:3000/ws".into(),
+            server: "process".into(),
+            server_pid: Some(4242),
+        },
+        environment: Environment {
+            cpus: 2,
+            cpu_model: "test cpu".into(),
+            kernel: "6.1".into(),
+            loadtest_version: "0.1.0".into(),
+            goose_version: "0.19".into(),
+            open_file_limit: 65536,
+            release_build: false,
+        },
+        connections: Connections {
+            attempted: 50,
+            joined: 50,
+            failed: 0,
+            peak_open: 50,
+            connect: lat(0.8, 3.0, 4.0),
+            connect_distribution: dist(0.5),
+            join: lat(0.3, 1.0, 1.5),
+            connect_phase_s: 0.4,
+            failures: BTreeMap::new(),
+            disconnects: BTreeMap::new(),
+            unexpected_disconnects: 0,
+            error_frames: BTreeMap::new(),
+        },
+        deliveries: Deliveries {
+            tally: Tally {
+                expected: 147_000,
+                received: 146_900,
+                lost: 100,
+                ..Tally::default()
+            },
+            loss_ratio: 100.0 / 147_000.0,
+            per_s: 4897.0,
+        },
+        latency: lat(2.0, 10.0, 36.0),
+        latency_distribution: dist(1.0),
+        ack_latency: lat(0.5, 2.0, 3.0),
+        sends: Sends {
+            messages: 3000,
+            per_s: 100.0,
+            window_s: 30.0,
+            lag: lat(0.1, 0.5, 1.0),
+            late: 0,
+        },
+        cost: Cost {
+            wall_s: 31.0,
+            generator_cpu_s: 6.0,
+            server_cpu_s: Some(9.0),
+            generator_us_per_delivery: Some(40.8),
+            server_us_per_delivery: Some(61.3),
+            generator_peak_rss: 40 << 20,
+            ..Cost::default()
+        },
+        steps,
+        highest_sustained_deliveries_per_s: Some(4900.0),
+        step_stop_reason: Some("step 3: p99 15.00 ms > 10 ms".into()),
+        generator_bottleneck: false,
+        generator_bottleneck_reasons: Vec::new(),
+        timeline,
+        warnings: vec!["<script>alert(1)</script> & more".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_then_read_gives_the_same_report() {
+        let dir = std::env::temp_dir().join(format!("loadtest-report-{}", std::process::id()));
+        let r = sample_report();
+        let (json, html) = r.write(&dir.join("run")).unwrap();
+        assert_eq!(Report::read(&json).unwrap(), r);
+        assert!(std::fs::read_to_string(&html)
+            .unwrap()
+            .starts_with("<!doctype html>"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -203,3 +203,53 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::report::sample_report;
+
+    #[test]
+    fn summary_has_the_key_rows() {
+        let r = sample_report();
+        let s = r.summary();
+        for row in [
+            "=== fan-out summary (Step, ws://127.0.0.1:3000/ws) ===",
+            "clients  50 joined / 50 attempted, 0 failed, peak open 50",
+            "deliveries  146900 received / 147000 expected",
+            "loss  100 (0.0680%)",
+            "fan-out latency ms  p50 2.00  p90 6.00  p99 10.00  p99.9 23.00  max 36.00",
+            "CPU s  generator 6.00 (40.80 us/delivery)  server 9.00 (61.30 us/delivery)",
+            "highest sustained  4900 deliveries/s",
+            "steps stopped  step 3: p99 15.00 ms > 10 ms",
+            "WARNING: <script>",
+        ] {
+            assert!(s.contains(row), "missing {row:?} in\n{s}");
+        }
+        assert!(s.contains(&r.step_table()));
+        assert!(!s.contains("INVALID"));
+    }
+
+    #[test]
+    fn step_table_has_a_row_per_step() {
+        let r = sample_report();
+        let t = r.step_table();
+        let lines: Vec<&str> = t.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].contains("offered/s") && lines[0].contains("verdict"));
+        assert!(lines[1].trim_start().starts_with('1') && lines[1].ends_with("ok"));
+        assert!(
+            lines[3].contains("7350") && lines[3].ends_with("over bound"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn invalid_run_is_said() {
+        let mut r = sample_report();
+        r.generator_bottleneck = true;
+        r.generator_bottleneck_reasons = vec!["generator CPU 1.9 cores".into()];
+        assert!(r
+            .summary()
+            .contains("INVALID: the load generator was the bottleneck: generator CPU 1.9 cores"));
+    }
+}
