@@ -52,7 +52,7 @@ impl Report {
             XAxis::Percentile,
             "percentile",
             "ms",
-            &[("fan-out latency", dist)],
+            &[line("fan-out latency", dist)],
         ));
         if !self.steps.is_empty() {
             h.push_str(&self.step_html());
@@ -70,9 +70,9 @@ impl Report {
             "seconds",
             "ms",
             &[
-                ("p50", tl(&|p| Some(p.p50_ms))),
-                ("p99", tl(&|p| Some(p.p99_ms))),
-                ("max", tl(&|p| Some(p.max_ms))),
+                line("p50", tl(&|p| Some(p.p50_ms))),
+                line("p99", tl(&|p| Some(p.p99_ms))),
+                line("max", tl(&|p| Some(p.max_ms))),
             ],
         ));
         h.push_str(&chart(
@@ -80,14 +80,14 @@ impl Report {
             XAxis::Linear,
             "seconds",
             "deliveries/s",
-            &[("deliveries/s", tl(&|p| Some(p.deliveries_per_s)))],
+            &[line("deliveries/s", tl(&|p| Some(p.deliveries_per_s)))],
         ));
         h.push_str(&chart(
             "Open connections",
             XAxis::Linear,
             "seconds",
             "connections",
-            &[("open", tl(&|p| Some(p.open as f64)))],
+            &[line("open", tl(&|p| Some(p.open as f64)))],
         ));
         h.push_str(&chart(
             "CPU (% of one core)",
@@ -95,9 +95,9 @@ impl Report {
             "seconds",
             "% of one core",
             &[
-                ("generator", tl(&|p| Some(p.generator_cpu * 100.0))),
-                ("server", tl(&|p| Some(p.server_cpu? * 100.0))),
-                ("other processes", tl(&|p| Some(p.other_cpu? * 100.0))),
+                line("generator", tl(&|p| Some(p.generator_cpu * 100.0))),
+                line("server", tl(&|p| Some(p.server_cpu? * 100.0))),
+                line("other processes", tl(&|p| Some(p.other_cpu? * 100.0))),
             ],
         ));
         const MIB: f64 = 1048576.0;
@@ -107,8 +107,8 @@ impl Report {
             "seconds",
             "MiB",
             &[
-                ("generator", tl(&|p| Some(p.generator_rss as f64 / MIB))),
-                ("server", tl(&|p| Some(p.server_rss? as f64 / MIB))),
+                line("generator", tl(&|p| Some(p.generator_rss as f64 / MIB))),
+                line("server", tl(&|p| Some(p.server_rss? as f64 / MIB))),
             ],
         ));
         h.push_str(&chart(
@@ -116,7 +116,7 @@ impl Report {
             XAxis::Percentile,
             "percentile",
             "ms",
-            &[(
+            &[line(
                 "connect",
                 by_percentile(&self.connections.connect_distribution),
             )],
@@ -197,8 +197,8 @@ impl Report {
             "step",
             "deliveries/s",
             &[
-                ("offered", pts(&|s| s.offered_deliveries_per_s)),
-                ("achieved", pts(&|s| s.deliveries_per_s)),
+                dashed("offered", pts(&|s| s.offered_deliveries_per_s)),
+                line("achieved", pts(&|s| s.deliveries_per_s)),
             ],
         ));
         h.push_str(&chart(
@@ -207,9 +207,9 @@ impl Report {
             "step",
             "ms",
             &[
-                ("p50", pts(&|s| s.latency.p50_ms)),
-                ("p99", pts(&|s| s.latency.p99_ms)),
-                ("max", pts(&|s| s.latency.max_ms)),
+                line("p50", pts(&|s| s.latency.p50_ms)),
+                line("p99", pts(&|s| s.latency.p99_ms)),
+                line("max", pts(&|s| s.latency.max_ms)),
             ],
         ));
         h
@@ -224,6 +224,7 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 /// Chart size in pixels (the SVG scales down with the page).
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 320;
+const NO_DATA_HEIGHT: u32 = 90;
 
 /// Series colours (matplotlib's first four).
 const COLORS: [RGBColor; 4] = [
@@ -280,18 +281,40 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// One series of a chart.
+struct Line<'a> {
+    name: &'a str,
+    points: Vec<(f64, f64)>,
+    dashed: bool,
+}
+
+fn line(name: &str, points: Vec<(f64, f64)>) -> Line<'_> {
+    Line {
+        name,
+        points,
+        dashed: false,
+    }
+}
+
+fn dashed(name: &str, points: Vec<(f64, f64)>) -> Line<'_> {
+    Line {
+        name,
+        points,
+        dashed: true,
+    }
+}
+
 /// A line chart as inline SVG, with a legend when it is of several series (a series without
 /// points is left out of both). A chart with no points at all says "no data".
-fn chart(
-    title: &str,
-    x_axis: XAxis,
-    xlabel: &str,
-    ylabel: &str,
-    series: &[(&str, Vec<(f64, f64)>)],
-) -> String {
+fn chart(title: &str, x_axis: XAxis, xlabel: &str, ylabel: &str, series: &[Line<'_>]) -> String {
     let mut svg = String::new();
+    let has_data = series
+        .iter()
+        .any(|l| l.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()));
+    // "no data" needs no plot area.
+    let height = if has_data { HEIGHT } else { NO_DATA_HEIGHT };
     let drawn = {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         draw_chart(&root, title, x_axis, xlabel, ylabel, series).and_then(|()| root.present())
     };
     if let Err(e) = drawn {
@@ -317,11 +340,11 @@ fn draw_chart(
     x_axis: XAxis,
     xlabel: &str,
     ylabel: &str,
-    series: &[(&str, Vec<(f64, f64)>)],
+    series: &[Line<'_>],
 ) -> DrawResult {
     root.fill(&WHITE)?;
     let finite = |&&(x, y): &&(f64, f64)| x.is_finite() && y.is_finite();
-    let points = || series.iter().flat_map(|(_, s)| s.iter().filter(finite));
+    let points = || series.iter().flat_map(|l| l.points.iter().filter(finite));
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
     for &(x, y) in points() {
         x0 = x0.min(x);
@@ -356,6 +379,8 @@ fn draw_chart(
             t
         }
         XAxis::Linear => {
+            // Time from the start of the run.
+            x0 = x0.min(0.0);
             if x1 - x0 < 1e-9 {
                 x1 = x0 + 1.0;
             }
@@ -365,7 +390,7 @@ fn draw_chart(
     if y1 <= 0.0 {
         y1 = 1.0;
     }
-    let y_ticks = nice_ticks(0.0, y1 * 1.04, 5);
+    let y_ticks = nice_ticks(0.0, y1 * 1.02, 5);
     let y1 = y_ticks
         .last()
         .copied()
@@ -385,6 +410,7 @@ fn draw_chart(
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 20))
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(44)
         .y_label_area_size(72)
         .build_cartesian_2d(
@@ -414,17 +440,33 @@ fn draw_chart(
         .axis_style(RGBColor(120, 120, 120))
         .draw()?;
 
-    let drawn: Vec<_> = series
+    // Colours by the series' place in the chart, whether the others have points or not;
+    // dashed lines over the solid ones, which they may hide otherwise.
+    let mut order: Vec<(usize, &Line<'_>)> = series
         .iter()
-        .filter(|(_, pts)| pts.iter().any(|p| finite(&p)))
+        .enumerate()
+        .filter(|(_, l)| l.points.iter().any(|p| finite(&p)))
         .collect();
-    for (i, (name, pts)) in drawn.iter().enumerate() {
+    order.sort_by_key(|(_, l)| l.dashed);
+    for (i, l) in order {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = pts.iter().filter(finite).copied().collect();
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        let style = color.stroke_width(2);
+        let pts: Vec<(f64, f64)> = l.points.iter().filter(finite).copied().collect();
+        let drawn = if l.dashed {
+            chart.draw_series(DashedLineSeries::new(pts.iter().copied(), 8, 5, style))?
+        } else {
+            chart.draw_series(LineSeries::new(pts.iter().copied(), style))?
+        };
+        let dashed = l.dashed;
+        drawn.label(l.name).legend(move |(x, y)| {
+            let seg = |a: i32, b: i32| PathElement::new([(a, 0), (b, 0)], style);
+            let (first, second) = if dashed {
+                (seg(0, 8), seg(12, 20))
+            } else {
+                (seg(0, 10), seg(10, 20))
+            };
+            EmptyElement::at((x, y)) + first + second
+        });
         if x_axis == XAxis::Steps || pts.len() == 1 {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
@@ -483,7 +525,7 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
         return vec![lo];
     }
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+    let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * mag)
         .find(|s| *s >= raw * 0.999)
@@ -642,7 +684,9 @@ mod tests {
     fn ticks_and_labels() {
         assert_eq!(nice_ticks(0.0, 10.0, 5), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(nice_ticks(0.0, 9.1, 5).last(), Some(&10.0));
+        assert_eq!(nice_ticks(0.0, 18.0, 8), [0.0, 5.0, 10.0, 15.0, 20.0]);
         assert_eq!(fmt_tick(0.5, 0.25), "0.50");
+        assert_eq!(fmt_tick(0.4, 0.2), "0.4");
         assert_eq!(fmt_tick(20000.0, 5000.0), "20k");
         assert_eq!(fmt_tick(2_500_000.0, 500_000.0), "2.5M");
         assert_eq!(percentile_label(0.0), "0%");
