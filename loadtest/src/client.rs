@@ -143,6 +143,19 @@ async fn resolve(url: &str) -> Result<SocketAddr, String> {
 async fn wait_for(
     ws: &mut Ws,
     deadline: Instant,
+    done: impl FnMut(&[u8]) -> Option<Result<(), String>>,
+) -> Result<(), String> {
+    let r = read_until(ws, deadline, done).await;
+    if r.is_err() && ws.is_closing() {
+        // The server closed, or broke the protocol: answer with the close frame queued for it.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.reply_close()).await;
+    }
+    r
+}
+
+async fn read_until(
+    ws: &mut Ws,
+    deadline: Instant,
     mut done: impl FnMut(&[u8]) -> Option<Result<(), String>>,
 ) -> Result<(), String> {
     loop {
@@ -489,6 +502,11 @@ impl Client {
             }
         }
         if let Some(why) = ended {
+            if ws.is_closing() {
+                // Answer the server's close (or send the 1002 after a protocol error) before
+                // the socket is dropped.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.reply_close()).await;
+            }
             self.disconnected(run, why);
         }
     }
