@@ -1,17 +1,14 @@
 //! What the operating system says about cost: CPU seconds and memory of processes and threads
-//! (from `/proc`, Linux), and the open-file limit.
+//! (from `/proc` through the `procfs` crate, Linux), and the open-file limit.
 
 use std::fs;
 
-/// Clock ticks per second of `/proc/*/stat` times.
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+use procfs::process::Process;
+use procfs::{Current as _, CurrentSI as _};
+
+/// Seconds of `ticks` clock ticks (`/proc/*/stat` times).
+fn ticks_s(ticks: u64) -> f64 {
+    ticks as f64 / procfs::ticks_per_second() as f64
 }
 
 /// User + system CPU seconds of this process (all threads, live and exited).
@@ -28,52 +25,35 @@ pub fn self_cpu_s() -> f64 {
 
 /// User + system CPU seconds of process `pid`, if it exists.
 pub fn process_cpu_s(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_cpu_s(&stat)
-}
-
-/// utime + stime from a `stat` line (fields 14 and 15, counted after the `(comm)`).
-fn stat_cpu_s(stat: &str) -> Option<f64> {
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_sec())
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some(ticks_s(stat.utime + stat.stime))
 }
 
 /// CPU seconds the whole machine has been busy (all CPUs, every process: user, nice, system,
 /// irq, softirq, steal), from `/proc/stat`.
 pub fn machine_busy_s() -> Option<f64> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy = f.get(..3)?.iter().sum::<f64>() + f.get(5..8)?.iter().sum::<f64>();
-    Some(busy / ticks_per_sec())
+    let t = procfs::KernelStats::current().ok()?.total;
+    let busy = t.user
+        + t.nice
+        + t.system
+        + t.irq.unwrap_or(0)
+        + t.softirq.unwrap_or(0)
+        + t.steal.unwrap_or(0);
+    Some(ticks_s(busy))
 }
 
 /// Resident memory of process `pid` now and at its peak, in bytes.
 pub fn process_rss(pid: u32) -> Option<(u64, u64)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
+    Some((status.vmrss? * 1024, status.vmhwm? * 1024))
 }
 
 /// Anonymous resident memory of process `pid` (heap, stacks: what its clients or connections
 /// cost), in bytes: resident memory less the pages of files such as its own executable, which
 /// fill in as code runs for the first time whatever the number of clients.
 pub fn process_rss_anon(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
+    Some(status.rssanon? * 1024)
 }
 
 pub fn self_rss() -> (u64, u64) {
@@ -83,27 +63,18 @@ pub fn self_rss() -> (u64, u64) {
 /// CPU seconds of this process's live threads whose name matches `pred`, from each thread's
 /// scheduler statistics (nanoseconds) or, without them, its `stat` ticks.
 pub fn threads_cpu_s(pred: impl Fn(&str) -> bool) -> f64 {
-    let Ok(dir) = fs::read_dir("/proc/self/task") else {
+    let Ok(tasks) = Process::myself().and_then(|p| p.tasks()) else {
         return 0.0;
     };
     let mut total = 0.0;
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let Ok(comm) = fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !pred(comm.trim()) {
+    for task in tasks.flatten() {
+        let Ok(stat) = task.stat() else { continue };
+        if !pred(&stat.comm) {
             continue;
         }
-        let ns = fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
-        total += match ns {
-            Some(ns) => ns / 1e9,
-            None => fs::read_to_string(path.join("stat"))
-                .ok()
-                .and_then(|s| stat_cpu_s(&s))
-                .unwrap_or(0.0),
+        total += match task.schedstat() {
+            Ok(s) => s.sum_exec_runtime as f64 / 1e9,
+            Err(_) => ticks_s(stat.utime + stat.stime),
         };
     }
     total
@@ -154,14 +125,9 @@ pub fn machine() -> (String, String) {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let cpu = fs::read_to_string("/proc/cpuinfo")
+    let cpu = procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
+        .and_then(|c| c.model_name(0).map(str::to_string))
         .unwrap_or_default();
     (kernel, cpu)
 }
