@@ -650,9 +650,6 @@ pub fn evaluate(baseline: &[Run], candidate: &[Run], t: &Thresholds) -> Outcome 
             ),
         )
     };
-    if !enough {
-        notes.push(format!("INCONCLUSIVE: {reason}"));
-    }
     Outcome {
         overall,
         metrics,

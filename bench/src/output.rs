@@ -80,7 +80,7 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
     let _ = writeln!(s, "- candidate: {}", ctx.candidate);
     let _ = writeln!(
         s,
-        "- scenario: `{}`, {} runs per side, loadtest `{}`",
+        "- scenario: `{}`, {} run(s) per side, loadtest `{}`",
         ctx.scenario,
         ctx.runs_per_side,
         ctx.loadtest_args.join(" ")
