@@ -1,36 +1,80 @@
 //! A/B benchmark of the tidechat server for CI and release checks (`scripts/bench`).
 //!
 //! Builds the candidate (this working tree: `tidechat` and `loadtest`, release) and the baseline
-//! (a git revision, in its own worktree and target dir: only `tidechat`), then for each of N rounds
-//! runs the *candidate's* loadtest against a fresh baseline server and then against a fresh
-//! candidate server (A B A B ...), so only the server differs and drift of the machine hits both
-//! sides alike. Each server gets a free 127.0.0.1 port and the load-test settings (rate limit and
-//! connection caps raised) through `TIDECHAT_*` environment variables, which older revisions
-//! without a given flag simply ignore. The gate ([`gate`]) then compares the medians.
+//! (a git revision, in its own worktree and target dir: only `tidechat`; or a prebuilt binary,
+//! `--baseline-tidechat`; or any server command, `--baseline-cmd`), then runs the *candidate's*
+//! loadtest against a fresh server per run, alternating **A B B A** (baseline, candidate,
+//! candidate, baseline, baseline, candidate, ...; see [`order`]), so only the server differs and
+//! linear drift of the machine hits both sides alike. Each tidechat gets a free 127.0.0.1 port and
+//! the load-test settings (rate limit and connection caps raised) through `TIDECHAT_*`
+//! environment variables, which older revisions without a given flag simply ignore; a side's
+//! `--baseline-env` / `--candidate-env` come after them. The gate ([`gate`]) then decides.
+//!
+//! # The decision rule and why
+//!
+//! 1. **Validity before invariants.** A run *disturbed* by the machine is invalid on either side
+//!    (excluded, reported, never failed; its invariant results are only reported): the report's
+//!    `generator_bottleneck` (generator CPU saturated, senders behind schedule), the CPU-derived
+//!    generator bottleneck ([`measure::derive_bottleneck`]), or other processes using more than
+//!    [`gate::MAX_OTHER_CPU`] = 0.25 cores on average while messages were sent
+//!    (`timeline[].other_cpu`; `--max-other-cpu` to change it).
+//! 2. **Invariants** on undisturbed runs: a report with every field the gate reads
+//!    ([`measure`] fails closed), every client connected, nothing lost, duplicated, out of order
+//!    or foreign, no early disconnect. Broken on the candidate: FAIL. On the baseline: the run
+//!    is excluded.
+//! 3. **Per metric**, a one-sided *exact* Mann-Whitney rank test between the two sides' valid
+//!    runs ([`stats`]), and a regression only when **both** its p-value is at most
+//!    [`stats::ALPHA`] = 1% **and** the medians changed past the metric's threshold and floor
+//!    (table below). Under the null hypothesis (identical servers, exchangeable runs) a metric
+//!    then fails at most at the test's exact size `P(U >= u*)`, computed for the actual numbers
+//!    of valid runs and printed per metric. A metric is gated only when that rate can be at most
+//!    1%; otherwise it is *inconclusive*. Improvements: the same test the other way, never a
+//!    failure.
+//! 4. **Overall**: FAIL (exit 1) on a broken invariant of an undisturbed candidate run or a
+//!    regression; INCONCLUSIVE (exit 0, `bench: INCONCLUSIVE: ...` naming the invalid runs and
+//!    why) when the valid runs are too few for a gated rate; else PASS.
+//!
+//! Why: the earlier rule (medians past the threshold and 75% of run pairs agreeing) passed two
+//! identical servers as "dominated" about 20% of the time per metric at 3 runs a side, and checked
+//! invariants before the bottleneck exclusion, so one lost delivery in a starved run failed CI.
+//! The rank test's false-failure rate is exact whatever the metrics' distributions, and the
+//! thresholds keep a significant but negligible change (e.g. +3% CPU, every run) from failing.
+//!
+//! Computed false-failure rates per metric (ties, rare for these measured floats, count half):
+//!
+//! | valid runs (baseline vs candidate) | fails when | false-failure rate |
+//! |---|---|---|
+//! | 5 vs 5 (the default, also `--quick`) | U >= 24 of 25 | 2/252 = 0.79% |
+//! | 4 vs 5 or 5 vs 4 (one run invalid) | U = 20 of 20 | 1/126 = 0.79% |
+//! | 4 vs 4, 3 vs 5, fewer | never: best 1/70 = 1.43% | inconclusive |
+//! | 6 vs 6 | U >= 33 of 36 | 7/924 = 0.76% |
 //!
 //! # Gate thresholds and why
 //!
-//! | metric | regression when | why |
+//! | metric | regression when (besides p <= 1%) | why |
 //! |---|---|---|
 //! | deliveries/s | −10% and > 500/s | open-loop senders fix the offered load, so a drop means deliveries arrived late or not at all |
 //! | fan-out p99 | +25% and > 2 ms | p99 on two shared cores jitters by several ms between identical runs |
 //! | server CPU / M deliveries | +15% and > 0.1 s/M | CPU per delivery is the steadiest cost figure; 0.1 s/M = 0.1 µs per delivery |
 //! | server RSS / connection | +15% and > 1 KiB | RSS is page-granular and allocator-dependent; a KiB per connection is noise at 400 clients |
 //!
-//! Past both limits, a regression also needs the runs to agree: the candidate must be worse in at
-//! least 75% of the (candidate run, baseline run) pairs ([`gate::MIN_DOMINANCE`]). Otherwise the
-//! verdict is *inconclusive* and does not fail: measured with two identical servers, p99 medians
-//! differed by 56% because of one 106 ms run beside a 19 ms one. The same changes in the good
-//! direction are reported as an improvement. Three runs a side (also `--quick`) keep one outlier
-//! from deciding a median.
+//! # Other baselines
+//!
+//! `--baseline-cmd 'CMD'` runs any server as the baseline (`sh -c`, `PORT=<free port>`, it must
+//! listen on 127.0.0.1:$PORT and serve a websocket at `/ws`; use `exec` so the measured PID is
+//! the server's), with `--baseline-protocol raw|seed|v1` (default raw) as the loadtest's
+//! `--protocol` for the baseline side only. "tidechat vs uWebSockets" is:
+//! `scripts/bench --baseline-cmd 'cd /work/shared/peers/uws && exec node server.js'`; the
+//! summary's ratio column is then tidechat / uWebSockets.
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line, `--quick` defaults.
+//! - [`cli`]: the command line, `--quick` defaults, side-specific settings.
 //! - [`source`]: baseline revision, its git worktree, cargo builds.
 //! - [`proc`]: child processes stopped by PID (SIGTERM, then SIGKILL) and on drop.
-//! - [`measure`]: a loadtest fan-out report (JSON) into a [`gate::Run`].
-//! - [`gate`]: invariants, medians, ratios, verdicts: pure, unit-tested.
+//! - [`measure`]: a loadtest fan-out report (JSON) into a [`gate::Run`], failing closed.
+//! - [`stats`]: the exact Mann-Whitney distribution, critical values, sizes.
+//! - [`gate`]: validity, invariants, rank tests, medians, verdicts: pure, unit-tested.
 //! - [`output`]: `summary.md` and github-action-benchmark JSON.
 
 pub mod cli;
@@ -39,6 +83,7 @@ pub mod measure;
 pub mod output;
 pub mod proc;
 pub mod source;
+pub mod stats;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -79,11 +124,121 @@ impl Ending {
     }
 }
 
-/// The two sides' binaries.
-struct Binaries {
-    baseline_tidechat: PathBuf,
-    candidate_tidechat: PathBuf,
-    loadtest: PathBuf,
+/// Which side a run belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Baseline,
+    Candidate,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Baseline => "baseline",
+            Which::Candidate => "candidate",
+        }
+    }
+}
+
+/// The order of `n` runs per side: A B B A A B B A ... (pair `i` is baseline first when `i` is
+/// even), so a linear drift of the machine adds the same to both sides' sums.
+pub fn order(n: usize) -> Vec<(Which, usize)> {
+    (1..=n)
+        .flat_map(|i| {
+            if i % 2 == 1 {
+                [(Which::Baseline, i), (Which::Candidate, i)]
+            } else {
+                [(Which::Candidate, i), (Which::Baseline, i)]
+            }
+        })
+        .collect()
+}
+
+/// How a side's server is started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Server {
+    /// A tidechat binary, configured through `TIDECHAT_*` variables.
+    Tidechat(PathBuf),
+    /// `sh -c CMD` with `PORT` set.
+    Command(String),
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub which: Which,
+    pub server: Server,
+    /// Extra environment of its server (after [`SERVER_ENV`] for tidechat).
+    pub env: Vec<(String, String)>,
+    /// The loadtest arguments of its runs.
+    pub loadtest_args: Vec<String>,
+    /// What it was, for the summary.
+    pub description: String,
+}
+
+fn env_text(env: &[(String, String)]) -> String {
+    if env.is_empty() {
+        String::new()
+    } else {
+        let kv: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(", env {}", kv.join(" "))
+    }
+}
+
+/// The baseline's server and what it is, or why there is nothing to compare with.
+enum BaselineServer {
+    Ready(Server, String),
+    Skipped(String),
+}
+
+fn baseline_server(root: &Path, cli: &cli::Cli, out: &Path) -> anyhow::Result<BaselineServer> {
+    if let Some(cmd) = &cli.baseline_cmd {
+        return Ok(BaselineServer::Ready(
+            Server::Command(cmd.clone()),
+            format!("command `{cmd}`"),
+        ));
+    }
+    if let Some(path) = &cli.baseline_tidechat {
+        anyhow::ensure!(
+            path.is_file(),
+            "--baseline-tidechat {}: no such file",
+            path.display()
+        );
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("--baseline-tidechat {}", path.display()))?;
+        let d = format!("tidechat binary {}", path.display());
+        return Ok(BaselineServer::Ready(Server::Tidechat(path), d));
+    }
+    let Some(baseline) = source::resolve_baseline(root, cli.baseline.as_deref())? else {
+        return Ok(BaselineServer::Skipped(
+            "no baseline commit (HEAD has no parent and no merge base)".into(),
+        ));
+    };
+    let src = out.join("baseline-src");
+    source::worktree(root, &baseline.commit, &src)?;
+    if !source::has_server(&src) {
+        source::remove_worktree(root, &src);
+        return Ok(BaselineServer::Skipped(format!(
+            "baseline {} has no `server` package to benchmark",
+            source::short(&baseline.commit)
+        )));
+    }
+    let built = source::build(&src, &out.join("baseline-target"), &["tidechat"]);
+    source::remove_worktree(root, &src);
+    match built {
+        Ok(dir) => Ok(BaselineServer::Ready(
+            Server::Tidechat(dir.join("tidechat")),
+            format!(
+                "revision {} ({})",
+                source::short(&baseline.commit),
+                baseline.how
+            ),
+        )),
+        Err(e) => Ok(BaselineServer::Skipped(format!(
+            "the baseline does not build, nothing to compare with: {e:#}"
+        ))),
+    }
 }
 
 /// Runs the whole benchmark for the workspace at `root`.
@@ -94,95 +249,101 @@ pub fn run(root: &Path, cli: &cli::Cli) -> anyhow::Result<Ending> {
     let out = cli.out.clone().unwrap_or_else(|| target.join("bench"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let Some(baseline) = source::resolve_baseline(root, cli.baseline.as_deref())? else {
-        println!("bench: skipped: no baseline commit (HEAD has no parent and no merge base)");
-        return Ok(Ending::Skipped);
-    };
-    let head = source::short_head(root);
-    println!(
-        "bench: baseline {} ({}), candidate: working tree at {head}",
-        source::short(&baseline.commit),
-        baseline.how
-    );
-
-    let src = out.join("baseline-src");
-    source::worktree(root, &baseline.commit, &src)?;
-    if !source::has_server(&src) {
-        source::remove_worktree(root, &src);
-        println!(
-            "bench: skipped: baseline {} has no `server` package to benchmark",
-            source::short(&baseline.commit)
-        );
-        return Ok(Ending::Skipped);
-    }
-    let candidate_bin = source::build(root, &target, &["tidechat", "loadtest"])?;
-    let baseline_bin = match source::build(&src, &out.join("baseline-target"), &["tidechat"]) {
-        Ok(dir) => dir,
-        Err(e) => {
-            source::remove_worktree(root, &src);
-            println!("bench: skipped: the baseline does not build, nothing to compare with: {e:#}");
+    let (base_server, base_what) = match baseline_server(root, cli, &out)? {
+        BaselineServer::Ready(s, d) => (s, d),
+        BaselineServer::Skipped(why) => {
+            println!("bench: skipped: {why}");
             return Ok(Ending::Skipped);
         }
     };
-    source::remove_worktree(root, &src);
-    let bins = Binaries {
-        baseline_tidechat: baseline_bin.join("tidechat"),
-        candidate_tidechat: candidate_bin.join("tidechat"),
-        loadtest: candidate_bin.join("loadtest"),
+    let candidate_bin = source::build(root, &target, &["tidechat", "loadtest"])?;
+    let loadtest = candidate_bin.join("loadtest");
+    let dirty = if source::is_dirty(root) {
+        " (with uncommitted changes)"
+    } else {
+        ""
     };
+    let protocol = cli
+        .baseline_protocol()
+        .map(|p| format!(", loadtest --protocol {p}"))
+        .unwrap_or_default();
+    let baseline = Side {
+        which: Which::Baseline,
+        server: base_server,
+        env: cli.baseline_env.clone(),
+        loadtest_args: cli.side_args(true),
+        description: format!("{base_what}{}{protocol}", env_text(&cli.baseline_env)),
+    };
+    let candidate = Side {
+        which: Which::Candidate,
+        server: Server::Tidechat(candidate_bin.join("tidechat")),
+        env: cli.candidate_env.clone(),
+        loadtest_args: cli.side_args(false),
+        description: format!(
+            "working tree at {}{dirty}{}",
+            source::short_head(root),
+            env_text(&cli.candidate_env)
+        ),
+    };
+    println!("bench: baseline: {}", baseline.description);
+    println!("bench: candidate: {}", candidate.description);
 
     let reports = out.join("reports");
     if reports.exists() {
         std::fs::remove_dir_all(&reports)?;
     }
     std::fs::create_dir_all(&reports)?;
-    let args = cli.loadtest_args();
     let n = cli.runs();
+    let mut t = Thresholds::defaults();
+    if let Some(c) = cli.max_other_cpu {
+        t.max_other_cpu = c;
+    }
+    let plan = order(n);
+    let labels: Vec<String> = plan
+        .iter()
+        .map(|(w, i)| format!("{}-{i}", w.name()))
+        .collect();
+    println!(
+        "bench: order (A B B A, so linear drift hits both sides alike): {}",
+        labels.join(" ")
+    );
     let (mut base_runs, mut cand_runs) = (Vec::new(), Vec::new());
-    for i in 1..=n {
-        for (side, exe) in [
-            ("baseline", &bins.baseline_tidechat),
-            ("candidate", &bins.candidate_tidechat),
-        ] {
-            let label = format!("{side}-{i}");
-            let r = one_run(
-                &label,
-                &root.join("static"),
-                exe,
-                &bins.loadtest,
-                &args,
-                &reports,
-                cli.run_timeout,
-            )?;
-            println!("bench: {}", run_line(&r));
-            if side == "baseline" {
-                base_runs.push(r);
-            } else {
-                cand_runs.push(r);
-            }
+    for (which, i) in plan {
+        let side = match which {
+            Which::Baseline => &baseline,
+            Which::Candidate => &candidate,
+        };
+        let label = format!("{}-{i}", which.name());
+        let r = one_run(
+            &label,
+            &root.join("static"),
+            side,
+            &loadtest,
+            &reports,
+            cli.run_timeout,
+        )?;
+        println!("bench: {}", run_line(&r, &t));
+        match which {
+            Which::Baseline => base_runs.push(r),
+            Which::Candidate => cand_runs.push(r),
         }
     }
 
-    let t = Thresholds::defaults(n.div_ceil(2));
     let outcome = gate::evaluate(&base_runs, &cand_runs, &t);
-    let dirty = if source::is_dirty(root) {
-        " (with uncommitted changes)"
-    } else {
-        ""
-    };
     let ctx = output::Context {
         scenario: cli.scenario.clone(),
-        loadtest_args: args,
+        loadtest_args: cli.loadtest_args(),
         runs_per_side: n,
-        baseline: format!("{} ({})", source::short(&baseline.commit), baseline.how),
-        candidate: format!("working tree at {head}{dirty}"),
+        order: labels,
+        baseline: baseline.description.clone(),
+        candidate: candidate.description.clone(),
         wall_s: started.elapsed().as_secs_f64(),
         reports_dir: reports.display().to_string(),
     };
     let all: Vec<Run> = base_runs.into_iter().chain(cand_runs).collect();
     let md = output::summary(&ctx, &outcome, &all, &t);
     std::fs::write(out.join("summary.md"), &md)?;
-    let entries = output::entries(&ctx, &outcome);
+    let entries = output::entries(&ctx, &outcome, &t);
     let write_json = |name: &str, e: &[output::Entry]| -> anyhow::Result<()> {
         std::fs::write(out.join(name), serde_json::to_string_pretty(e)? + "\n")
             .with_context(|| format!("writing {name}"))
@@ -202,11 +363,21 @@ pub fn run(root: &Path, cli: &cli::Cli) -> anyhow::Result<Ending> {
          bench-smaller-is-better.json)",
         out.display()
     );
+    println!("{}", verdict_line(&outcome));
     Ok(Ending::Compared(outcome.overall))
 }
 
+/// The last line: `bench: PASS: ...`, `bench: FAIL: ...` or `bench: INCONCLUSIVE: ...`.
+pub fn verdict_line(o: &gate::Outcome) -> String {
+    let tail = match o.overall {
+        Overall::Inconclusive => " (neither pass nor fail; exit 0)",
+        _ => "",
+    };
+    format!("bench: {}: {}{tail}", o.overall, o.reason)
+}
+
 /// One progress line.
-fn run_line(r: &Run) -> String {
+fn run_line(r: &Run, t: &Thresholds) -> String {
     let v = gate::violations(r);
     let m = |k| {
         r.metrics
@@ -215,47 +386,76 @@ fn run_line(r: &Run) -> String {
             .unwrap_or_else(|| "n/a".into())
     };
     let mut s = format!(
-        "{}: {} deliveries/s, p99 {}, CPU {}, RSS/conn {}",
+        "{}: {} deliveries/s, p99 {}, CPU {}, RSS/conn {}, other CPU {}",
         r.label,
         m(gate::Metric::DeliveriesPerS),
         m(gate::Metric::P99Ms),
         m(gate::Metric::ServerCpuSPerMDeliveries),
-        m(gate::Metric::RssBytesPerConnection)
+        m(gate::Metric::RssBytesPerConnection),
+        r.other_cpu
+            .map(|c| format!("{c:.2} cores"))
+            .unwrap_or_else(|| "n/a".into())
     );
     if !v.is_empty() {
         s += &format!("  BROKEN: {}", v.join("; "));
     }
-    if let Some(why) = &r.generator_bottleneck {
-        s += &format!("  GENERATOR BOTTLENECK: {why}");
+    let d = gate::disturbances(r, t);
+    if !d.is_empty() {
+        s += &format!("  DISTURBED: {}", d.join("; "));
     }
     s
 }
 
-/// Starts `tidechat`, runs the load test against it, stops it, reads the report.
+/// The command that starts `side`'s server on `addr`.
+fn server_command(side: &Side, addr: SocketAddr, static_dir: &Path) -> Command {
+    let mut cmd = match &side.server {
+        Server::Tidechat(exe) => {
+            let mut cmd = Command::new(exe);
+            // Both servers serve the candidate's page: the baseline's default static dir was
+            // its worktree, which is gone by now.
+            cmd.env("TIDECHAT_BIND", addr.to_string())
+                .env("TIDECHAT_STATIC_DIR", static_dir);
+            for (k, v) in SERVER_ENV {
+                cmd.env(k, v);
+            }
+            cmd
+        }
+        Server::Command(c) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(c).env("PORT", addr.port().to_string());
+            cmd
+        }
+    };
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    for (k, v) in &side.env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts the side's server, runs the load test against it, stops it, reads the report.
 fn one_run(
     label: &str,
     static_dir: &Path,
-    tidechat: &Path,
+    side: &Side,
     loadtest: &Path,
-    args: &[String],
     reports: &Path,
     timeout: Duration,
 ) -> anyhow::Result<Run> {
     let port = proc::free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut cmd = Command::new(tidechat);
-    // Both servers serve the candidate's page: the baseline's default static dir was its
-    // worktree, which is gone by now.
-    cmd.env("TIDECHAT_BIND", addr.to_string())
-        .env("TIDECHAT_STATIC_DIR", static_dir)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE");
-    for (k, v) in SERVER_ENV {
-        cmd.env(k, v);
-    }
+    let cmd = server_command(side, addr, static_dir);
     let server_log = reports.join(format!("{label}-server.log"));
-    let mut server = Proc::spawn(&format!("{label} tidechat"), cmd, &server_log)?;
-    proc::wait_listening(&mut server, addr)?;
+    let mut server = Proc::spawn(&format!("{label} server"), cmd, &server_log)?;
+    if let Err(e) = proc::wait_listening(&mut server, addr) {
+        server.stop(proc::STOP_GRACE)?;
+        return Ok(Run {
+            label: label.into(),
+            error: Some(format!("server did not start: {e:#}")),
+            ..Run::default()
+        });
+    }
 
     let stem = reports.join(label);
     let mut cmd = Command::new(loadtest);
@@ -269,9 +469,9 @@ fn one_run(
         .arg(&stem)
         .arg("--report-file")
         .arg(reports.join(format!("{label}-goose.html")))
-        .args(args);
+        .args(&side.loadtest_args);
     println!(
-        "bench: {label}: tidechat pid {} on {addr}; {}",
+        "bench: {label}: server pid {} on {addr}; {}",
         server.pid(),
         shown(&cmd)
     );
@@ -294,7 +494,7 @@ fn one_run(
     };
     if let Some(s) = server.exited()? {
         error.get_or_insert(format!(
-            "tidechat exited during the run ({s}): {}",
+            "server exited during the run ({s}): {}",
             server.log_tail(3).replace('\n', " | ")
         ));
     }
@@ -322,4 +522,65 @@ fn shown(cmd: &Command) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_abba() {
+        let o: Vec<String> = order(3)
+            .iter()
+            .map(|(w, i)| format!("{}{i}", &w.name()[..1]))
+            .collect();
+        assert_eq!(o, ["b1", "c1", "c2", "b2", "b3", "c3"]);
+        assert_eq!(order(5).len(), 10);
+        // Linear drift: the positions of each side sum alike over each A B B A block.
+        let pos = |w: Which| -> usize {
+            order(4)
+                .iter()
+                .enumerate()
+                .filter(|(_, (x, _))| *x == w)
+                .map(|(p, _)| p)
+                .sum()
+        };
+        assert_eq!(pos(Which::Baseline), pos(Which::Candidate));
+    }
+
+    #[test]
+    fn server_commands_carry_side_settings() {
+        let addr: SocketAddr = "127.0.0.1:4567".parse().unwrap();
+        let env = |c: &Command, k: &str| {
+            c.get_envs()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        let side = Side {
+            which: Which::Candidate,
+            server: Server::Tidechat("/bin/tidechat".into()),
+            env: vec![("TIDECHAT_MAX_CONNECTIONS".into(), "5".into())],
+            loadtest_args: vec![],
+            description: String::new(),
+        };
+        let c = server_command(&side, addr, Path::new("/static"));
+        assert_eq!(c.get_program(), "/bin/tidechat");
+        // The side's setting overrides the load defaults.
+        assert_eq!(env(&c, "TIDECHAT_MAX_CONNECTIONS").as_deref(), Some("5"));
+        assert_eq!(env(&c, "TIDECHAT_BIND").as_deref(), Some("127.0.0.1:4567"));
+        let side = Side {
+            which: Which::Baseline,
+            server: Server::Command("exec node server.js".into()),
+            env: vec![("X".into(), "1".into())],
+            loadtest_args: vec![],
+            description: String::new(),
+        };
+        let c = server_command(&side, addr, Path::new("/static"));
+        assert_eq!(c.get_program(), "sh");
+        let args: Vec<_> = c.get_args().collect();
+        assert_eq!(args, ["-c", "exec node server.js"]);
+        assert_eq!(env(&c, "PORT").as_deref(), Some("4567"));
+        assert_eq!(env(&c, "X").as_deref(), Some("1"));
+        assert_eq!(env(&c, "TIDECHAT_BIND"), None);
+    }
 }

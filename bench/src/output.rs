@@ -16,9 +16,12 @@ pub struct Context {
     /// The loadtest arguments every run used.
     pub loadtest_args: Vec<String>,
     pub runs_per_side: usize,
-    /// E.g. `a1b2c3d4e5 (HEAD~1 (merge base with main is HEAD itself))`.
+    /// The runs in the order they ran (A B B A ...).
+    pub order: Vec<String>,
+    /// What the baseline was, e.g. `revision a1b2c3d4e5 (merge base with main)`,
+    /// `tidechat binary /path`, `command `...``, with its environment.
     pub baseline: String,
-    /// E.g. `working tree at f00ba12345 (uncommitted changes)`.
+    /// E.g. `working tree at f00ba12345 (with uncommitted changes), env TIDECHAT_THREADS=2`.
     pub candidate: String,
     pub wall_s: f64,
     /// Where the HTML reports are.
@@ -72,55 +75,79 @@ fn opt(m: Metric, v: Option<f64>) -> String {
 pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## tidechat benchmark: {}\n", o.overall);
+    let _ = writeln!(s, "**{}**: {}\n", o.overall, o.reason);
     let _ = writeln!(s, "- baseline: {}", ctx.baseline);
     let _ = writeln!(s, "- candidate: {}", ctx.candidate);
     let _ = writeln!(
         s,
-        "- scenario: `{}`, {} runs per side alternating baseline/candidate, loadtest `{}`",
+        "- scenario: `{}`, {} run(s) per side, loadtest `{}`",
         ctx.scenario,
         ctx.runs_per_side,
         ctx.loadtest_args.join(" ")
     );
+    let _ = writeln!(s, "- order (A B B A): {}", ctx.order.join(" "));
     let _ = writeln!(
         s,
-        "- valid runs: baseline {}, candidate {} (need {} each); wall time {:.0} s\n",
-        o.valid_baseline, o.valid_candidate, t.min_valid_runs, ctx.wall_s
+        "- valid runs: baseline {}, candidate {}; wall time {:.0} s",
+        o.valid_baseline, o.valid_candidate, ctx.wall_s
     );
     let _ = writeln!(
         s,
-        "| metric | baseline | candidate | ratio | verdict | fails at |"
+        "- rule: per metric a regression needs a one-sided exact Mann-Whitney p <= {:.0}% and \
+         the medians past the threshold; a metric is gated only when its exact false-failure \
+         rate can be <= {:.0}%\n",
+        t.alpha * 100.0,
+        t.alpha * 100.0
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
+    let _ = writeln!(
+        s,
+        "| metric | baseline | candidate | ratio | p (worse) | verdict | fails at | false-failure rate |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---|---|");
     for r in &o.metrics {
         let _ = writeln!(
             s,
-            "| {} (median) | {} | {} | {} | {} | {} |",
+            "| {} (median) | {} | {} | {} | {} | {} | {} | {} |",
             r.metric.name(),
             opt(r.metric, r.baseline),
             opt(r.metric, r.candidate),
             r.ratio
                 .map(|x| format!("{x:.3}"))
                 .unwrap_or_else(|| "n/a".into()),
+            r.p_worse
+                .map(|p| format!("{:.2}%", p * 100.0))
+                .unwrap_or_else(|| "n/a".into()),
             r.verdict,
-            fmt_limit(r.metric, t)
+            fmt_limit(r.metric, t),
+            r.rate_text(t.alpha)
         );
     }
     let _ = writeln!(
         s,
-        "\n| run | status | deliveries/s | p99 | CPU | RSS/conn |"
+        "\n| run | status | deliveries/s | p99 | CPU | RSS/conn | other CPU |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     for (label, status) in &o.runs {
         let status = match status {
             RunStatus::Valid => "valid".to_string(),
-            RunStatus::GeneratorBottleneck(_) => "invalid: generator bottleneck".into(),
+            RunStatus::Disturbed { why, violations } => {
+                let mut x = format!("invalid (disturbed): {}", why.join("; "));
+                if !violations.is_empty() {
+                    x += &format!("; invariants (not counted): {}", violations.join("; "));
+                }
+                x
+            }
             RunStatus::Violated(v) => format!("invariant broken: {}", v.join("; ")),
         };
         let run = runs.iter().find(|r| &r.label == label);
         let cell = |m: Metric| opt(m, run.and_then(|r| r.metrics.get(&m).copied()));
+        let other = run
+            .and_then(|r| r.other_cpu)
+            .map(|c| format!("{c:.2} cores"))
+            .unwrap_or_else(|| "n/a".into());
         let _ = writeln!(
             s,
-            "| {label} | {status} | {} | {} | {} | {} |",
+            "| {label} | {status} | {} | {} | {} | {} | {other} |",
             cell(Metric::DeliveriesPerS),
             cell(Metric::P99Ms),
             cell(Metric::ServerCpuSPerMDeliveries),
@@ -136,7 +163,9 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
     let verdict = match o.overall {
         Overall::Pass => "no regression",
         Overall::Fail => "a real regression or a broken invariant: failing",
-        Overall::Invalid => "too few valid runs to judge: warning only, not failing",
+        Overall::Inconclusive => {
+            "too few valid runs for a false-failure rate <= 1%: neither pass nor fail (exit 0)"
+        }
     };
     let _ = writeln!(
         s,
@@ -147,7 +176,7 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
 }
 
 /// github-action-benchmark entries for the candidate's medians (all directions).
-pub fn entries(ctx: &Context, o: &Outcome) -> Vec<Entry> {
+pub fn entries(ctx: &Context, o: &Outcome, t: &Thresholds) -> Vec<Entry> {
     o.metrics
         .iter()
         .filter_map(|r| {
@@ -164,8 +193,9 @@ pub fn entries(ctx: &Context, o: &Outcome) -> Vec<Entry> {
                     .candidate_range
                     .map(|(lo, hi)| format!("{} .. {}", round(lo), round(hi))),
                 extra: format!(
-                    "{direction}; median of {} valid runs; baseline {} ({}); ratio {}; verdict {}",
-                    o.valid_candidate,
+                    "{direction}; median of {} valid runs; baseline {} ({}); ratio {}; \
+                     p (worse) {}; verdict {}; overall {}; {}",
+                    r.n.1,
                     r.baseline
                         .map(|b| round(b).to_string())
                         .unwrap_or_else(|| "n/a".into()),
@@ -173,7 +203,12 @@ pub fn entries(ctx: &Context, o: &Outcome) -> Vec<Entry> {
                     r.ratio
                         .map(|x| format!("{x:.3}"))
                         .unwrap_or_else(|| "n/a".into()),
-                    r.verdict
+                    r.p_worse
+                        .map(|p| format!("{:.2}%", p * 100.0))
+                        .unwrap_or_else(|| "n/a".into()),
+                    r.verdict,
+                    o.overall,
+                    r.rate_text(t.alpha)
                 ),
             })
         })
@@ -212,36 +247,83 @@ mod tests {
         }
     }
 
-    #[test]
-    fn summary_and_entries() {
-        let runs = vec![run("baseline-1", 10.0), run("candidate-1", 30.0)];
-        let t = Thresholds::defaults(1);
-        let o = evaluate(&runs[..1], &runs[1..], &t);
-        let ctx = Context {
+    fn ctx(n: usize) -> Context {
+        Context {
             scenario: "chat".into(),
             loadtest_args: vec!["--scenario".into(), "chat".into()],
-            runs_per_side: 1,
-            baseline: "abc".into(),
-            candidate: "def".into(),
+            runs_per_side: n,
+            order: vec!["baseline-1".into(), "candidate-1".into()],
+            baseline: "tidechat binary /x/tidechat".into(),
+            candidate: "working tree at def, env TIDECHAT_THREADS=2".into(),
             wall_s: 12.0,
             reports_dir: "target/bench/reports".into(),
-        };
-        let md = summary(&ctx, &o, &runs, &t);
+        }
+    }
+
+    #[test]
+    fn summary_and_entries() {
+        let base: Vec<Run> = (1..=5)
+            .map(|i| run(&format!("baseline-{i}"), 10.0 + i as f64 * 0.1))
+            .collect();
+        let cand: Vec<Run> = (1..=5)
+            .map(|i| run(&format!("candidate-{i}"), 30.0 + i as f64 * 0.1))
+            .collect();
+        let t = Thresholds::defaults();
+        let o = evaluate(&base, &cand, &t);
+        let all: Vec<Run> = base.iter().chain(&cand).cloned().collect();
+        let md = summary(&ctx(5), &o, &all, &t);
         assert!(md.contains("## tidechat benchmark: FAIL"), "{md}");
         assert!(
-            md.contains("| fan-out p99 (median) | 10.00 ms | 30.00 ms | 3.000 | REGRESSION |"),
+            md.contains("- baseline: tidechat binary /x/tidechat"),
             "{md}"
         );
-        assert!(md.contains("| server RSS per connection (median) | n/a | n/a | n/a | n/a |"));
-        let e = entries(&ctx, &o);
+        assert!(md.contains("env TIDECHAT_THREADS=2"), "{md}");
+        assert!(
+            md.contains("- order (A B B A): baseline-1 candidate-1"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| fan-out p99 (median) | 10.30 ms | 30.30 ms | 2.942 | 0.40% | REGRESSION |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("false-failure rate <= 0.79% (exact, 5 vs 5 valid runs) |"),
+            "{md}"
+        );
+        assert!(md.contains("| server RSS per connection (median) | n/a | n/a | n/a | n/a | n/a |"));
+        let e = entries(&ctx(5), &o, &t);
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].name, "chat: fan-out p99");
         assert_eq!(e[1].unit, "ms");
-        assert_eq!(e[1].value, 30.0);
-        assert!(e[1].extra.contains("verdict REGRESSION"));
+        assert!((e[1].value - 30.3).abs() < 1e-9);
+        assert!(
+            e[1].extra.contains("verdict REGRESSION; overall FAIL"),
+            "{}",
+            e[1].extra
+        );
+        assert!(e[1].extra.contains("false-failure rate <= 0.79%"));
         assert_eq!(entries_of(&e, true).len(), 1);
         assert_eq!(entries_of(&e, false)[0].name, "chat: fan-out p99");
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json[0]["range"], "1000 .. 1000");
+    }
+
+    #[test]
+    fn inconclusive_summary_says_why() {
+        let t = Thresholds::defaults();
+        let o = evaluate(&[run("baseline-1", 10.0)], &[run("candidate-1", 30.0)], &t);
+        assert_eq!(o.overall, Overall::Inconclusive);
+        let md = summary(&ctx(1), &o, &[], &t);
+        assert!(md.contains("## tidechat benchmark: INCONCLUSIVE"), "{md}");
+        assert!(md.contains("inconclusive (too few valid runs)"), "{md}");
+        assert!(
+            md.contains(
+                "not gated: 1 vs 1 valid runs allow no false-failure rate <= 1% (best 50.00%)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("neither pass nor fail"), "{md}");
     }
 }
