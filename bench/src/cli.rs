@@ -38,7 +38,7 @@ pub struct Cli {
     /// Run an arbitrary server as the baseline, with `sh -c CMD` and `PORT=<free port>` in its
     /// environment: it must listen on 127.0.0.1:$PORT and serve a websocket at `/ws`. Use
     /// `exec` for the server itself so its PID is the one measured, e.g.
-    /// `--baseline-cmd 'cd /work/shared/peers/uws && exec node server.js'`.
+    /// `--baseline-cmd 'exec scripts/peer uws'`.
     #[arg(long, value_name = "CMD")]
     pub baseline_cmd: Option<String>,
     /// Loadtest `--protocol` for the baseline side only: raw, seed or v1 [default: raw with

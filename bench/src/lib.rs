@@ -64,7 +64,7 @@
 //! listen on 127.0.0.1:$PORT and serve a websocket at `/ws`; use `exec` so the measured PID is
 //! the server's), with `--baseline-protocol raw|seed|v1` (default raw) as the loadtest's
 //! `--protocol` for the baseline side only. "tidechat vs uWebSockets" is:
-//! `scripts/bench --baseline-cmd 'cd /work/shared/peers/uws && exec node server.js'`; the
+//! `scripts/bench --baseline-cmd 'exec scripts/peer uws'`; the
 //! summary's ratio column is then tidechat / uWebSockets.
 //!
 //! # Layout

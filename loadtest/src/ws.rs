@@ -250,6 +250,8 @@ impl WsClient {
                         return Ok(None);
                     }
                     self.partial = Partial::None;
+                    // What is left in the buffer changed: look again.
+                    continue;
                 }
                 Partial::Fragment { fin } => {
                     let n = self.rest.min(avail as u64) as usize;
@@ -1045,6 +1047,43 @@ mod tests {
             }
         });
         (addr, server)
+    }
+
+    /// An unfragmented server frame (FIN set, unmasked) with `payload`.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// After the discarded rest of an oversized frame, the frames behind it in the same read
+    /// are parsed from what is really in the buffer (found against tidechat: a stale count of
+    /// buffered bytes read payload as a header, "RSV bits set").
+    #[tokio::test]
+    async fn frames_after_an_oversized_one_in_the_same_read() {
+        let mut frames = server_frame(OP_TEXT, &[b'x'; 1500]);
+        frames.extend(server_frame(OP_TEXT, &[b'y'; 600]));
+        frames.extend(server_frame(OP_TEXT, b"after"));
+        let (addr, server) = raw_server(good_response, frames).await;
+        let mut ws = connect_raw(addr, 1024).await.unwrap();
+        let (seen, got) = tokio::join!(receive(&mut ws, |t| t == b"after"), server);
+        assert_eq!(got.unwrap(), Some((0x80 | OP_TEXT, b"ok".to_vec())));
+        assert_eq!(
+            &seen[..3],
+            [
+                "text xxxxx 1020 false",
+                "text yyyyy 600 true",
+                "text after 5 true"
+            ],
+            "{seen:?}"
+        );
     }
 
     fn good_response(accept: &str) -> String {
