@@ -167,7 +167,8 @@ async fn wait_for(
 }
 
 /// `on_start`: connect, join the room, wait until ready to receive.
-pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn connect(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let index = user.weighted_users_index;
     let (room, slot) = run.role(index);
     // unwrap: the semaphore is never closed.
@@ -293,7 +294,8 @@ async fn open_socket(run: &Run, index: usize) -> Result<Ws, String> {
 }
 
 /// The main loop: receive for up to [`ITERATION`], sending on schedule when a sender.
-pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn chat(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let Some(mut client) = take(user) else {
         // Never connected: idle cheaply until the run ends.
         tokio::time::sleep(ITERATION).await;
@@ -307,7 +309,8 @@ pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
 }
 
 /// `on_stop`: stop sending, wait for what is still owed (bounded), close, add up.
-pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn drain(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let Some(mut client) = take(user) else {
         return Ok(());
     };
