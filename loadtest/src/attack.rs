@@ -121,7 +121,7 @@ pub async fn prepare(
         goose_attack(goose.clone(), &plan.defaults)?
             .execute()
             .await
-            .map_err(|e| anyhow::anyhow!("goose: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("goose: {}", GooseFailure(e)))?;
         std::process::exit(0);
     }
     let turn = ONE_AT_A_TIME.lock().await;
@@ -134,14 +134,37 @@ pub async fn prepare(
     ))
 }
 
+/// A goose error that says why: goose's `Display` of a refused option leaves out the reason.
+#[derive(Debug)]
+pub struct GooseFailure(pub GooseError);
+
+impl std::fmt::Display for GooseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            GooseError::InvalidOption {
+                option,
+                value,
+                detail,
+            } => write!(f, "{}: {detail} ({option} = {value:?})", self.0),
+            e => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for GooseFailure {}
+
 /// Builds and runs the goose attack of one run.
 pub async fn attack(
     one: &OneAttack,
     run: &Arc<Run>,
     goose: GooseConfiguration,
-) -> Result<(), GooseError> {
+) -> Result<(), GooseFailure> {
     let _current = Current::set(run);
-    goose_attack(goose, &one.defaults)?.execute().await?;
+    goose_attack(goose, &one.defaults)
+        .map_err(GooseFailure)?
+        .execute()
+        .await
+        .map_err(GooseFailure)?;
     Ok(())
 }
 
@@ -164,6 +187,20 @@ mod tests {
                 ("chat", false, false),
                 ("drain", false, true),
             ]
+        );
+    }
+
+    #[test]
+    fn goose_refusals_say_why() {
+        let e = GooseFailure(GooseError::InvalidOption {
+            option: "`configuration.users`".into(),
+            value: "1".into(),
+            detail: "`configuration.users` must be set to at least 2.".into(),
+        });
+        let text = e.to_string();
+        assert!(
+            text.contains("at least 2") && text.contains("users"),
+            "{text}"
         );
     }
 

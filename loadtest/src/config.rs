@@ -492,8 +492,7 @@ fn plan_shape(plan: &TestPlan) -> (usize, f64, f64) {
     (peak, ramp_ms as f64 / 1000.0, total_ms as f64 / 1000.0)
 }
 
-/// Users per second of a ramp (a ramp of 0 s starts them all at once: one per millisecond of
-/// nothing, as a finite number).
+/// Users per second of a ramp (a ramp of 0 s, which starts them all at once, counts as 1 ms).
 fn rate_of(users: usize, ramp_s: f64) -> f64 {
     users as f64 / ramp_s.max(1e-3)
 }

@@ -151,8 +151,19 @@ async fn goose_reports_keep_the_ramp() {
     let text = std::fs::read_to_string(&json).expect("goose's JSON report");
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     let page = std::fs::read_to_string(&html).expect("goose's HTML report");
-    let _ = std::fs::remove_file(&json);
-    let _ = std::fs::remove_file(&html);
+    // --render-report writes reports from the JSON one, and exits before any server starts.
+    let rendered = temp_stem("goose-rendered").with_extension("html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--quiet", "--render-report", json.to_str().unwrap()])
+        .args(["--report-file", rendered.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let again = std::fs::read_to_string(&rendered).unwrap_or_default();
+    for f in [&json, &html, &rendered] {
+        let _ = std::fs::remove_file(f);
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert!(again.contains(">connect<"), "{out:?}");
     for name in ["connect", "join"] {
         let count = request_count(&report, name)
             .unwrap_or_else(|| panic!("no {name} row in goose's JSON report: {text:.2000}"));
@@ -194,6 +205,26 @@ async fn refused_flags_name_the_reason() {
         e.contains("--no-reset-metrics can not be set with --iterations"),
         "{e}"
     );
+    // What goose alone refuses, it refuses when the attack starts, saying why.
+    let argv = [
+        "loadtest",
+        "--quiet",
+        "--no-print-metrics",
+        "--server-mode",
+        "thread",
+        "--users",
+        "1",
+        "--increase-time",
+        "2",
+    ];
+    let cli = loadtest::config::parse(argv).unwrap();
+    let outcome = loadtest::execute(&cli.options, cli.goose, None, &[])
+        .await
+        .unwrap();
+    let e = outcome
+        .goose_error
+        .expect("goose refuses one user with --increase-time");
+    assert!(e.contains("at least 2"), "{e}");
 }
 
 /// `--list` and `--version` print and exit before any server starts.
