@@ -184,7 +184,8 @@ async fn read_until(
 }
 
 /// `on_start`: connect, join the room, wait until ready to receive.
-pub async fn connect(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn connect(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let index = user.weighted_users_index;
     let (room, slot) = run.role(index);
     // unwrap: the semaphore is never closed.
@@ -312,7 +313,8 @@ async fn open_socket(run: &Run, index: usize) -> Result<Ws, String> {
 }
 
 /// The main loop: receive for up to [`ITERATION`], sending on schedule when a sender.
-pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn chat(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let Some(mut client) = take(user) else {
         // Never connected: idle cheaply until the run ends.
         tokio::time::sleep(ITERATION).await;
@@ -326,7 +328,8 @@ pub async fn chat(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
 }
 
 /// `on_stop`: stop sending, wait for what is still owed (bounded), close, add up.
-pub async fn drain(run: &Arc<Run>, user: &mut GooseUser) -> TransactionResult {
+pub async fn drain(user: &mut GooseUser) -> TransactionResult {
+    let run = &crate::attack::run();
     let Some(mut client) = take(user) else {
         return Ok(());
     };

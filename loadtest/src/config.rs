@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use goose::config::GooseConfiguration;
+use goose::test_plan::TestPlan;
 use serde::{Deserialize, Serialize};
 
 /// Which wire protocol the simulated clients speak.
@@ -228,6 +229,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Goose's `--run-time` / `--increase-time` syntax: `30`, `30s`, `1m30s`, `1h`.
 pub fn parse_goose_time(s: &str) -> Option<Duration> {
+    if let Some(secs) = goose::util::parse_timespan(s.trim()) {
+        return Some(Duration::from_secs(secs as u64));
+    }
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
         return Some(Duration::from_secs(n));
@@ -265,8 +269,9 @@ pub struct Params {
     /// Messages per second per sender (the first step's rate for `step`).
     pub msg_rate: f64,
     pub message_size: usize,
-    /// Users started per second.
+    /// Users started per second (users / ramp).
     pub increase_rate: f64,
+    /// Run time goose is given (a test plan's whole length; 0 with `--iterations`).
     pub run_time_s: f64,
     pub max_handshakes: usize,
     pub source_addrs: u8,
@@ -278,6 +283,18 @@ pub struct Params {
     /// run then ends; connecting 10,000 can take longer than a fixed run time).
     #[serde(default)]
     pub hold_s: Option<f64>,
+    /// Seconds goose takes to start every user (`--increase-rate`, `--increase-time` or the
+    /// test plan up to its peak).
+    #[serde(default)]
+    pub ramp_s: f64,
+    /// `--iterations`: each user runs `chat` (about a second) this many times; then the run
+    /// has no run time (`run_time_s` is 0).
+    #[serde(default)]
+    pub iterations: Option<usize>,
+    /// `--test-plan`, as goose writes it (`users,seconds;...`): `users` is its peak,
+    /// `run_time_s` its whole length.
+    #[serde(default)]
+    pub test_plan: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -371,56 +388,215 @@ fn preset(name: ScenarioName) -> Preset {
 /// Smallest message: the embedded `~slot.seq.micros~` stamp.
 pub const MIN_MESSAGE_SIZE: usize = 32;
 
+/// What the harness gives goose as its defaults ([`goose::config::GooseDefault`]): the
+/// scenario's load shape where the command line leaves it open, and the metrics this load test
+/// wants. A flag given on the command line always wins, and goose validates the result; a
+/// default is only given where goose accepts it beside the flags given (none of users,
+/// increase rate and run time with `--test-plan`, no increase rate with `--increase-time`, no
+/// run time and no `--no-reset-metrics` with `--iterations`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GooseDefaults {
+    pub users: Option<usize>,
+    pub increase_rate: Option<String>,
+    /// Seconds.
+    pub run_time: Option<usize>,
+    /// Keep the ramp's samples (connect, join) in goose's metrics: goose would reset them once
+    /// every user started. Not given with `--test-plan` or `--iterations`, which goose never
+    /// resets (and with which it refuses the option).
+    pub no_reset_metrics: bool,
+    /// Transaction and scenario metrics, unless `--transaction-log` / `--scenario-log` asks
+    /// for them (see [`Options::plan`]).
+    pub no_transaction_metrics: bool,
+    pub no_scenario_metrics: bool,
+    /// The telnet Controller stays off (it could change users mid-run, see [`crate::flags`]).
+    pub no_telnet: bool,
+}
+
+/// A resolved run: its parameters, and goose's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub params: Params,
+    pub defaults: GooseDefaults,
+}
+
+/// Goose's `--test-plan`, which [`GooseConfiguration`] keeps to itself (`pub(crate)`): read
+/// through its serialized form.
+pub fn goose_test_plan(goose: &GooseConfiguration) -> Option<TestPlan> {
+    let v = serde_json::to_value(goose).ok()?;
+    serde_json::from_value(v.get("test_plan")?.clone()).ok()
+}
+
+/// Seconds of a goose time span option (`30`, `30s`, `1m30s`), as goose reads it.
+fn goose_secs(flag: &str, value: &str) -> anyhow::Result<usize> {
+    goose::util::parse_timespan(value)
+        .ok_or_else(|| anyhow::anyhow!("{flag} {value:?} is not a time like 30, 30s or 1m30s"))
+}
+
+/// The load shape the command line gives goose, before the scenario's defaults: refuses the
+/// combinations goose refuses (with goose's reason), so that they fail before any server
+/// starts rather than when the attack does.
+fn check_shape(goose: &GooseConfiguration, plan: bool) -> anyhow::Result<()> {
+    let given = |set: bool, flag: &'static str| set.then_some(flag);
+    let iterations = goose.iterations.unwrap_or(0) > 0;
+    if plan {
+        let conflicting = [
+            given(goose.users.is_some(), "--users"),
+            given(goose.increase_rate.is_some(), "--increase-rate"),
+            given(goose.increase_time.is_some(), "--increase-time"),
+            given(goose.run_time.is_some(), "--run-time"),
+            given(goose.decrease_rate.is_some(), "--decrease-rate"),
+            given(goose.decrease_time.is_some(), "--decrease-time"),
+            given(iterations, "--iterations"),
+            given(goose.no_reset_metrics, "--no-reset-metrics"),
+        ];
+        if let Some(flag) = conflicting.into_iter().flatten().next() {
+            anyhow::bail!(
+                "{flag} can not be set with --test-plan (goose): the plan sets the user counts \
+                 and times itself (and goose never resets the metrics of a test plan)"
+            );
+        }
+    }
+    if goose.increase_time.is_some() && goose.increase_rate.is_some() {
+        anyhow::bail!("--increase-time can not be set with --increase-rate (goose): give one");
+    }
+    if iterations {
+        let conflicting = [
+            given(goose.run_time.is_some(), "--run-time"),
+            given(goose.decrease_rate.is_some(), "--decrease-rate"),
+            given(goose.decrease_time.is_some(), "--decrease-time"),
+            given(goose.no_reset_metrics, "--no-reset-metrics"),
+        ];
+        if let Some(flag) = conflicting.into_iter().flatten().next() {
+            anyhow::bail!(
+                "{flag} can not be set with --iterations (goose): the run ends when every user \
+                 has run its iterations (and goose never resets the metrics of such a run)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Peak users of a test plan, seconds until it first reaches them, and its whole length.
+fn plan_shape(plan: &TestPlan) -> (usize, f64, f64) {
+    let peak = plan.steps.iter().map(|s| s.0).max().unwrap_or(0);
+    let mut ramp_ms = 0;
+    let mut total_ms = 0;
+    let mut reached = false;
+    for &(users, ms) in &plan.steps {
+        total_ms += ms;
+        if !reached {
+            ramp_ms += ms;
+            reached = users == peak;
+        }
+    }
+    (peak, ramp_ms as f64 / 1000.0, total_ms as f64 / 1000.0)
+}
+
+/// Users per second of a ramp (a ramp of 0 s, which starts them all at once, counts as 1 ms).
+fn rate_of(users: usize, ramp_s: f64) -> f64 {
+    users as f64 / ramp_s.max(1e-3)
+}
+
 impl Options {
-    /// Resolves the scenario's defaults, writes the goose options it implies into `goose`
-    /// (users, increase rate, run time, controllers off) and returns the run parameters.
+    /// The run parameters (see [`Options::plan`]). The configuration is not changed (it was
+    /// once; the `&mut` keeps the callers of then).
     pub fn resolve(&self, goose: &mut GooseConfiguration) -> anyhow::Result<Params> {
+        self.plan(goose).map(|p| p.params)
+    }
+
+    /// Resolves the scenario's defaults against the command line: the run parameters, and
+    /// the defaults goose is given ([`GooseDefaults`]). The configuration itself is left as
+    /// the command line gave it; goose merges the defaults in and validates. The effective
+    /// numbers are computed as goose will: users from `--users`, else the plan's peak, else the
+    /// scenario's; the ramp from `--increase-time`, `--increase-rate` or the plan (up to its
+    /// peak); the run time from `--run-time` or the plan, none with `--iterations`.
+    pub fn plan(&self, goose: &GooseConfiguration) -> anyhow::Result<Plan> {
+        crate::flags::check(goose)?;
         let p = preset(self.scenario);
-        let users = *goose.users.get_or_insert(p.users);
-        anyhow::ensure!(users >= 1, "--users must be at least 1");
-        let increase_rate = match &goose.increase_rate {
-            Some(r) => r
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| anyhow::anyhow!("--increase-rate {r:?} is not a number"))?,
+        let test_plan = goose_test_plan(goose);
+        check_shape(goose, test_plan.is_some())?;
+        let iterations = goose.iterations.filter(|&n| n > 0);
+        let mut defaults = GooseDefaults {
+            no_reset_metrics: test_plan.is_none() && iterations.is_none(),
+            no_transaction_metrics: goose.transaction_log.is_none(),
+            no_scenario_metrics: goose.scenario_log.is_none(),
+            no_telnet: true,
+            ..GooseDefaults::default()
+        };
+
+        // Users, the ramp (seconds) and its rate (users per second).
+        let (users, ramp_s, increase_rate, plan_s) = match &test_plan {
+            Some(plan) => {
+                let (peak, ramp_s, total_s) = plan_shape(plan);
+                (peak, ramp_s, rate_of(peak, ramp_s), Some(total_s))
+            }
             None => {
-                goose.increase_rate = Some(p.increase_rate.to_string());
-                p.increase_rate
+                let users = goose.users.unwrap_or(p.users);
+                if goose.users.is_none() {
+                    defaults.users = Some(users);
+                }
+                let (ramp_s, rate) = match (&goose.increase_time, &goose.increase_rate) {
+                    (Some(t), _) => {
+                        let secs = goose_secs("--increase-time", t)? as f64;
+                        (secs, rate_of(users, secs))
+                    }
+                    (None, Some(r)) => {
+                        let rate = r
+                            .trim()
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|r| r.is_finite() && *r > 0.0)
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("--increase-rate {r:?} is not a number above 0")
+                            })?;
+                        (users as f64 / rate, rate)
+                    }
+                    (None, None) => {
+                        defaults.increase_rate = Some(p.increase_rate.to_string());
+                        (users as f64 / p.increase_rate, p.increase_rate)
+                    }
+                };
+                (users, ramp_s, rate, None)
             }
         };
+        anyhow::ensure!(users >= 1, "--users must be at least 1");
+
         let step = (self.scenario == ScenarioName::Step).then(|| StepParams {
             step_time_s: self.step_time.as_secs_f64(),
             max_steps: self.max_steps.max(1),
             p99_ms: self.step_p99_ms,
             loss: self.step_loss,
         });
-        let ramp_s = users as f64 / increase_rate.max(1e-3);
         let warmup_s = self
             .warmup_timeout
             .map(|d| d.as_secs_f64())
             .unwrap_or(ramp_s + 15.0);
-        let hold_s = (self.scenario == ScenarioName::Storm && goose.run_time.is_none())
-            .then_some(p.run_time_s as f64);
-        let run_time_s = match &goose.run_time {
-            Some(t) => parse_goose_time(t)
-                .ok_or_else(|| anyhow::anyhow!("--run-time {t:?} is not a time"))?
-                .as_secs_f64(),
-            None => {
-                let secs = match &step {
-                    // An upper bound: the step controller ends the run after the last step;
-                    // this leaves room for slow joins before the first.
-                    Some(s) => {
-                        let period = s.period_s();
-                        (period * s.max_steps as f64 + warmup_s).ceil() as u64 + 5
-                    }
-                    // An upper bound too: the run ends `hold` after the last client connected.
-                    None if hold_s.is_some() => (p.run_time_s as f64 + warmup_s).ceil() as u64 + 5,
-                    None => p.run_time_s,
-                };
-                goose.run_time = Some(secs.to_string());
-                secs as f64
-            }
+        // The shape is the scenario's own only when no flag gives the run's end.
+        let own_end = goose.run_time.is_none() && test_plan.is_none() && iterations.is_none();
+        let hold_s =
+            (self.scenario == ScenarioName::Storm && own_end).then_some(p.run_time_s as f64);
+        let run_time_s = if let Some(t) = &goose.run_time {
+            goose_secs("--run-time", t)? as f64
+        } else if let Some(total) = plan_s {
+            total
+        } else if iterations.is_some() {
+            0.0
+        } else {
+            let secs = match &step {
+                // An upper bound: the step controller ends the run after the last step;
+                // this leaves room for slow joins before the first.
+                Some(s) => {
+                    let period = s.period_s();
+                    (period * s.max_steps as f64 + warmup_s).ceil() as u64 + 5
+                }
+                // An upper bound too: the run ends `hold` after the last client connected.
+                None if hold_s.is_some() => (p.run_time_s as f64 + warmup_s).ceil() as u64 + 5,
+                None => p.run_time_s,
+            };
+            defaults.run_time = Some(secs as usize);
+            secs as f64
         };
+
         let rooms = match (self.rooms, self.clients_per_room) {
             (Some(r), _) => r,
             (None, Some(c)) => users.div_ceil(c.max(1)),
@@ -444,16 +620,7 @@ impl Options {
             .source_addrs
             .unwrap_or_else(|| users.div_ceil(25_000).clamp(1, 250) as u8)
             .max(1);
-        // Goose's telnet controller listens on a fixed port; a load test of a chat server does
-        // not need it (its websocket controller is off unless asked for).
-        goose.no_telnet = true;
-        // Goose's transaction and scenario timings would time the client's one-second receive
-        // loop, which says nothing, and keeping them costs every user ~1.5 KiB (measured with
-        // 10,000 users: 118 MiB with them, 103 MiB without). Request metrics (connect, join,
-        // fan-out and say samples) stay.
-        goose.no_transaction_metrics = true;
-        goose.no_scenario_metrics = true;
-        Ok(Params {
+        let params = Params {
             scenario: self.scenario,
             protocol: self.protocol,
             users,
@@ -469,7 +636,11 @@ impl Options {
             warmup_timeout_s: warmup_s,
             step,
             hold_s,
-        })
+            ramp_s,
+            iterations,
+            test_plan: test_plan.map(|t| t.to_string()),
+        };
+        Ok(Plan { params, defaults })
     }
 }
 
@@ -512,7 +683,7 @@ mod tests {
 
     #[test]
     fn goose_flags_and_scenarios_combine() {
-        let mut cli = Cli::try_parse_from([
+        let cli = Cli::try_parse_from([
             "loadtest",
             "--scenario",
             "bigroom",
@@ -524,12 +695,159 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let p = cli.options.resolve(&mut cli.goose).unwrap();
+        let plan = cli.options.plan(&cli.goose).unwrap();
+        let p = &plan.params;
         assert_eq!(p.users, 50);
         assert_eq!(p.run_time_s, 5.0);
         assert_eq!(p.senders, 1);
         assert_eq!(p.msg_rate, 3.0);
         assert_eq!(p.increase_rate, 1000.0);
-        assert!(cli.goose.no_telnet);
+        // The scenario's rate goes to goose as a default; the flags given stay flags.
+        assert_eq!(
+            plan.defaults,
+            GooseDefaults {
+                users: None,
+                increase_rate: Some("1000".into()),
+                run_time: None,
+                no_reset_metrics: true,
+                no_transaction_metrics: true,
+                no_scenario_metrics: true,
+                no_telnet: true,
+            }
+        );
+        assert_eq!(cli.goose.increase_rate, None);
+        assert!(!cli.goose.no_telnet);
+    }
+
+    fn plan_of(args: &[&str]) -> anyhow::Result<Plan> {
+        let mut argv = vec!["loadtest"];
+        argv.extend_from_slice(args);
+        let cli = parse(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cli.options.plan(&cli.goose)
+    }
+
+    #[test]
+    fn named_scenarios_give_goose_their_shape_as_defaults() {
+        // (scenario, users, increase rate, run time goose is given)
+        for (name, users, rate, run_time) in [
+            ("chat", 1_000, "500", 30),
+            ("bigroom", 5_000, "1000", 30),
+            // Held 20 s once all connected: an upper bound of 20 + (0.1 + 15) + 5 s.
+            ("storm", 10_000, "100000", 41),
+            // 8 steps of 5 s + 1.2 s, plus 2 + 15 s for the joins, plus 5 s.
+            ("step", 1_000, "500", 72),
+        ] {
+            let plan = plan_of(&["--scenario", name]).unwrap();
+            let d = &plan.defaults;
+            assert_eq!(d.users, Some(users), "{name}");
+            assert_eq!(d.increase_rate.as_deref(), Some(rate), "{name}");
+            assert_eq!(d.run_time, Some(run_time), "{name}");
+            assert!(d.no_reset_metrics && d.no_telnet, "{name}");
+            let p = &plan.params;
+            assert_eq!(p.users, users, "{name}");
+            assert_eq!(p.run_time_s, run_time as f64, "{name}");
+            assert_eq!(p.ramp_s, users as f64 / rate.parse::<f64>().unwrap());
+            assert_eq!(p.hold_s.is_some(), name == "storm", "{name}");
+            assert_eq!((p.iterations, p.test_plan.as_deref()), (None, None));
+        }
+    }
+
+    #[test]
+    fn explicit_shape_flags_replace_the_defaults() {
+        let plan = plan_of(&["--users", "7", "--increase-rate", "2", "--run-time", "1m"]).unwrap();
+        assert_eq!(
+            (
+                plan.defaults.users,
+                &plan.defaults.increase_rate,
+                plan.defaults.run_time
+            ),
+            (None, &None, None)
+        );
+        let p = &plan.params;
+        assert_eq!(
+            (p.users, p.increase_rate, p.ramp_s, p.run_time_s),
+            (7, 2.0, 3.5, 60.0)
+        );
+        assert_eq!(p.warmup_timeout_s, 18.5);
+
+        // --increase-time: the ramp is that time, no rate is given.
+        let plan = plan_of(&["--users", "10", "--increase-time", "2s"]).unwrap();
+        assert_eq!(plan.defaults.increase_rate, None);
+        assert_eq!(plan.defaults.run_time, Some(30));
+        assert_eq!((plan.params.ramp_s, plan.params.increase_rate), (2.0, 5.0));
+
+        // storm with --run-time: no hold, the run time is goose's.
+        let plan = plan_of(&["--scenario", "storm", "--run-time", "5"]).unwrap();
+        assert_eq!((plan.params.hold_s, plan.defaults.run_time), (None, None));
+    }
+
+    #[test]
+    fn test_plan_gives_users_ramp_and_run_time() {
+        let plan = plan_of(&["--test-plan", "6,1s;6,2s;0,1s"]).unwrap();
+        let p = &plan.params;
+        assert_eq!((p.users, p.ramp_s, p.run_time_s), (6, 1.0, 4.0));
+        assert_eq!(p.increase_rate, 6.0);
+        assert_eq!(p.test_plan.as_deref(), Some("6,1;6,2;0,1"));
+        assert_eq!(p.warmup_timeout_s, 16.0);
+        // Goose is given no shape (it would refuse users, rate or run time beside a plan), and
+        // no --no-reset-metrics (it never resets a plan's metrics, and refuses the flag).
+        let d = &plan.defaults;
+        assert_eq!((d.users, &d.increase_rate, d.run_time), (None, &None, None));
+        assert!(!d.no_reset_metrics);
+        // The peak, and the time to first reach it.
+        let plan = plan_of(&["--test-plan", "2,1s;8,3s;4,1s;8,1s;0,0"]).unwrap();
+        let p = &plan.params;
+        assert_eq!((p.users, p.ramp_s, p.run_time_s), (8, 4.0, 6.0));
+    }
+
+    #[test]
+    fn iterations_have_no_run_time() {
+        let plan = plan_of(&["--users", "4", "--iterations", "2"]).unwrap();
+        let p = &plan.params;
+        assert_eq!((p.iterations, p.run_time_s), (Some(2), 0.0));
+        let d = &plan.defaults;
+        assert_eq!(
+            (d.users, d.run_time, d.no_reset_metrics),
+            (None, None, false)
+        );
+        assert_eq!(d.increase_rate.as_deref(), Some("500"));
+        // storm with --iterations: the iterations end the run, not the hold.
+        let plan = plan_of(&["--scenario", "storm", "--iterations", "3"]).unwrap();
+        assert_eq!(plan.params.hold_s, None);
+    }
+
+    #[test]
+    fn goose_refusals_come_before_the_run_with_goose_reason() {
+        for (args, needle) in [
+            (
+                &["--test-plan", "6,1s", "--users", "3"][..],
+                "--users can not be set with --test-plan",
+            ),
+            (
+                &["--test-plan", "6,1s", "--no-reset-metrics"],
+                "--no-reset-metrics can not be set with --test-plan",
+            ),
+            (
+                &["--iterations", "2", "--run-time", "3"],
+                "--run-time can not be set with --iterations",
+            ),
+            (
+                &["--iterations", "2", "--no-reset-metrics"],
+                "--no-reset-metrics can not be set with --iterations",
+            ),
+            (
+                &["--increase-time", "2", "--increase-rate", "3"],
+                "--increase-time can not be set with --increase-rate",
+            ),
+            (
+                &["--increase-rate", "x"],
+                "--increase-rate \"x\" is not a number",
+            ),
+            (&["--run-time", "soon"], "--run-time \"soon\" is not a time"),
+            (&["--throttle-requests", "5"], "no HTTP requests"),
+        ] {
+            let err = plan_of(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod embedded;
+pub mod flags;
 pub mod metrics;
 pub mod report;
 pub mod run;
@@ -67,7 +68,7 @@ pub async fn execute(
     server_args: &[String],
 ) -> anyhow::Result<Outcome> {
     let nofile = setup::raise_nofile();
-    let params = options.resolve(&mut goose)?;
+    let (params, one_attack) = attack::prepare(options, &goose).await?;
     let setup = setup::prepare(options, &mut goose, exe, server_args)?;
     setup::check_nofile(nofile, params.users, setup.thread_mode);
     let cpu = CpuMeter::new(setup.thread_mode, &setup.server_pids());
@@ -100,7 +101,7 @@ pub async fn execute(
         .hold_s
         .map(|hold| tokio::spawn(hold_then_stop(run.clone(), done.clone(), hold)));
 
-    let goose_result = attack::attack(&run, goose).await;
+    let goose_result = attack::attack(&one_attack, &run, goose).await;
     if let Some(h) = holder {
         h.abort();
     }
