@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: command line (goose's options flattened beside ours), named scenarios, [`Params`].
 //! - [`setup`]: the targets (`--host`, several allowed) or the embedded server.
-//! - [`attack`]: the goose scenario and attack.
+//! - [`attack`]: the goose scenario, the defaults goose is given, and the attack.
+//! - [`flags`]: which of goose's own flags work here and which are refused, and why.
 //! - [`run`]: state one run's clients share: rooms, senders' counters, the start barrier.
 //! - [`client`]: one simulated client as goose transactions (connect / chat / drain).
 //! - [`wire`]: what the clients send and how they read what they receive: the message stamp.

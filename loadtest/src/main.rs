@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
         print!("{}", loadtest::compare::compare(&a, &b));
         return Ok(());
     }
-    if cli.goose.report_file.is_empty() {
+    // Goose's own report by default, unless it keeps no metrics to report (it refuses a report
+    // file with --no-metrics).
+    if cli.goose.report_file.is_empty() && !cli.goose.no_metrics {
         cli.goose.report_file.push("goose-report.html".into());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
