@@ -203,59 +203,19 @@ pub enum Command {
     },
 }
 
-/// Parses `1s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses a duration as humantime reads it (`500ms`, `3s`, `2m`, `1h 30m`) or a bare number of
+/// seconds (`3`, `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 3s or 2m"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
-}
-
-/// Goose's `--run-time` / `--increase-time` syntax: `30`, `30s`, `1m30s`, `1h`.
-pub fn parse_goose_time(s: &str) -> Option<Duration> {
-    if let Some(secs) = goose::util::parse_timespan(s.trim()) {
-        return Some(Duration::from_secs(secs as u64));
-    }
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Some(Duration::from_secs(n));
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
         } else {
-            let n: u64 = num.parse().ok()?;
-            num.clear();
-            total += n * match c {
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return None,
-            };
-        }
+            Err(format!("{s:?} is not a duration"))
+        };
     }
-    if !num.is_empty() {
-        total += num.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_secs(total))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 2m: {e}"))
 }
 
 /// Everything a run needs, resolved from the scenario and the options.
@@ -677,8 +637,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_goose_time("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_goose_time("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
     }
 
     #[test]
