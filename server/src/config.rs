@@ -119,6 +119,11 @@ pub struct Args {
     /// Performance): cross-thread wake-ups cost more than a second core gives.
     #[arg(long, env = "TIDECHAT_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Test only: busy CPU work added per frame written, so that the benchmark gate can be shown
+    /// a server that costs measurably more per delivery than the same tree (0: none). Hidden
+    /// from `--help`.
+    #[arg(long, env = "TIDECHAT_TEST_WORK_PER_DELIVERY", default_value = "0s", value_parser = humantime::parse_duration, hide = true)]
+    pub test_work_per_delivery: Duration,
 }
 
 impl Args {
@@ -173,6 +178,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// See [`Args::test_work_per_delivery`].
+    pub test_work_per_delivery: Duration,
 }
 
 impl Default for Config {
@@ -242,6 +249,7 @@ impl Args {
             idle_timeout: self.idle_timeout,
             write_timeout: self.write_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            test_work_per_delivery: self.test_work_per_delivery,
         })
     }
 }

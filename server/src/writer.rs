@@ -111,6 +111,10 @@ impl<'a> Writer<'a> {
                     None => break,
                 }
             }
+            let work = state.config.test_work_per_delivery;
+            if !work.is_zero() {
+                busy(work * batch.len() as u32);
+            }
             if let Err(ending) = write_all(&mut out, &batch, state.config.write_timeout).await {
                 return ending;
             }
@@ -229,6 +233,15 @@ fn frame_for(mode: Mode, ev: &EventRef) -> Option<Frame> {
     match mode {
         Mode::V1 => Some(Frame::text(ev.json.clone())),
         Mode::Seed => ev.seed.clone().map(Frame::text),
+    }
+}
+
+/// Spins for `d` (`--test-work-per-delivery`: a measurably costlier server for the benchmark
+/// gate's own tests).
+fn busy(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::spin_loop();
     }
 }
 
