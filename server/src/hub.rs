@@ -175,7 +175,7 @@ impl Hub {
         let mut st = lock(&room.state);
         let token = match st.members.get(req.name) {
             Some(m) if m.conn == req.conn => return Err(HubError::AlreadyJoined),
-            Some(m) if req.token.is_some_and(|t| t == m.token) => {
+            Some(m) if req.token.is_some_and(|t| same_token(t, &m.token)) => {
                 // A resume: the old connection is probably half dead. It loses the room quietly
                 // (no presence: the person never left) and is told so if it is still there.
                 let old = st.members.remove(req.name).expect("checked above");
@@ -358,7 +358,7 @@ impl Hub {
         let name: Arc<str> = name.into();
         let room = Arc::new(Room {
             name: name.clone(),
-            epoch: fastrand::u64(1..1 << 53),
+            epoch: random_epoch(),
             tx,
             _keep_open: rx.deactivate(),
             state: Mutex::new(RoomState {
@@ -390,7 +390,35 @@ fn broadcast(tx: &Sender<EventRef>, id: u64, json: String, seed: Option<Utf8Byte
     event
 }
 
-/// A resume token: 128 random bits, hex.
+/// `N` bytes from the OS CSPRNG.
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // unwrap: getrandom fails only where the OS has no CSPRNG (or before Linux seeds it at
+    // boot, which it waits out); there is no safe token without one.
+    getrandom::fill(&mut b).expect("the OS random number generator");
+    b
+}
+
+/// A resume token: 128 bits from the OS CSPRNG, hex. Whoever holds it can take the name back,
+/// so it must not be predictable from other tokens or from the room epochs clients see.
 fn new_token() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    let mut s = String::with_capacity(32);
+    for b in random::<16>() {
+        // unwrap: writing into a String cannot fail.
+        std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
+    }
+    s
+}
+
+/// A room epoch: random, so that a room created again after eviction does not look like its
+/// old self to a resuming client; below 2^53 so that JavaScript reads it exactly.
+fn random_epoch() -> u64 {
+    (u64::from_le_bytes(random::<8>()) >> 11).max(1)
+}
+
+/// Compares a presented token with the member's in constant time (no early exit that would let
+/// a client learn a token byte by byte from response times).
+fn same_token(given: &str, held: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    given.len() == held.len() && bool::from(given.as_bytes().ct_eq(held.as_bytes()))
 }

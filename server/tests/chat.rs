@@ -251,6 +251,24 @@ async fn names_are_unique_and_a_token_takes_a_name_back() {
         .send(json!({"type": "join", "room": "lobby", "name": "alice", "token": "0000"}))
         .await;
     assert_eq!(thief.recv_type("error").await["code"], "name_taken");
+    // A wrong token of the right length, one character off: the same answer as no token, the
+    // same error frame word for word (nothing says how close it was).
+    let token = joined["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 32, "128 bits, hex: {token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    let last = if token.ends_with('0') { "1" } else { "0" };
+    let near = format!("{}{last}", &token[..31]);
+    thief
+        .send(json!({"type": "join", "room": "lobby", "name": "alice"}))
+        .await;
+    let plain = thief.recv_type("error").await;
+    thief
+        .send(json!({"type": "join", "room": "lobby", "name": "alice", "token": near}))
+        .await;
+    assert_eq!(thief.recv_type("error").await, plain);
+    // Every join gets a fresh token.
+    let (_bob, bob) = s.join("lobby", "bob").await;
+    assert_ne!(bob["token"], joined["token"]);
 
     let mut again = s.connect().await;
     again
@@ -263,7 +281,7 @@ async fn names_are_unique_and_a_token_takes_a_name_back() {
     );
     old.say("lobby", "from the stale connection").await;
     assert_eq!(old.recv_type("error").await["code"], "not_in_room");
-    s.wait_stats("one alice", |st| st.hub.members == 1).await;
+    s.wait_stats("one alice (and bob)", |st| st.hub.members == 2).await;
     s.stop().await;
 }
 
