@@ -143,6 +143,8 @@ impl Args {
 pub enum ConfigError {
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("{0} must be longer than 0s (e.g. 10s)")]
+    ZeroDuration(&'static str),
     #[error("--max-text-bytes ({text}) must be below --max-message-bytes ({message})")]
     TextAboveMessage { text: usize, message: usize },
     #[error("--rate must be a positive number, got {0}")]
@@ -204,6 +206,18 @@ impl Args {
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
+            }
+        }
+        // A zero ping interval would tick in a busy loop; zero timeouts would cut every
+        // connection (or shutdown) at once.
+        for (name, d) in [
+            ("--ping-interval", self.ping_interval),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--write-timeout", self.write_timeout),
+            ("--shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
             }
         }
         if self.max_text_bytes >= self.max_message_bytes {
@@ -296,6 +310,19 @@ mod tests {
             Err(ConfigError::TextAboveMessage { .. })
         ));
         assert!(matches!(parse(&["--rate", "0"]), Err(ConfigError::Rate(_))));
+        for flag in [
+            "--ping-interval",
+            "--handshake-timeout",
+            "--write-timeout",
+            "--shutdown-timeout",
+        ] {
+            let e = parse(&[flag, "0s"]).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::ZeroDuration(f) if f == flag),
+                "{e}"
+            );
+            assert!(e.to_string().starts_with(flag), "{e}");
+        }
         assert!(matches!(
             parse(&["--allowed-origin", "not an origin"]),
             Err(ConfigError::Origin(_))

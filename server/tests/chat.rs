@@ -281,7 +281,8 @@ async fn names_are_unique_and_a_token_takes_a_name_back() {
     );
     old.say("lobby", "from the stale connection").await;
     assert_eq!(old.recv_type("error").await["code"], "not_in_room");
-    s.wait_stats("one alice (and bob)", |st| st.hub.members == 2).await;
+    s.wait_stats("one alice (and bob)", |st| st.hub.members == 2)
+        .await;
     s.stop().await;
 }
 
