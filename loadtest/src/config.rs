@@ -458,12 +458,6 @@ fn rate_of(users: usize, ramp_s: f64) -> f64 {
 }
 
 impl Options {
-    /// The run parameters (see [`Options::plan`]). The configuration is not changed (it was
-    /// once; the `&mut` keeps the callers of then).
-    pub fn resolve(&self, goose: &mut GooseConfiguration) -> anyhow::Result<Params> {
-        self.plan(goose).map(|p| p.params)
-    }
-
     /// Resolves the scenario's defaults against the command line: the run parameters, and
     /// the defaults goose is given ([`GooseDefaults`]). The configuration itself is left as
     /// the command line gave it; goose merges the defaults in and validates. The effective

@@ -68,7 +68,7 @@ pub async fn execute(
     exe: Option<PathBuf>,
     server_args: &[String],
 ) -> anyhow::Result<Outcome> {
-    let nofile = setup::raise_nofile();
+    let (nofile, _) = sys::raise_nofile();
     let (params, one_attack) = attack::prepare(options, &goose).await?;
     let setup = setup::prepare(options, &mut goose, exe, server_args)?;
     setup::check_nofile(nofile, params.users, setup.thread_mode);

@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn steps_pause_between() {
-        let mut cli = crate::Cli::try_parse_from([
+        let cli = crate::Cli::try_parse_from([
             "loadtest",
             "--scenario",
             "step",
@@ -346,7 +346,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let params = cli.options.resolve(&mut cli.goose).unwrap();
+        let params = cli.options.plan(&cli.goose).map(|p| p.params).unwrap();
         let run = Run::new(params, vec!["ws://127.0.0.1:9/ws".into()]);
         run.start_sending();
         let s0 = run.send_start().unwrap();

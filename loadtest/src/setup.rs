@@ -8,7 +8,6 @@ use goose::config::GooseConfiguration;
 use crate::config::{Options, Protocol, ServerMode};
 use crate::embedded::{self, Embedded};
 use crate::report::Target;
-use crate::sys;
 
 /// The servers under test for one run.
 pub struct Setup {
@@ -144,11 +143,6 @@ pub fn ws_url(host: &str, protocol: Protocol) -> anyhow::Result<String> {
         p => p,
     };
     Ok(format!("ws://{hostport}{path}"))
-}
-
-/// The open-file limit after raising it as far as allowed.
-pub fn raise_nofile() -> u64 {
-    sys::raise_nofile().0
 }
 
 #[cfg(test)]

@@ -245,9 +245,13 @@ impl Report {
 pub(crate) fn sample_report() -> Report {
     use clap::Parser as _;
 
-    let mut cli = crate::Cli::try_parse_from(["loadtest", "--scenario", "step", "--users", "50"])
+    let cli = crate::Cli::try_parse_from(["loadtest", "--scenario", "step", "--users", "50"])
         .expect("test arguments parse");
-    let params = cli.options.resolve(&mut cli.goose).expect("test params");
+    let params = cli
+        .options
+        .plan(&cli.goose)
+        .map(|p| p.params)
+        .expect("test params");
     let lat = |p50: f64, p99: f64, max: f64| Percentiles {
         count: 1000,
         min_ms: p50 / 2.0,
