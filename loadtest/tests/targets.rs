@@ -10,17 +10,13 @@ fn tidechat() -> Embedded {
     Embedded::start_thread(load_config(&[]).unwrap()).unwrap()
 }
 
-/// One tidechat given twice: its clients are dealt to both "targets", which are one server, so
-/// every member of the room gets every message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_server_given_twice_loses_nothing() {
-    let server = tidechat();
-    let url = server.http_url();
-    let r = load(&[
+/// 20 clients in one room dealt over targets `a` and `b`, 4 senders x 10 msg/s for 2 s.
+async fn two_targets(a: &str, b: &str) -> loadtest::Report {
+    load(&[
         "--host",
-        &url,
+        a,
         "--host",
-        &url,
+        b,
         "--users",
         "20",
         "--increase-rate",
@@ -32,7 +28,16 @@ async fn one_server_given_twice_loses_nothing() {
         "--msg-rate",
         "10",
     ])
-    .await;
+    .await
+}
+
+/// One tidechat given twice: its clients are dealt to both "targets", which are one server, so
+/// every member of the room gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_given_twice_loses_nothing() {
+    let server = tidechat();
+    let url = server.http_url();
+    let r = two_targets(&url, &url).await;
     assert_eq!(r.targets.len(), 2);
     assert_eq!(r.targets[0].url, r.targets[1].url);
     let t = &r.deliveries.tally;
@@ -48,23 +53,7 @@ async fn one_server_given_twice_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_split_over_two_independent_servers_is_lossy() {
     let (a, b) = (tidechat(), tidechat());
-    let r = load(&[
-        "--host",
-        &a.http_url(),
-        "--host",
-        &b.http_url(),
-        "--users",
-        "20",
-        "--increase-rate",
-        "1000",
-        "--run-time",
-        "2",
-        "--senders",
-        "4",
-        "--msg-rate",
-        "10",
-    ])
-    .await;
+    let r = two_targets(&a.http_url(), &b.http_url()).await;
     let t = &r.deliveries.tally;
     assert_eq!(r.connections.joined, 20);
     // Users alternate between the servers, senders too (0 and 2 on a, 1 and 3 on b): a member
