@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::limits::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use crate::protocol::Limits;
 
 /// Largest websocket message, in bytes, enforced from the frame header before buffering.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest `text` of one chat message, in bytes.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 16 * 1024;
-/// Longest user name, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
-/// Longest room name, in characters.
-pub const MAX_ROOM_CHARS: usize = 64;
 
 /// Where the chat page lives when `--static-dir` is not given: the workspace's `static/`, so
 /// `cargo run -p server` serves it from any working directory.
@@ -240,7 +237,9 @@ impl Args {
             .allowed_origins
             .iter()
             .filter(|o| o.as_str() != "*")
-            .map(|o| crate::ws::normalize_origin(o).ok_or_else(|| ConfigError::Origin(o.clone())))
+            .map(|o| {
+                crate::origin::normalize_origin(o).ok_or_else(|| ConfigError::Origin(o.clone()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Config {
             static_dir: self.static_dir,

@@ -4,12 +4,11 @@
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
-//! - [`session`]: one connection: the reader, run with its writer.
-//! - [`writer`]: the single writer of a connection: batches, frames, one `writev` per batch.
-//! - [`inbox`]: what the reader and the hub queue for a connection's writer.
-//! - [`ws`]: the websocket upgrade on tide (handshake, Origin allowlist, connection cap).
-//! - [`race`]: reader and writer in one task, each polled only when its waker fired.
+//! - [`conn`]: one websocket connection: its reader, its single writer, the inbox between them.
+//! - [`ws`]: the websocket upgrade on tide (handshake checks, connection cap).
+//! - [`origin`]: the Origin allowlist and the same-origin rule.
 //! - [`server`]: accept loop, shared state, graceful shutdown.
+//! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
 //!
@@ -18,15 +17,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conn;
 pub mod hub;
-pub mod inbox;
 pub mod limits;
 pub mod logging;
+pub mod origin;
 pub mod protocol;
-pub mod race;
 pub mod server;
-pub mod session;
-pub mod writer;
+pub mod shutdown;
 pub mod ws;
 
 use std::future::Future;
@@ -37,8 +35,8 @@ use std::sync::Arc;
 use async_std::net::TcpListener;
 
 pub use config::Config;
+use conn::Mode;
 use server::State;
-use session::Mode;
 
 /// Security headers for every HTTP response. The page loads nothing from elsewhere and runs no
 /// inline script, so the policy can be strict; `/classic.html` (the original demo page, which has

@@ -3,7 +3,20 @@
 
 use std::time::Instant;
 
-use crate::config::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
+/// Longest user name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+
+/// The room rule in words, for the `invalid_room` error.
+pub fn room_rule() -> String {
+    format!("room names are 1-{MAX_ROOM_CHARS} letters, digits, _ or -")
+}
+
+/// The name rule in words, for the `invalid_name` error.
+pub fn name_rule() -> String {
+    format!("names are 1-{MAX_NAME_CHARS} letters, digits, spaces, _ - or ., not only digits")
+}
 
 /// Room names: 1..=64 of `A-Z a-z 0-9 _ -`, so they are safe in URLs (`/#room=NAME`) and logs.
 pub fn valid_room(room: &str) -> bool {

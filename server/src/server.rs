@@ -5,8 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,10 @@ use event_listener::Event;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::conn::{self, Ctx};
 use crate::hub::{Hub, HubConfig, HubStats};
 use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
+use crate::shutdown::Shutdown;
 
 /// Size of tungstenite's read buffer per connection. Its default (128 KiB) made an idle
 /// connection cost ~147 KiB, and 4 KiB cost 13.2 KiB against 9.7 KiB with 512 B (5,000 idle
@@ -39,14 +40,14 @@ pub struct State {
     /// The `hello` frame, serialized once.
     pub hello: Utf8Bytes,
     pub ws_config: WebSocketConfig,
+    /// What each connection is held to.
+    pub limits: conn::Limits,
+    pub shutdown: Shutdown,
     next_conn: AtomicU64,
     /// Open websocket connections.
     active: AtomicUsize,
     /// Notified when `active` drops to zero.
     idle: Event,
-    shutting_down: AtomicBool,
-    /// Notified once when shutdown starts.
-    shutdown: Event,
 }
 
 /// Counts served at `/stats`.
@@ -95,21 +96,31 @@ impl State {
             presence_cap: config.presence_cap,
         });
         Self {
+            limits: conn::Limits::from(&config),
             config,
             hub,
             hello: hello.into(),
             ws_config,
+            shutdown: Shutdown::default(),
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Event::new(),
-            shutting_down: AtomicBool::new(false),
-            shutdown: Event::new(),
+        }
+    }
+
+    /// What a connection gets to work with.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            hub: &self.hub,
+            limits: &self.limits,
+            shutdown: &self.shutdown,
+            hello: &self.hello,
         }
     }
 
     /// Takes a connection slot, or `None` at `--max-connections` or during shutdown.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnSlot> {
-        if self.shutting_down.load(Ordering::Acquire) {
+        if self.shutdown.started() {
             return None;
         }
         let max = self.config.max_connections;
@@ -129,27 +140,6 @@ impl State {
             connections: self.active.load(Ordering::Acquire),
             hub: self.hub.stats(),
         }
-    }
-
-    /// Resolves once shutdown has started.
-    pub fn shutdown_listener(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            loop {
-                if self.shutting_down.load(Ordering::Acquire) {
-                    return;
-                }
-                let listener = self.shutdown.listen();
-                if self.shutting_down.load(Ordering::Acquire) {
-                    return;
-                }
-                listener.await;
-            }
-        })
-    }
-
-    fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.shutdown.notify(usize::MAX);
     }
 
     async fn connections_closed(&self) {
@@ -203,7 +193,7 @@ pub async fn serve(
     drop(listener);
     let open = state.active.load(Ordering::Acquire);
     log::info!("shutting down: closing {open} connections");
-    state.begin_shutdown();
+    state.shutdown.begin();
     let timeout = state.config.shutdown_timeout;
     if async_std::future::timeout(timeout, state.connections_closed())
         .await

@@ -1,8 +1,8 @@
-//! The websocket upgrade on tide: RFC 6455 handshake checks, the Origin allowlist, the
-//! connection cap, then the connection is handed to the current `async-tungstenite` (for
+//! The websocket upgrade on tide: RFC 6455 handshake checks, the [Origin allowlist](crate::origin),
+//! the connection cap, then the connection is handed to the current `async-tungstenite` (for
 //! reading, with an explicit
 //! [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig)) and to the
-//! connection's [writer](crate::writer) (for writing).
+//! connection's writer (for writing), in [`crate::conn`].
 //!
 //! Not tide-websockets: its last release pins async-tungstenite 0.13 with no way to set message
 //! limits (64 MiB accepted), and its `send` holds a thread-blocking lock across socket writes.
@@ -18,11 +18,12 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
 use futures::{AsyncRead, AsyncWrite};
-use tide::http::{headers, Url};
+use tide::http::headers;
 use tide::{Request, Response, StatusCode};
 
+use crate::conn::{self, Mode, Peer};
+use crate::origin;
 use crate::server::State;
-use crate::session::{self, Mode};
 
 /// Answers an upgrade request on `/ws` (protocol v1) or `/chatSocket` (seed protocol).
 pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
@@ -48,8 +49,9 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         return Ok(plain(StatusCode::BadRequest, "missing Sec-WebSocket-Key"));
     };
     let state = req.state().clone();
-    if !origin_allowed(
-        &state,
+    if !origin::allowed(
+        &state.config.allowed_origins,
+        state.config.any_origin,
         header("Origin").as_deref(),
         header("Host").as_deref(),
     ) {
@@ -94,7 +96,11 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         let ws = Box::new(
             WebSocketStream::from_raw_socket(ReadOnly(stream), Role::Server, config).await,
         );
-        session::run(ws, tcp, state, mode, slot.id, peer).await;
+        let peer = Peer {
+            conn: slot.id,
+            addr: peer,
+        };
+        conn::run(ws, tcp, state.ctx(), mode, peer).await;
         drop(slot);
     });
     Ok(res)
@@ -138,88 +144,4 @@ fn plain(status: StatusCode, body: &str) -> Response {
     let mut res = Response::new(status);
     res.set_body(format!("{body}\n"));
     res
-}
-
-/// Browsers always send Origin on websocket requests; a request without one comes from a
-/// non-browser client, which could forge any Origin anyway, so it is allowed.
-fn origin_allowed(state: &State, origin: Option<&str>, host: Option<&str>) -> bool {
-    let Some(origin) = origin else {
-        return true;
-    };
-    if state.config.any_origin {
-        return true;
-    }
-    let Some(origin) = normalize_origin(origin) else {
-        return false;
-    };
-    if state.config.allowed_origins.contains(&origin) {
-        return true;
-    }
-    host.is_some_and(|h| same_origin(&origin, h))
-}
-
-/// `scheme://host:port` in lower case with the scheme's default port made explicit, or `None`
-/// for anything that is not an http(s) origin.
-pub fn normalize_origin(origin: &str) -> Option<String> {
-    let url = Url::parse(origin).ok()?;
-    if !matches!(url.scheme(), "http" | "https") || !matches!(url.path(), "" | "/") {
-        return None;
-    }
-    let host = url.host_str()?;
-    let port = url.port_or_known_default()?;
-    Some(format!(
-        "{}://{}:{}",
-        url.scheme(),
-        host.to_ascii_lowercase(),
-        port
-    ))
-}
-
-/// Whether a normalized origin names the host (and port) the request was sent to.
-fn same_origin(origin: &str, host_header: &str) -> bool {
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    let host_header = host_header.trim().to_ascii_lowercase();
-    let (host, port) = match host_header.rsplit_once(':') {
-        Some((h, p)) if !host_header.ends_with(']') => (h.to_string(), p.parse::<u16>().ok()),
-        _ => (host_header.clone(), None),
-    };
-    let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
-    rest == format!("{host}:{port}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_normalize() {
-        assert_eq!(
-            normalize_origin("http://LocalHost:3000").as_deref(),
-            Some("http://localhost:3000")
-        );
-        assert_eq!(
-            normalize_origin("https://a.example").as_deref(),
-            Some("https://a.example:443")
-        );
-        assert_eq!(
-            normalize_origin("http://[::1]:8080").as_deref(),
-            Some("http://[::1]:8080")
-        );
-        assert_eq!(normalize_origin("null"), None);
-        assert_eq!(normalize_origin("ftp://x"), None);
-        assert_eq!(normalize_origin("http://x/path"), None);
-    }
-
-    #[test]
-    fn same_origin_compares_host_and_port() {
-        assert!(same_origin("http://localhost:3000", "localhost:3000"));
-        assert!(same_origin("http://localhost:3000", "LOCALHOST:3000"));
-        assert!(same_origin("http://example.com:80", "example.com"));
-        assert!(same_origin("http://[::1]:3000", "[::1]:3000"));
-        assert!(!same_origin("http://localhost:3000", "localhost:3001"));
-        assert!(!same_origin("http://evil.example:3000", "localhost:3000"));
-        assert!(!same_origin("http://127.0.0.1:3000", "localhost:3000"));
-    }
 }

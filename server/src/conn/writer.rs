@@ -21,11 +21,10 @@ use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
 
+use super::inbox::Inbox;
+use super::{Ctx, Ending, Mode, Out};
 use crate::hub::EventRef;
-use crate::inbox::Inbox;
 use crate::protocol::{self, close, ServerFrame};
-use crate::server::State;
-use crate::session::{Ending, Mode, Out};
 
 /// Frames the writer sends in one `writev` before it looks at its inputs again (two iovecs a
 /// frame, well under the kernel's limit of 1,024).
@@ -68,8 +67,8 @@ impl Frame {
     }
 }
 
-pub(crate) struct Writer<'a> {
-    pub state: &'a State,
+pub(super) struct Writer<'a> {
+    pub ctx: Ctx<'a>,
     pub mode: Mode,
     pub subs: Vec<(Arc<str>, Receiver<EventRef>)>,
     pub started: Instant,
@@ -92,10 +91,14 @@ enum Then {
 }
 
 impl<'a> Writer<'a> {
-    pub async fn run<W: AsyncWrite + Unpin>(mut self, mut out: W, inbox: &Inbox<Out>) -> Ending {
-        let state: &'a State = self.state;
-        let mut ticks = async_io::Timer::interval(state.config.ping_interval);
-        let mut shutdown = state.shutdown_listener();
+    pub(super) async fn run<W: AsyncWrite + Unpin>(
+        mut self,
+        mut out: W,
+        inbox: &Inbox<Out>,
+    ) -> Ending {
+        let ctx = self.ctx;
+        let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
+        let mut shutdown = ctx.shutdown.wait();
         loop {
             let first = futures::future::poll_fn(|cx| {
                 self.poll_input(cx, inbox, &mut ticks, &mut shutdown)
@@ -111,11 +114,11 @@ impl<'a> Writer<'a> {
                     None => break,
                 }
             }
-            let work = state.config.test_work_per_delivery;
+            let work = ctx.limits.test_work_per_delivery;
             if !work.is_zero() {
                 busy(work * batch.len() as u32);
             }
-            if let Err(ending) = write_all(&mut out, &batch, state.config.write_timeout).await {
+            if let Err(ending) = write_all(&mut out, &batch, ctx.limits.write_timeout).await {
                 return ending;
             }
             if let Then::End(ending) = then {
@@ -201,7 +204,7 @@ impl<'a> Writer<'a> {
             Input::Tick => {
                 let now = self.started.elapsed().as_millis() as u64;
                 let idle = now.saturating_sub(self.last_seen.load(Ordering::Relaxed));
-                if Duration::from_millis(idle) > self.state.config.idle_timeout {
+                if Duration::from_millis(idle) > self.ctx.limits.idle_timeout {
                     return close(batch, close::IDLE_TIMEOUT, "idle timeout");
                 }
                 batch.push(Frame::new(OpCode::Control(Control::Ping), Bytes::new()));

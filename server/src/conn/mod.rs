@@ -1,0 +1,186 @@
+//! One websocket connection: a [reader](reader) that handles what the client sends and the single
+//! [writer](writer) that sends everything to the client, run as two futures in the connection's
+//! one task ([`race`]), talking through the connection's [`Inbox`](inbox::Inbox).
+//!
+//! Whichever side ends first ends the connection: the reader because the client left or broke a
+//! rule (the writer then sends the close frame), the writer because the socket failed, fell
+//! behind (4008), went idle (4000) or the server is shutting down (1001).
+
+pub mod inbox;
+pub mod race;
+mod reader;
+mod writer;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+use async_tungstenite::WebSocketStream;
+use futures::future::Either;
+use futures::{AsyncRead, AsyncWrite};
+
+use crate::config::Config;
+use crate::hub::{Hub, Joined};
+use crate::shutdown::Shutdown;
+use inbox::{FromEviction, Inbox};
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Protocol v1 (JSON) on `/ws`.
+    V1,
+    /// The original demo's plain text on `/chatSocket`: text in, `"N: text"` out, room `lobby`.
+    Seed,
+}
+
+/// Time the writer gets to flush a final close frame after the reader has ended.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// The per-connection limits, from [`Config`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    pub rate: f64,
+    pub burst: u32,
+    pub rate_strikes: u32,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// See [`crate::config::Args::test_work_per_delivery`].
+    pub test_work_per_delivery: Duration,
+}
+
+impl From<&Config> for Limits {
+    fn from(c: &Config) -> Self {
+        Self {
+            max_text_bytes: c.max_text_bytes,
+            max_rooms_per_connection: c.max_rooms_per_connection,
+            rate: c.rate,
+            burst: c.burst,
+            rate_strikes: c.rate_strikes,
+            ping_interval: c.ping_interval,
+            idle_timeout: c.idle_timeout,
+            write_timeout: c.write_timeout,
+            test_work_per_delivery: c.test_work_per_delivery,
+        }
+    }
+}
+
+/// What a connection uses of the server: the hub, its limits, the shutdown signal, and the
+/// `hello` frame (serialized once).
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub hub: &'a Hub,
+    pub limits: &'a Limits,
+    pub shutdown: &'a Shutdown,
+    pub hello: &'a Utf8Bytes,
+}
+
+/// What the reader (and the hub) ask the writer to do.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Text(Utf8Bytes),
+    /// Answer to a client's ping.
+    Pong(Bytes),
+    /// Send the `joined` frame, then forward the room's events.
+    Subscribe(Joined),
+    /// Stop forwarding a room and say so with a `left` frame.
+    Unsubscribe {
+        room: Arc<str>,
+        reason: &'static str,
+    },
+    Close(u16, &'static str),
+    /// The reader has ended: flush what is queued and stop.
+    Finish,
+}
+
+impl FromEviction for Out {
+    /// The hub gave this connection's place in a room to a resuming connection.
+    fn eviction(room: Arc<str>) -> Self {
+        Out::Unsubscribe {
+            room,
+            reason: crate::protocol::error_code::REPLACED,
+        }
+    }
+}
+
+/// Why a connection ended (logged at info).
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The socket ended or failed without a close handshake.
+    Gone(String),
+    /// The server closed it with this code.
+    Closed(u16, &'static str),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::ClientClosed => write!(f, "client closed"),
+            Ending::Gone(e) => write!(f, "connection lost: {e}"),
+            Ending::Closed(code, reason) => write!(f, "closed by server: {code} {reason}"),
+        }
+    }
+}
+
+/// Who a connection is, for the hub (its number) and the log (its peer).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection's number (seed users are called by it).
+    pub conn: u64,
+    pub addr: String,
+}
+
+/// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
+/// must not write: see [`crate::ws::ReadOnly`]); every byte to the client goes through `out`.
+pub async fn run<S, W>(ws: Box<WebSocketStream<S>>, out: W, ctx: Ctx<'_>, mode: Mode, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
+{
+    let conn = peer.conn;
+    log::info!("connect #{conn} {} {mode:?}", peer.addr);
+    let inbox: Arc<Inbox<Out>> = Arc::default();
+    let started = Instant::now();
+    let last_seen = AtomicU64::new(0);
+    let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
+
+    let ending = {
+        let reader = reader::Reader::new(
+            ctx,
+            mode,
+            conn,
+            &inbox,
+            &mut memberships,
+            started,
+            &last_seen,
+        )
+        .run(ws);
+        let writer = writer::Writer {
+            ctx,
+            mode,
+            // Most connections are in one room; a Vec grows to 4 slots at its first push.
+            subs: Vec::with_capacity(1),
+            started,
+            last_seen: &last_seen,
+        }
+        .run(out, &inbox);
+        futures::pin_mut!(reader, writer);
+        match race::race(reader.as_mut(), writer.as_mut()).await {
+            Either::Left(ending) => {
+                // The writer sends the close (ours, or the reply to the client's) and stops.
+                let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
+                ending
+            }
+            Either::Right(ending) => ending,
+        }
+    };
+    for m in &memberships {
+        ctx.hub.leave(&m.room, &m.name, conn);
+    }
+    log::info!("disconnect #{conn} {}: {ending}", peer.addr);
+}

@@ -1,0 +1,407 @@
+//! The reader of a connection: every frame the client sends, its limits (rate, sizes, rooms per
+//! connection) and the requests of protocol v1 and the seed protocol. Replies go to the
+//! connection's writer through its inbox.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures::{Stream, StreamExt};
+
+use super::inbox::Inbox;
+use super::{Ctx, Ending, Mode, Out};
+use crate::hub::{HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::limits::{self, valid_name, valid_room, TokenBucket};
+use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
+
+/// Longest `ref` a client may attach.
+const MAX_REF_CHARS: usize = 64;
+
+/// A room this connection is in, under which name.
+pub(super) struct Membership {
+    pub room: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// A refused request: the `error` frame's code and message.
+struct Refusal {
+    code: &'static str,
+    message: Cow<'static, str>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<HubError> for Refusal {
+    fn from(e: HubError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+pub(super) struct Reader<'a> {
+    ctx: Ctx<'a>,
+    mode: Mode,
+    conn: u64,
+    inbox: &'a Arc<Inbox<Out>>,
+    memberships: &'a mut Vec<Membership>,
+    started: Instant,
+    last_seen: &'a AtomicU64,
+    bucket: TokenBucket,
+    strikes: u32,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(
+        ctx: Ctx<'a>,
+        mode: Mode,
+        conn: u64,
+        inbox: &'a Arc<Inbox<Out>>,
+        memberships: &'a mut Vec<Membership>,
+        started: Instant,
+        last_seen: &'a AtomicU64,
+    ) -> Self {
+        Self {
+            ctx,
+            mode,
+            conn,
+            inbox,
+            memberships,
+            started,
+            last_seen,
+            bucket: TokenBucket::new(ctx.limits.rate, ctx.limits.burst),
+            strikes: 0,
+        }
+    }
+}
+
+/// What handling one client frame decided.
+type Step = Result<(), Ending>;
+
+impl Reader<'_> {
+    pub(super) async fn run<R>(mut self, mut stream: R) -> Ending
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let ending = match self.start().await {
+            Ok(()) => loop {
+                let msg = stream.next().await;
+                for room in self.inbox.take_evicted() {
+                    self.memberships.retain(|m| m.room != room);
+                }
+                // Boxed: handling a frame needs far more state than waiting for one, and
+                // an idle connection should not carry that state inline (760 B each).
+                if let Err(ending) = Box::pin(self.frame(msg)).await {
+                    break ending;
+                }
+            },
+            Err(ending) => ending,
+        };
+        match ending {
+            Ending::Closed(code, reason) => self.inbox.send(Out::Close(code, reason)).await,
+            Ending::ClientClosed => self.inbox.send(Out::Close(close::NORMAL, "")).await,
+            Ending::Gone(_) => self.inbox.push(Out::Finish),
+        }
+        ending
+    }
+
+    async fn start(&mut self) -> Step {
+        match self.mode {
+            Mode::V1 => self.send(Out::Text(self.ctx.hello.clone())).await,
+            Mode::Seed => {
+                let name = self.conn.to_string();
+                match self.join(SEED_ROOM, &name, None, None, None) {
+                    Ok(joined) => self.send(Out::Subscribe(joined)).await,
+                    Err(e) => Err(Ending::Gone(format!("cannot enter {SEED_ROOM}: {e}"))),
+                }
+            }
+        }
+    }
+
+    async fn send(&self, out: Out) -> Step {
+        self.inbox.send(out).await;
+        Ok(())
+    }
+
+    async fn frame(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        let msg = match msg {
+            None => return Err(Ending::Gone("end of stream".into())),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(read_error(e)),
+        };
+        let millis = self.started.elapsed().as_millis() as u64;
+        self.last_seen.store(millis, Ordering::Relaxed);
+        match msg {
+            Message::Text(text) => {
+                if !self.bucket.take() {
+                    return self.rate_limited(text.as_str()).await;
+                }
+                self.strikes = 0;
+                match self.mode {
+                    Mode::V1 => self.request(text.as_str()).await,
+                    Mode::Seed => self.seed_text(text.as_str()),
+                }
+            }
+            Message::Binary(_) => Err(Ending::Closed(
+                close::UNSUPPORTED_DATA,
+                "binary frames are not supported",
+            )),
+            Message::Close(_) => Err(Ending::ClientClosed),
+            // tungstenite only reads here, so the writer answers pings.
+            Message::Ping(data) => self.send(Out::Pong(data)).await,
+            // Any frame counts as a sign of life.
+            Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn rate_limited(&mut self, text: &str) -> Step {
+        self.strikes += 1;
+        if self.strikes > self.ctx.limits.rate_strikes {
+            return Err(Ending::Closed(
+                close::POLICY_VIOLATION,
+                "rate limit exceeded",
+            ));
+        }
+        if self.mode == Mode::Seed {
+            return Ok(());
+        }
+        // Say which message was dropped, so a client can mark it failed; the parse is bounded
+        // by the strikes before the close above.
+        let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Say {
+                room, reference, ..
+            }) => (Some(room), reference),
+            _ => (None, None),
+        };
+        let refusal = Refusal::new(
+            error_code::RATE_LIMITED,
+            "you are sending too fast; this message was dropped",
+        );
+        self.refuse(refusal, room.as_deref(), reference.as_deref())
+            .await
+    }
+
+    /// Answers a refused request with an `error` frame; the connection stays.
+    async fn refuse(&self, r: Refusal, room: Option<&str>, reference: Option<&str>) -> Step {
+        let frame = ServerFrame::Error {
+            code: r.code,
+            message: &r.message,
+            room,
+            reference,
+        };
+        self.send(Out::Text(protocol::to_text(&frame).into())).await
+    }
+
+    /// The answer to a request, sent to the client (replies go through the writer's inbox).
+    async fn answer(
+        &self,
+        result: Result<Out, Refusal>,
+        room: Option<&str>,
+        r: Option<&str>,
+    ) -> Step {
+        match result {
+            Ok(out) => self.send(out).await,
+            Err(refusal) => self.refuse(refusal, room, r).await,
+        }
+    }
+
+    async fn request(&mut self, text: &str) -> Step {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let refusal = Refusal::new(
+                    error_code::BAD_REQUEST,
+                    format!("not a protocol v1 frame: {e}"),
+                );
+                return self.refuse(refusal, None, None).await;
+            }
+        };
+        match frame {
+            ClientFrame::Join {
+                room,
+                name,
+                since,
+                epoch,
+                token,
+            } => {
+                let result = self.v1_join(&room, &name, since, epoch, token.as_deref());
+                // An invalid room name is not echoed back.
+                let room = valid_room(&room).then_some(room.as_str());
+                self.answer(result, room, None).await
+            }
+            ClientFrame::Leave { room } => {
+                let result = self.leave(&room);
+                self.answer(result, Some(&room), None).await
+            }
+            ClientFrame::Say {
+                room,
+                text,
+                reference,
+            } => {
+                let reference = reference.as_deref();
+                if let Err(refusal) = self.say(&room, &text, reference) {
+                    // A too-long ref is not echoed back.
+                    let reference = reference.filter(|r| ref_ok(r));
+                    return self.refuse(refusal, Some(&room), reference).await;
+                }
+                Ok(())
+            }
+            ClientFrame::Ping { reference } => {
+                let reference = reference.as_deref();
+                let result = match reference {
+                    Some(r) if !ref_ok(r) => Err(ref_too_long()),
+                    _ => Ok(Out::Text(
+                        protocol::to_text(&ServerFrame::Pong { reference }).into(),
+                    )),
+                };
+                self.answer(result, None, None).await
+            }
+        }
+    }
+
+    fn v1_join(
+        &mut self,
+        room: &str,
+        name: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        token: Option<&str>,
+    ) -> Result<Out, Refusal> {
+        if !valid_room(room) {
+            return Err(Refusal::new(error_code::INVALID_ROOM, limits::room_rule()));
+        }
+        if !valid_name(name) {
+            return Err(Refusal::new(error_code::INVALID_NAME, limits::name_rule()));
+        }
+        if self.memberships.iter().any(|m| &*m.room == room) {
+            return Err(HubError::AlreadyJoined.into());
+        }
+        if self.memberships.len() >= self.ctx.limits.max_rooms_per_connection {
+            return Err(Refusal::new(
+                error_code::TOO_MANY_ROOMS,
+                "you are in the maximum number of rooms; leave one first",
+            ));
+        }
+        Ok(Out::Subscribe(self.join(room, name, since, epoch, token)?))
+    }
+
+    fn join(
+        &mut self,
+        room: &str,
+        name: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        token: Option<&str>,
+    ) -> Result<Joined, HubError> {
+        let joined = self.ctx.hub.join(JoinRequest {
+            room,
+            name,
+            since,
+            epoch,
+            token,
+            conn: self.conn,
+            evictor: self.inbox.clone(),
+        })?;
+        self.memberships.push(Membership {
+            room: joined.room.clone(),
+            name: name.into(),
+        });
+        Ok(joined)
+    }
+
+    fn leave(&mut self, room: &str) -> Result<Out, Refusal> {
+        let i = self
+            .memberships
+            .iter()
+            .position(|m| &*m.room == room)
+            .ok_or(HubError::NotInRoom)?;
+        let m = self.memberships.swap_remove(i);
+        self.ctx.hub.leave(&m.room, &m.name, self.conn);
+        Ok(Out::Unsubscribe {
+            room: m.room,
+            reason: "left",
+        })
+    }
+
+    /// Publishes a message; its echo (from the room) is the sender's acknowledgement.
+    fn say(&mut self, room: &str, text: &str, reference: Option<&str>) -> Result<(), Refusal> {
+        if reference.is_some_and(|r| !ref_ok(r)) {
+            return Err(ref_too_long());
+        }
+        if text.trim().is_empty() {
+            return Err(Refusal::new(
+                error_code::EMPTY_TEXT,
+                "empty messages are not sent",
+            ));
+        }
+        let max = self.ctx.limits.max_text_bytes;
+        if text.len() > max {
+            return Err(Refusal::new(
+                error_code::TEXT_TOO_LONG,
+                format!("messages are limited to {max} bytes"),
+            ));
+        }
+        let m = self
+            .memberships
+            .iter()
+            .find(|m| &*m.room == room)
+            .ok_or(HubError::NotInRoom)?;
+        self.ctx
+            .hub
+            .say(room, &m.name, self.conn, text, reference)?;
+        Ok(())
+    }
+
+    /// A line from a `/chatSocket` client: relayed to the lobby like the original demo did.
+    fn seed_text(&mut self, text: &str) -> Step {
+        if text.len() > self.ctx.limits.max_text_bytes {
+            log::debug!("#{}: seed message over the text limit dropped", self.conn);
+            return Ok(());
+        }
+        if let Some(m) = self.memberships.first() {
+            // A seed connection is only ever in the lobby; a failure means it was removed.
+            if let Err(e) = self.ctx.hub.say(&m.room, &m.name, self.conn, text, None) {
+                return Err(Ending::Gone(format!("lobby: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ref_ok(reference: &str) -> bool {
+    reference.chars().count() <= MAX_REF_CHARS
+}
+
+fn ref_too_long() -> Refusal {
+    Refusal::new(
+        error_code::BAD_REQUEST,
+        format!("ref is longer than {MAX_REF_CHARS} characters"),
+    )
+}
+
+/// Maps a read error to the close the client gets (tungstenite reports, but does not send it).
+fn read_error(e: WsError) -> Ending {
+    use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. })
+        | WsError::Capacity(CapacityError::TooManyHeaders) => {
+            Ending::Closed(close::MESSAGE_TOO_BIG, "message too big")
+        }
+        WsError::Utf8(_) => Ending::Closed(close::INVALID_PAYLOAD, "invalid UTF-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Ending::Gone("reset without closing handshake".into())
+        }
+        WsError::Protocol(p) => {
+            log::debug!("protocol error: {p}");
+            Ending::Closed(close::PROTOCOL_ERROR, "protocol error")
+        }
+        other => Ending::Gone(other.to_string()),
+    }
+}
