@@ -97,6 +97,11 @@ pub struct Args {
     /// A socket that accepts no writes for this long is closed as a slow consumer (4008).
     #[arg(long, env = "TIDECHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
+    /// A message whose first byte has arrived must be complete within this (a fragmented message
+    /// never finished, a frame trickled a byte at a time), else the connection is closed (1008).
+    /// 10s lets the largest message (--max-message-bytes) arrive at under 7 KB/s.
+    #[arg(long, env = "TIDECHAT_MESSAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
     /// On SIGINT/SIGTERM, time allowed to close every socket before exiting.
     #[arg(long, env = "TIDECHAT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -176,6 +181,7 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub message_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// See [`Args::test_work_per_delivery`].
     pub test_work_per_delivery: Duration,
@@ -211,6 +217,7 @@ impl Args {
             ("--ping-interval", self.ping_interval),
             ("--handshake-timeout", self.handshake_timeout),
             ("--write-timeout", self.write_timeout),
+            ("--message-timeout", self.message_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
         ] {
             if d.is_zero() {
@@ -261,6 +268,7 @@ impl Args {
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
             write_timeout: self.write_timeout,
+            message_timeout: self.message_timeout,
             shutdown_timeout: self.shutdown_timeout,
             test_work_per_delivery: self.test_work_per_delivery,
         })
@@ -313,6 +321,7 @@ mod tests {
             "--ping-interval",
             "--handshake-timeout",
             "--write-timeout",
+            "--message-timeout",
             "--shutdown-timeout",
         ] {
             let e = parse(&[flag, "0s"]).unwrap_err();

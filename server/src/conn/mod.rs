@@ -23,6 +23,7 @@ use futures::{AsyncRead, AsyncWrite};
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
 use crate::shutdown::Shutdown;
+use crate::ws::ReadOnly;
 use inbox::{FromEviction, Inbox};
 
 /// Which protocol a connection speaks.
@@ -48,6 +49,8 @@ pub struct Limits {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// See [`crate::config::Args::message_timeout`].
+    pub message_timeout: Duration,
     /// See [`crate::config::Args::test_work_per_delivery`].
     pub test_work_per_delivery: Duration,
 }
@@ -63,6 +66,7 @@ impl From<&Config> for Limits {
             ping_interval: c.ping_interval,
             idle_timeout: c.idle_timeout,
             write_timeout: c.write_timeout,
+            message_timeout: c.message_timeout,
             test_work_per_delivery: c.test_work_per_delivery,
         }
     }
@@ -136,10 +140,15 @@ pub struct Peer {
 }
 
 /// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
-/// must not write: see [`crate::ws::ReadOnly`]); every byte to the client goes through `out`.
-pub async fn run<S, W>(ws: Box<WebSocketStream<S>>, out: W, ctx: Ctx<'_>, mode: Mode, peer: Peer)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// must not write: see [`ReadOnly`]); every byte to the client goes through `out`.
+pub async fn run<S, W>(
+    mut ws: Box<WebSocketStream<ReadOnly<S>>>,
+    out: W,
+    ctx: Ctx<'_>,
+    mode: Mode,
+    peer: Peer,
+) where
+    S: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send,
 {
     let conn = peer.conn;
@@ -159,7 +168,7 @@ where
             started,
             &last_seen,
         )
-        .run(ws);
+        .run(&mut ws);
         let writer = writer::Writer {
             ctx,
             mode,

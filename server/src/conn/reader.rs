@@ -7,14 +7,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures::{Stream, StreamExt};
+use async_tungstenite::WebSocketStream;
+use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
 use crate::hub::{HubError, JoinRequest, Joined, SEED_ROOM};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
+use crate::ws::ReadOnly;
 
 /// Longest `ref` a client may attach.
 const MAX_REF_CHARS: usize = 64;
@@ -86,13 +92,16 @@ impl<'a> Reader<'a> {
 type Step = Result<(), Ending>;
 
 impl Reader<'_> {
-    pub(super) async fn run<R>(mut self, mut stream: R) -> Ending
+    pub(super) async fn run<S>(mut self, ws: &mut WebSocketStream<ReadOnly<S>>) -> Ending
     where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
+        S: AsyncRead + Unpin,
     {
         let ending = match self.start().await {
             Ok(()) => loop {
-                let msg = stream.next().await;
+                let msg = match self.next_message(ws).await {
+                    Ok(msg) => msg,
+                    Err(ending) => break ending,
+                };
                 for room in self.inbox.take_evicted() {
                     self.memberships.retain(|m| m.room != room);
                 }
@@ -110,6 +119,40 @@ impl Reader<'_> {
             Ending::Gone(_) => self.inbox.push(Out::Finish),
         }
         ending
+    }
+
+    /// The client's next message; a message begun but not finished within
+    /// `--message-timeout` ends the connection. The timer exists only while such a message is
+    /// open, which the common case (a message in one read) never is.
+    async fn next_message<S: AsyncRead + Unpin>(
+        &self,
+        ws: &mut WebSocketStream<ReadOnly<S>>,
+    ) -> Result<Option<Result<Message, WsError>>, Ending> {
+        let limit = self.ctx.limits.message_timeout;
+        let mut timer: Option<(Instant, Box<async_io::Timer>)> = None;
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Ok(msg));
+            }
+            let Some(since) = ws.get_ref().incomplete_since() else {
+                return Poll::Pending;
+            };
+            let deadline = since + limit;
+            let (at, t) =
+                timer.get_or_insert_with(|| (deadline, Box::new(async_io::Timer::at(deadline))));
+            if *at != deadline {
+                t.set_at(deadline);
+                *at = deadline;
+            }
+            match Pin::new(&mut **t).poll(cx) {
+                Poll::Ready(_) => Poll::Ready(Err(Ending::Closed(
+                    close::POLICY_VIOLATION,
+                    "message incomplete",
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     async fn start(&mut self) -> Step {
@@ -136,32 +179,41 @@ impl Reader<'_> {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(read_error(e)),
         };
+        match msg {
+            Message::Binary(_) => {
+                return Err(Ending::Closed(
+                    close::UNSUPPORTED_DATA,
+                    "binary frames are not supported",
+                ))
+            }
+            Message::Close(_) => return Err(Ending::ClientClosed),
+            _ => {}
+        }
+        // Every frame costs a token, pings and pongs too: each ping costs the server a pong.
+        // A refused frame is not a sign of life, or a flood would keep the connection alive.
+        if !self.bucket.take() {
+            let text = match &msg {
+                Message::Text(text) => Some(text.as_str()),
+                _ => None,
+            };
+            return self.rate_limited(text).await;
+        }
+        self.strikes = 0;
         let millis = self.started.elapsed().as_millis() as u64;
         self.last_seen.store(millis, Ordering::Relaxed);
         match msg {
-            Message::Text(text) => {
-                if !self.bucket.take() {
-                    return self.rate_limited(text.as_str()).await;
-                }
-                self.strikes = 0;
-                match self.mode {
-                    Mode::V1 => self.request(text.as_str()).await,
-                    Mode::Seed => self.seed_text(text.as_str()),
-                }
-            }
-            Message::Binary(_) => Err(Ending::Closed(
-                close::UNSUPPORTED_DATA,
-                "binary frames are not supported",
-            )),
-            Message::Close(_) => Err(Ending::ClientClosed),
+            Message::Text(text) => match self.mode {
+                Mode::V1 => self.request(text.as_str()).await,
+                Mode::Seed => self.seed_text(text.as_str()),
+            },
             // tungstenite only reads here, so the writer answers pings.
             Message::Ping(data) => self.send(Out::Pong(data)).await,
-            // Any frame counts as a sign of life.
-            Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Pong(_) | Message::Frame(_) | Message::Binary(_) | Message::Close(_) => Ok(()),
         }
     }
 
-    async fn rate_limited(&mut self, text: &str) -> Step {
+    /// A frame over the rate: dropped (a ping gets no pong), and too many in a row close.
+    async fn rate_limited(&mut self, text: Option<&str>) -> Step {
         self.strikes += 1;
         if self.strikes > self.ctx.limits.rate_strikes {
             return Err(Ending::Closed(
@@ -169,9 +221,9 @@ impl Reader<'_> {
                 "rate limit exceeded",
             ));
         }
-        if self.mode == Mode::Seed {
+        let Some(text) = text.filter(|_| self.mode == Mode::V1) else {
             return Ok(());
-        }
+        };
         // Say which message was dropped, so a client can mark it failed; the parse is bounded
         // by the strikes before the close above.
         let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
