@@ -3,6 +3,8 @@
 use anyhow::Context;
 use async_std::net::TcpListener;
 use clap::Parser;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use tidechat::config::Args;
 
 fn main() -> anyhow::Result<()> {
@@ -12,7 +14,9 @@ fn main() -> anyhow::Result<()> {
         "ASYNC_STD_THREAD_COUNT",
         args.executor_threads().to_string(),
     );
-    async_std::task::block_on(serve(args))
+    let result = async_std::task::block_on(serve(args));
+    log::logger().flush();
+    result
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -22,10 +26,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
 
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })
-    .context("installing the SIGINT/SIGTERM handler")?;
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
+    std::thread::Builder::new()
+        .name("tidechat-signals".into())
+        .spawn(move || on_signals(signals, stop_tx))
+        .context("starting the signal thread")?;
 
     let listener = TcpListener::bind(bind)
         .await
@@ -38,4 +44,30 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .await?;
     log::info!("tidechat stopped");
     Ok(())
+}
+
+/// The first SIGINT or SIGTERM starts the graceful shutdown; a second one exits at once with
+/// the shell's status for it (128 + signal: 130, 143). SIGHUP, which a closed terminal or a
+/// service manager's reload sends, is not a reason to stop: there is nothing to reload yet.
+fn on_signals(mut signals: Signals, stop: async_channel::Sender<()>) {
+    let mut stopping = false;
+    // Ends only with the process.
+    for signal in signals.forever() {
+        let name = match signal {
+            SIGINT => "SIGINT",
+            SIGTERM => "SIGTERM",
+            _ => {
+                log::info!("SIGHUP ignored (nothing to reload)");
+                continue;
+            }
+        };
+        if stopping {
+            log::warn!("{name} again: exiting now");
+            log::logger().flush();
+            std::process::exit(128 + signal);
+        }
+        stopping = true;
+        log::info!("{name}: shutting down (send it again to exit at once)");
+        let _ = stop.try_send(());
+    }
 }

@@ -1,11 +1,14 @@
-//! Smoke test of the real `tidechat` binary: it serves, and SIGTERM closes every socket with
-//! 1001 and exits 0.
+//! Tests of the real `tidechat` binary: it serves; SIGTERM closes every socket with 1001 and
+//! exits 0; a second SIGINT/SIGTERM during the shutdown exits at once (130/143); SIGHUP does not
+//! stop it; and a stderr nobody reads does not stop it either (log lines are dropped, counted).
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 
+use async_std::io::{ReadExt, WriteExt};
 use common::*;
 
 /// Kills and reaps the child if the test fails before it exits by itself.
@@ -18,76 +21,241 @@ impl Drop for Proc {
     }
 }
 
-#[async_std::test]
-async fn sigterm_closes_sockets_with_1001_and_exits_0() {
+impl Proc {
+    fn signal(&self, name: &str) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    async fn exit_status(mut self) -> ExitStatus {
+        let status = async_std::task::spawn_blocking(move || {
+            let status = self.0.wait().unwrap();
+            drop(self);
+            status
+        });
+        async_std::future::timeout(PATIENCE, status)
+            .await
+            .expect("tidechat did not exit")
+    }
+}
+
+/// Starts the binary with JSON logs plus `extra`, and reads its stderr up to the line that
+/// gives its address. The rest of stderr is left to the caller, unread.
+fn spawn(extra: &[&str]) -> (Proc, SocketAddr, BufReader<ChildStderr>) {
     let static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--static-dir",
+        static_dir,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
     let mut child = Proc(
         Command::new(env!("CARGO_BIN_EXE_tidechat"))
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--static-dir",
-                static_dir,
-                "--log-format",
-                "json",
-            ])
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let stderr = child.0.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = async_channel::unbounded::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[tidechat] {line}");
-            let _ = lines_tx.send_blocking(line);
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    // The listening line is among the first few; a bound in case it never comes.
+    for _ in 0..100 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
         }
-    });
-    let addr: std::net::SocketAddr = loop {
-        let line = async_std::future::timeout(PATIENCE, lines_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        eprintln!("[tidechat] {}", line.trim_end());
         let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
         if let Some(rest) = v["msg"]
             .as_str()
             .unwrap()
             .strip_prefix("tidechat listening on http://")
         {
-            break rest.parse().unwrap();
+            return (child, rest.parse().unwrap(), stderr);
         }
-    };
+    }
+    panic!("tidechat did not say where it listens");
+}
+
+/// Hands the rest of stderr to a thread that echoes it and forwards each message.
+fn follow(stderr: BufReader<ChildStderr>) -> async_channel::Receiver<String> {
+    let (lines_tx, lines_rx) = async_channel::unbounded::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("[tidechat] {line}");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+            let _ = lines_tx.send_blocking(v["msg"].as_str().unwrap_or_default().to_string());
+        }
+    });
+    lines_rx
+}
+
+/// Waits for a log message that starts with `prefix`.
+async fn wait_for(lines: &async_channel::Receiver<String>, prefix: &str) {
+    loop {
+        let line = async_std::future::timeout(PATIENCE, lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no log line {prefix:?}"))
+            .unwrap_or_else(|_| panic!("stderr ended before {prefix:?}"));
+        if line.starts_with(prefix) {
+            return;
+        }
+    }
+}
+
+async fn client(addr: SocketAddr, name: &str) -> Client {
+    let std = std::net::TcpStream::connect(addr).unwrap();
+    let raw = std.try_clone().unwrap();
+    let (ws, _) = async_tungstenite::client_async(
+        format!("ws://{addr}/ws"),
+        async_std::net::TcpStream::from(std),
+    )
+    .await
+    .unwrap();
+    let mut c = Client { ws, raw };
+    c.recv().await;
+    c.join("lobby", name).await;
+    c
+}
+
+/// `from` says `n` messages; `to` must receive every one of them.
+async fn chat_works(from: &mut Client, to: &mut Client, n: usize, tag: &str) {
+    for i in 0..n {
+        from.say("lobby", &format!("{tag} {i}")).await;
+    }
+    for i in 0..n {
+        assert_eq!(to.recv_type("message").await["text"], format!("{tag} {i}"));
+    }
+}
+
+#[async_std::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_0() {
+    let (child, addr, stderr) = spawn(&[]);
+    let _lines = follow(stderr);
     let mut clients = Vec::new();
     for name in ["alice", "bob"] {
-        let std = std::net::TcpStream::connect(addr).unwrap();
-        let raw = std.try_clone().unwrap();
-        let (ws, _) = async_tungstenite::client_async(
-            format!("ws://{addr}/ws"),
-            async_std::net::TcpStream::from(std),
-        )
-        .await
-        .unwrap();
-        let mut c = Client { ws, raw };
-        c.recv().await;
-        c.join("lobby", name).await;
-        clients.push(c);
+        clients.push(client(addr, name).await);
     }
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    child.signal("TERM");
     for c in &mut clients {
         assert_eq!(c.closed().await, Some(1001));
     }
-    let status = async_std::task::spawn_blocking(move || {
-        let status = child.0.wait().unwrap();
-        drop(child);
-        status
-    });
-    let status = async_std::future::timeout(PATIENCE, status)
-        .await
-        .expect("tidechat did not exit");
+    let status = child.exit_status().await;
     assert!(status.success(), "{status}");
+}
+
+#[async_std::test]
+async fn sighup_does_not_stop_the_server() {
+    let (child, addr, stderr) = spawn(&[]);
+    let lines = follow(stderr);
+    let mut alice = client(addr, "alice").await;
+    let mut bob = client(addr, "bob").await;
+    child.signal("HUP");
+    wait_for(&lines, "SIGHUP ignored").await;
+    chat_works(&mut alice, &mut bob, 5, "after SIGHUP").await;
+    let mut carol = client(addr, "carol").await;
+    chat_works(&mut carol, &mut bob, 5, "new after SIGHUP").await;
+    child.signal("TERM");
+    assert_eq!(alice.closed().await, Some(1001));
+    assert!(child.exit_status().await.success());
+}
+
+/// A client that never answers the server's close holds the graceful shutdown (up to the close
+/// bound); a second signal then ends the process at once with 128 + the signal's number.
+async fn second_signal_exits_at_once(signal: &str, code: i32) {
+    let (child, addr, stderr) = spawn(&[]);
+    let lines = follow(stderr);
+    let mut mute = raw_upgrade(addr, "/ws").await;
+    let mut upgraded = [0u8; 12];
+    mute.read_exact(&mut upgraded).await.unwrap();
+    assert_eq!(&upgraded, b"HTTP/1.1 101");
+    wait_for(&lines, "connect #").await;
+    child.signal(signal);
+    wait_for(&lines, "shutting down").await;
+    child.signal(signal);
+    let status = child.exit_status().await;
+    assert_eq!(status.code(), Some(code), "{status}");
+    drop(mute);
+}
+
+#[async_std::test]
+async fn second_sigterm_exits_143() {
+    second_signal_exits_at_once("TERM", 143).await;
+}
+
+#[async_std::test]
+async fn second_sigint_exits_130() {
+    second_signal_exits_at_once("INT", 130).await;
+}
+
+/// With stderr a pipe nobody reads, logging used to block the executor thread in its write, so
+/// the whole server stopped once the pipe (64 KiB) was full.
+#[async_std::test]
+async fn unread_stderr_does_not_stop_the_server() {
+    let (child, addr, stderr) = spawn(&["--log-level", "debug"]);
+    // Refused handshakes log a line each at debug (with the Origin, cut to 100 characters):
+    // 6,000 of them write ~1.2 MiB, far more than the pipe and the log queue hold.
+    let origin = format!("http://{}.example", "o".repeat(90));
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: {origin}\r\n\r\n"
+    );
+    // A connection per request: async-h1 does not keep a connection alive after an upgrade
+    // request. Eight at a time.
+    let (workers, per_worker) = (8, 750);
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let request = request.clone();
+            async_std::task::spawn(async move {
+                for _ in 0..per_worker {
+                    let mut tcp = async_std::net::TcpStream::connect(addr).await.unwrap();
+                    tcp.write_all(request.as_bytes()).await.unwrap();
+                    let mut status = [0u8; 12];
+                    async_std::future::timeout(PATIENCE, tcp.read_exact(&mut status))
+                        .await
+                        .expect("the server stopped answering")
+                        .unwrap();
+                    assert_eq!(&status, b"HTTP/1.1 403");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+
+    let mut alice = client(addr, "alice").await;
+    let mut bob = client(addr, "bob").await;
+    chat_works(&mut alice, &mut bob, 20, "with stderr full").await;
+
+    // Now read stderr: the writer catches up and reports what it dropped.
+    let all = std::thread::spawn(move || {
+        let mut stderr = stderr;
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    child.signal("TERM");
+    assert_eq!(alice.closed().await, Some(1001));
+    assert!(child.exit_status().await.success());
+    let text = all.join().unwrap();
+    let dropped = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .find(|m| m.contains("log lines dropped"))
+        .expect("a dropped-lines line");
+    let n: u64 = dropped.split(' ').next().unwrap().parse().unwrap();
+    assert!(n > 0, "{dropped}");
+    assert!(
+        text.contains("tidechat stopped"),
+        "lines after the stall are written again"
+    );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use futures::future::Either;
-use futures::{AsyncRead, AsyncWrite};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
@@ -35,7 +35,8 @@ pub enum Mode {
     Seed,
 }
 
-/// Time the writer gets to flush a final close frame after the reader has ended.
+/// Once a connection's end is decided: time for the writer to send the close frame and for the
+/// client to answer it.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// The per-connection limits, from [`Config`].
@@ -158,7 +159,7 @@ pub async fn run<S, W>(
     let last_seen = AtomicU64::new(0);
     let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
 
-    let ending = {
+    let (ending, closing) = {
         let reader = reader::Reader::new(
             ctx,
             mode,
@@ -181,15 +182,33 @@ pub async fn run<S, W>(
         futures::pin_mut!(reader, writer);
         match race::race(reader.as_mut(), writer.as_mut()).await {
             Either::Left(ending) => {
+                let closing = Instant::now() + CLOSE_FLUSH;
                 // The writer sends the close (ours, or the reply to the client's) and stops.
                 let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
-                ending
+                (ending, closing)
             }
-            Either::Right(ending) => ending,
+            Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
         }
     };
+    if let Ending::Closed(..) = ending {
+        // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close, so
+        // the client sees a clean close (not a reset); a client that never answers is let go at
+        // the same bound that the close frame itself had.
+        let left = closing.saturating_duration_since(Instant::now());
+        let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
+    }
     for m in &memberships {
         ctx.hub.leave(&m.room, &m.name, conn);
     }
     log::info!("disconnect #{conn} {}: {ending}", peer.addr);
+}
+
+/// Reads until the client's close frame or the end of the stream, discarding the rest: the
+/// server has said its last word.
+async fn client_close<S: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<S>>) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            return;
+        }
+    }
 }

@@ -167,7 +167,12 @@ impl Client {
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
             match self.next().await {
-                Some(Message::Close(frame)) => return frame.map(|f: CloseFrame| u16::from(f.code)),
+                Some(Message::Close(frame)) => {
+                    // tungstenite queues its close reply; a browser sends it at once, and the
+                    // server waits for it (bounded) before closing the socket.
+                    let _ = self.ws.flush().await;
+                    return frame.map(|f: CloseFrame| u16::from(f.code));
+                }
                 Some(_) => continue,
                 None => return None,
             }
