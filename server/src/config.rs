@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use crate::limits::{JOIN_COST, MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use crate::protocol::Limits;
 
 /// Largest websocket message, in bytes, enforced from the frame header before buffering.
@@ -68,6 +68,14 @@ pub struct Args {
     /// Bytes of history kept per room (oldest messages go first).
     #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     pub history_bytes: usize,
+    /// Most messages a `joined` or `history` frame holds; a resume across a longer gap pages
+    /// with `history` requests.
+    #[arg(long, env = "TIDECHAT_JOIN_HISTORY", default_value_t = 50)]
+    pub join_history: usize,
+    /// Most bytes of messages a `joined` or `history` frame holds (a single larger message
+    /// still goes out alone).
+    #[arg(long, env = "TIDECHAT_JOIN_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    pub join_history_bytes: usize,
     /// Events buffered per room for receivers that fall behind; past it a receiver is closed
     /// with 4008 (slow consumer). Allocated when the room is created (16 B per slot).
     #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 1024)]
@@ -167,6 +175,8 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     pub history: usize,
     pub history_bytes: usize,
+    pub join_history: usize,
+    pub join_history_bytes: usize,
     pub room_buffer: usize,
     pub presence_cap: usize,
     pub rate: f64,
@@ -198,6 +208,8 @@ impl Args {
             ("--max-rooms", self.max_rooms),
             ("--max-rooms-per-connection", self.max_rooms_per_connection),
             ("--room-buffer", self.room_buffer),
+            ("--join-history", self.join_history),
+            ("--join-history-bytes", self.join_history_bytes),
             ("--burst", self.burst as usize),
             ("--rate-strikes", self.rate_strikes as usize),
         ] {
@@ -252,6 +264,8 @@ impl Args {
             max_rooms_per_connection: self.max_rooms_per_connection,
             history: self.history,
             history_bytes: self.history_bytes,
+            join_history: self.join_history,
+            join_history_bytes: self.join_history_bytes,
             room_buffer: self.room_buffer,
             presence_cap: self.presence_cap,
             rate: self.rate,
@@ -268,6 +282,12 @@ impl Args {
 }
 
 impl Config {
+    /// Rate tokens a `join` or `history` request costs: [`JOIN_COST`], or the whole burst when
+    /// that is smaller (so a full bucket always allows one).
+    pub fn join_cost(&self) -> u32 {
+        JOIN_COST.min(self.burst)
+    }
+
     /// The limits clients are told about in `hello`.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -278,6 +298,9 @@ impl Config {
             max_rooms_per_connection: self.max_rooms_per_connection,
             rate_per_sec: self.rate,
             rate_burst: self.burst,
+            join_cost: self.join_cost(),
+            page_messages: self.join_history,
+            page_bytes: self.join_history_bytes,
         }
     }
 }
@@ -300,10 +323,10 @@ mod tests {
             argv.extend_from_slice(extra);
             Args::try_parse_from(argv).unwrap().into_config()
         };
-        assert!(matches!(
-            parse(&["--max-rooms", "0"]),
-            Err(ConfigError::Zero(_))
-        ));
+        for flag in ["--max-rooms", "--join-history", "--join-history-bytes"] {
+            let e = parse(&[flag, "0"]).unwrap_err();
+            assert!(matches!(e, ConfigError::Zero(f) if f == flag), "{e}");
+        }
         assert!(matches!(
             parse(&["--max-text-bytes", "70000"]),
             Err(ConfigError::TextAboveMessage { .. })

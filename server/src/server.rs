@@ -94,6 +94,8 @@ impl State {
             history_bytes: config.history_bytes,
             room_buffer: config.room_buffer,
             presence_cap: config.presence_cap,
+            page_messages: config.join_history,
+            page_bytes: config.join_history_bytes,
         });
         Self {
             limits: conn::Limits::from(&config),
