@@ -3,6 +3,8 @@
 //! The hub knows nothing about sockets or the async runtime: connections call [`Hub::join`],
 //! [`Hub::say`] and [`Hub::leave`], and receive [`Event`]s from the `async_broadcast` receiver that
 //! `join` hands them. Each message is serialized once, here, and shared by every receiver.
+//! `join` and `history` hand back pages of those shared events (capped by count and bytes) and
+//! the connection renders the frame, outside every hub lock.
 //!
 //! Lock order: the room map, then one room's state; never the other way round. Publishing holds
 //! a room's lock only to assign the id, append to history and `try_broadcast`, which never waits.

@@ -463,3 +463,25 @@ async fn a_rate_limited_page_names_its_room() {
     }
     s.stop().await;
 }
+
+/// A lobby message is kept twice (its JSON and its `/chatSocket` line): both count against
+/// `--history-bytes`, so the lobby keeps fewer of the same messages than another room.
+#[async_std::test]
+async fn history_bytes_count_the_seed_copy_of_lobby_messages() {
+    let config = Config {
+        // ~1,070 B of JSON and ~1,007 B of seed line per message.
+        history_bytes: 4000,
+        ..unlimited_rate()
+    };
+    let s = TestServer::start(config).await;
+    let text = "x".repeat(1000);
+    for room in ["lobby", "other"] {
+        let (mut a, _) = s.join(room, "alice").await;
+        say_n(&mut a, room, 5, &text).await;
+    }
+    let (_b, lobby) = s.join("lobby", "bob").await;
+    let (_c, other) = s.join("other", "bob").await;
+    assert_eq!(ids(&lobby, "history"), vec![5]);
+    assert_eq!(ids(&other, "history"), vec![3, 4, 5]);
+    s.stop().await;
+}
