@@ -53,7 +53,9 @@ pub struct ClientInfo {
 /// The client of a request that arrived from `peer`. Headers count only when `peer` is a trusted
 /// proxy; then the client is the rightmost forwarded address that is not itself a trusted proxy
 /// (each proxy appends the address it received from, so everything left of that point could be
-/// written by the client). `Forwarded` wins over `X-Forwarded-For` when both are present.
+/// written by the client). `X-Forwarded-For` (and `X-Forwarded-Proto`) win over `Forwarded`
+/// when both are present: nearly every proxy writes the former and passes a client's
+/// `Forwarded` through untouched, so a proxy that writes only `Forwarded` must drop the others.
 pub fn client(proxies: &Proxies, peer: IpAddr, fwd: Forwarding<'_>) -> ClientInfo {
     let peer = peer.to_canonical();
     let mut info = ClientInfo {
@@ -63,21 +65,21 @@ pub fn client(proxies: &Proxies, peer: IpAddr, fwd: Forwarding<'_>) -> ClientInf
     if !proxies.trusts(peer) {
         return info;
     }
-    let hops: Vec<(Option<IpAddr>, Option<String>)> = match fwd.forwarded {
-        Some(f) => f.split(',').map(forwarded_element).collect(),
-        None => fwd
-            .x_forwarded_for
-            .unwrap_or("")
+    let hops: Vec<(Option<IpAddr>, Option<String>)> = match (fwd.x_forwarded_for, fwd.forwarded) {
+        (Some(xff), _) => xff
             .split(',')
             .filter(|s| !s.trim().is_empty())
             .map(|s| (node(s), None))
             .collect(),
+        (None, Some(f)) => f.split(',').map(forwarded_element).collect(),
+        (None, None) => Vec::new(),
     };
-    let mut proto = fwd
+    // The value the nearest proxy set.
+    let xfp = fwd
         .x_forwarded_proto
-        .filter(|_| fwd.forwarded.is_none())
         .and_then(|p| p.rsplit(',').next())
         .map(|p| p.trim().to_ascii_lowercase());
+    let mut proto = None;
     for (ip, hop_proto) in hops.iter().rev() {
         // This hop was written by `info.ip`, a trusted proxy.
         if hop_proto.is_some() {
@@ -91,7 +93,7 @@ pub fn client(proxies: &Proxies, peer: IpAddr, fwd: Forwarding<'_>) -> ClientInf
             break;
         }
     }
-    info.https = proto.as_deref() == Some("https");
+    info.https = xfp.or(proto).as_deref() == Some("https");
     info
 }
 
@@ -189,12 +191,11 @@ mod tests {
     #[test]
     fn forwarded_header_gives_address_and_proto() {
         let p = proxies(&["127.0.0.1/32"]);
-        let fwd = Forwarding {
+        let mut fwd = Forwarding {
             forwarded: Some(
                 r#"for=6.6.6.6;proto=http, For="[2001:db8:cafe::17]:4711";proto=https"#,
             ),
-            x_forwarded_for: Some("9.9.9.9"),
-            x_forwarded_proto: Some("http"),
+            ..Default::default()
         };
         let c = client(&p, ip("127.0.0.1"), fwd);
         assert_eq!(c.ip, ip("2001:db8:cafe::17"));
@@ -202,6 +203,12 @@ mod tests {
         // IPv4-mapped peers are IPv4 peers.
         let c = client(&p, ip("::ffff:127.0.0.1"), fwd);
         assert_eq!(c.ip, ip("2001:db8:cafe::17"));
+        // The X-Forwarded-* pair wins: a client's own `Forwarded` passes most proxies unchanged.
+        fwd.x_forwarded_for = Some("9.9.9.9");
+        fwd.x_forwarded_proto = Some("http");
+        let c = client(&p, ip("127.0.0.1"), fwd);
+        assert_eq!(c.ip, ip("9.9.9.9"));
+        assert!(!c.https);
     }
 
     #[test]

@@ -80,14 +80,14 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_HANDSHAKE_BURST_PER_IP", default_value_t = 20)]
     pub handshake_burst_per_ip: u32,
     /// Most open TCP connections that are not (yet) websockets; more are closed at once.
-    #[arg(long, env = "TIDECHAT_MAX_HTTP_CONNECTIONS", default_value_t = 1_024)]
+    #[arg(long, env = "TIDECHAT_MAX_HTTP_CONNECTIONS", default_value_t = 2_048)]
     pub max_http_connections: usize,
     /// Most open non-websocket TCP connections per TCP peer address (not applied to
     /// `--trusted-proxy` peers); more are closed at once.
     #[arg(
         long,
         env = "TIDECHAT_MAX_HTTP_CONNECTIONS_PER_IP",
-        default_value_t = 32
+        default_value_t = 64
     )]
     pub max_http_connections_per_ip: usize,
     /// Total time a non-websocket TCP connection may stay open (request heads, responses and

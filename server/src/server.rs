@@ -220,19 +220,12 @@ pub async fn serve(
     {
         let accept = async {
             // Failed accepts in a row, and the pause after the last one.
-            let mut failures = 0u64;
-            let mut backoff = ACCEPT_BACKOFF;
+            let mut failures = AcceptFailures::default();
             let mut refusals = Refusals::default();
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        if failures > 0 {
-                            log::warn!(
-                                "accepting connections again after {failures} failed accepts"
-                            );
-                            failures = 0;
-                            backoff = ACCEPT_BACKOFF;
-                        }
+                        failures.ended();
                         // Closed at once, unread: a task and a read buffer per connection is
                         // what a flood would cost otherwise.
                         let Some(slot) = state.try_http(peer.ip().to_canonical()) else {
@@ -247,16 +240,7 @@ pub async fn serve(
                         async_std::task::spawn(http_connection(app.clone(), stream, slot));
                     }
                     Err(e) => {
-                        // Once per run of failures: an attacker holding every descriptor would
-                        // otherwise fill the log at the accept rate.
-                        if failures == 0 {
-                            log::warn!(
-                                "accept failed: {e}; pausing accepts (up to {ACCEPT_BACKOFF_MAX:?}) until it works again"
-                            );
-                        }
-                        failures += 1;
-                        async_io::Timer::after(backoff).await;
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        async_io::Timer::after(failures.failed(&e)).await;
                     }
                 }
             }
@@ -290,6 +274,68 @@ async fn bad_request(out: &mut TcpStream, reason: &str) {
         body.len()
     );
     let _ = async_std::future::timeout(BAD_REQUEST_WRITE, out.write_all(res.as_bytes())).await;
+}
+
+/// A run of failed accepts: how long to pause, and its log lines. Once per run, not per
+/// accept, since an attacker holding every descriptor would otherwise fill the log at the
+/// accept rate; and a run that starts within [`REFUSAL_LOG_INTERVAL`] of the last one logged is
+/// logged only if it lasts past that, so a limit hit and freed over and over costs at most two
+/// lines a second.
+#[derive(Default)]
+struct AcceptFailures {
+    /// Failures in the current run (0: accepting).
+    failures: u64,
+    /// The pause after the last failure.
+    backoff: Duration,
+    /// Whether the current run's start was logged.
+    logged: bool,
+    /// When the last run's start was logged.
+    last_logged: Option<Instant>,
+    /// Runs not logged since then.
+    quiet_runs: u64,
+}
+
+impl AcceptFailures {
+    /// Notes a failure; returns the pause before the next accept.
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        if self.failures == 0 {
+            self.backoff = ACCEPT_BACKOFF;
+            self.logged = false;
+            self.quiet_runs += 1;
+        } else {
+            self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        }
+        // A run that started too soon after the last logged one is logged once it has lasted.
+        let due = self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if !self.logged && due {
+            log::warn!(
+                "accept failed: {e}; pausing accepts (up to {ACCEPT_BACKOFF_MAX:?}) until it works again"
+            );
+            self.logged = true;
+            self.last_logged = Some(Instant::now());
+            self.quiet_runs -= 1;
+        }
+        self.failures += 1;
+        self.backoff
+    }
+
+    /// Notes a successful accept.
+    fn ended(&mut self) {
+        if self.failures > 0 && self.logged {
+            let quiet = match self.quiet_runs {
+                0 => String::new(),
+                n => format!(" ({n} shorter runs of failures before it not logged)"),
+            };
+            log::warn!(
+                "accepting connections again after {} failed accepts{quiet}",
+                self.failures
+            );
+            self.quiet_runs = 0;
+        }
+        self.failures = 0;
+    }
 }
 
 /// Connections closed at an HTTP connection cap since the last log line about them.
@@ -383,4 +429,27 @@ async fn http_connection(app: tide::Server<Arc<State>>, stream: TcpStream, slot:
         log::debug!("http connection from {peer:?}: closed at --http-deadline");
     }
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_log_flapping_runs_at_most_once_a_second() {
+        let e = io::Error::from_raw_os_error(24);
+        let mut f = AcceptFailures::default();
+        let pauses: Vec<_> = (0..10).map(|_| f.failed(&e)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(pauses[9], ACCEPT_BACKOFF_MAX);
+        assert!(f.logged);
+        f.ended();
+        // Hit again at once: counted, not logged, and the pause starts small again.
+        assert_eq!(f.failed(&e), ACCEPT_BACKOFF);
+        assert!(!f.logged);
+        assert_eq!(f.quiet_runs, 1);
+        f.ended();
+        assert_eq!(f.failures, 0);
+    }
 }

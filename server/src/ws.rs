@@ -76,21 +76,24 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
     };
     // Before the global cap, so one address at its own cap does not use up everyone's places.
     let ip_slot = match client.map(|c| state.per_ip.websocket(addr::key(c.ip))) {
-        Some(Ok(slot)) => Some(slot),
         None => None,
-        Some(Err(Refused::Rate { retry_after })) => {
-            let mut res = plain(
-                StatusCode::TooManyRequests,
-                "too many websocket handshakes from your address",
-            );
-            res.insert_header("Retry-After", retry_after.as_secs().to_string());
+        Some(Ok(slot)) => Some(slot),
+        Some(Err(refused)) => {
+            log::debug!("refused websocket from {client:?}: {refused:?}");
+            let mut res = match refused {
+                Refused::Rate { .. } => plain(
+                    StatusCode::TooManyRequests,
+                    "too many websocket handshakes from your address",
+                ),
+                Refused::Connections => plain(
+                    StatusCode::TooManyRequests,
+                    "too many websockets open from your address",
+                ),
+            };
+            if let Refused::Rate { retry_after } = refused {
+                res.insert_header("Retry-After", retry_after.as_secs().to_string());
+            }
             return Ok(res);
-        }
-        Some(Err(Refused::Connections)) => {
-            return Ok(plain(
-                StatusCode::TooManyRequests,
-                "too many websockets open from your address",
-            ));
         }
     };
     let Some(slot) = state.try_acquire() else {
