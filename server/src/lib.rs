@@ -5,7 +5,7 @@
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
 //! - [`conn`]: one websocket connection: its reader, its single writer, the inbox between them.
-//! - [`ws`]: the websocket upgrade on tide (handshake checks, connection cap).
+//! - [`ws`]: the websocket upgrade on tide (handshake checks, per-address and global caps).
 //! - [`origin`]: the Host allowlist, the Origin allowlist and the same-origin rule.
 //! - [`addr`]: the client address and scheme behind trusted proxies.
 //! - [`per_ip`]: per-address caps on connections and handshakes.

@@ -1,5 +1,5 @@
 //! The websocket upgrade on tide: RFC 6455 handshake checks, the [Origin allowlist](crate::origin),
-//! the connection cap, then the connection is handed to the current `async-tungstenite` (for
+//! the [per-address caps](crate::per_ip) and the connection cap, then the connection is handed to the current `async-tungstenite` (for
 //! reading, with an explicit
 //! [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig)) and to the
 //! connection's writer (for writing), in [`crate::conn`].
