@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::addr::Proxies;
 use crate::limits::{JOIN_COST, MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use crate::origin::HostPolicy;
+use crate::per_ip::PerIpLimits;
 use crate::protocol::Limits;
 
 /// Largest websocket message, in bytes, enforced from the frame header before buffering.
@@ -47,6 +50,50 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+    /// Host the server may be called by (repeatable; `host` for any port or `host:port`; `*`
+    /// allows any, for a proxy that checks Host itself). `localhost`, the address a connection
+    /// arrived on and the hosts of `--allowed-origin` are always allowed. Other Hosts get 421,
+    /// which stops DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "TIDECHAT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Reverse proxy whose `X-Forwarded-For`/`Forwarded` (client address) and
+    /// `X-Forwarded-Proto` (scheme) are believed (repeatable CIDR or address, e.g. 127.0.0.1/32,
+    /// 10.0.0.0/8). Default: none, the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TIDECHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Most open websockets per client address (IPv6: per /64); more get HTTP 429.
+    #[arg(long, env = "TIDECHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// Sustained websocket handshakes per second per client address; more get HTTP 429 with
+    /// Retry-After.
+    #[arg(long, env = "TIDECHAT_HANDSHAKE_RATE_PER_IP", default_value_t = 10.0)]
+    pub handshake_rate_per_ip: f64,
+    /// Websocket handshakes per client address in a burst above the rate.
+    #[arg(long, env = "TIDECHAT_HANDSHAKE_BURST_PER_IP", default_value_t = 20)]
+    pub handshake_burst_per_ip: u32,
+    /// Most open TCP connections that are not (yet) websockets; more are closed at once.
+    #[arg(long, env = "TIDECHAT_MAX_HTTP_CONNECTIONS", default_value_t = 2_048)]
+    pub max_http_connections: usize,
+    /// Most open non-websocket TCP connections per TCP peer address (not applied to
+    /// `--trusted-proxy` peers); more are closed at once.
+    #[arg(
+        long,
+        env = "TIDECHAT_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_http_connections_per_ip: usize,
+    /// Total time a non-websocket TCP connection may stay open (request heads, responses and
+    /// keep-alive idling together), so slow headers or keep-alive cannot hold it forever.
+    #[arg(long, env = "TIDECHAT_HTTP_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_deadline: Duration,
     /// Largest websocket message in bytes (larger ones close the connection with 1009).
     #[arg(long, env = "TIDECHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
@@ -156,6 +203,12 @@ pub enum ConfigError {
     Rate(f64),
     #[error("--allowed-origin {0:?} is not an origin like https://host:port or *")]
     Origin(String),
+    #[error("--allowed-host {0:?} is not a host like chat.example.com, host:port or *")]
+    Host(String),
+    #[error("--trusted-proxy {0:?} is not a network like 10.0.0.0/8 or an address")]
+    Proxy(String),
+    #[error("--handshake-rate-per-ip must be a positive number, got {0}")]
+    HandshakeRate(f64),
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleBelowPing { idle: Duration, ping: Duration },
 }
@@ -168,6 +221,14 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// True when `*` was given.
     pub any_origin: bool,
+    /// `--allowed-host`, with `localhost` and the hosts of `--allowed-origin`.
+    pub hosts: HostPolicy,
+    /// `--trusted-proxy`.
+    pub trusted_proxies: Proxies,
+    /// `--max-connections-per-ip`, `--max-http-connections-per-ip` and the handshake bucket.
+    pub per_ip: PerIpLimits,
+    pub max_http_connections: usize,
+    pub http_deadline: Duration,
     pub max_message_bytes: usize,
     pub max_text_bytes: usize,
     pub max_connections: usize,
@@ -212,6 +273,16 @@ impl Args {
             ("--join-history-bytes", self.join_history_bytes),
             ("--burst", self.burst as usize),
             ("--rate-strikes", self.rate_strikes as usize),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+            (
+                "--handshake-burst-per-ip",
+                self.handshake_burst_per_ip as usize,
+            ),
+            ("--max-http-connections", self.max_http_connections),
+            (
+                "--max-http-connections-per-ip",
+                self.max_http_connections_per_ip,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -224,6 +295,7 @@ impl Args {
             ("--handshake-timeout", self.handshake_timeout),
             ("--write-timeout", self.write_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--http-deadline", self.http_deadline),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -237,6 +309,9 @@ impl Args {
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(ConfigError::Rate(self.rate));
+        }
+        if !(self.handshake_rate_per_ip.is_finite() && self.handshake_rate_per_ip > 0.0) {
+            return Err(ConfigError::HandshakeRate(self.handshake_rate_per_ip));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBelowPing {
@@ -252,11 +327,24 @@ impl Args {
             .map(|o| {
                 crate::origin::normalize_origin(o).ok_or_else(|| ConfigError::Origin(o.clone()))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let hosts =
+            HostPolicy::new(&self.allowed_hosts, &allowed_origins).map_err(ConfigError::Host)?;
+        let trusted_proxies = Proxies::parse(&self.trusted_proxies).map_err(ConfigError::Proxy)?;
         Ok(Config {
             static_dir: self.static_dir,
             allowed_origins,
             any_origin,
+            hosts,
+            trusted_proxies,
+            per_ip: PerIpLimits {
+                websockets: self.max_connections_per_ip,
+                http: self.max_http_connections_per_ip,
+                rate: self.handshake_rate_per_ip,
+                burst: self.handshake_burst_per_ip,
+            },
+            max_http_connections: self.max_http_connections,
+            http_deadline: self.http_deadline,
             max_message_bytes: self.max_message_bytes,
             max_text_bytes: self.max_text_bytes,
             max_connections: self.max_connections,
@@ -349,6 +437,23 @@ mod tests {
             parse(&["--allowed-origin", "not an origin"]),
             Err(ConfigError::Origin(_))
         ));
+        for (flag, bad) in [
+            ("--allowed-host", "http://x"),
+            ("--trusted-proxy", "10.0.0.0/33"),
+            ("--max-connections-per-ip", "0"),
+            ("--handshake-rate-per-ip", "0"),
+            ("--handshake-burst-per-ip", "0"),
+            ("--max-http-connections", "0"),
+            ("--max-http-connections-per-ip", "0"),
+            ("--http-deadline", "0s"),
+        ] {
+            let e = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{flag}: {e}");
+        }
+        let ok = parse(&["--trusted-proxy", "10.0.0.0/8,127.0.0.1"]).unwrap();
+        assert!(ok.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
+        assert!(ok.trusted_proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert!(!ok.trusted_proxies.trusts("127.0.0.2".parse().unwrap()));
         let ok = parse(&[
             "--allowed-origin",
             "HTTPS://Chat.Example.com",

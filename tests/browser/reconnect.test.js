@@ -82,7 +82,8 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
 });
 
 test("dropped connection: resume with since and token recovers missed messages exactly once", async (t) => {
-  const server = await startServer({ label: "resume" });
+  // Alice's page is loaded through the proxy's port, so her Host header names that port.
+  const server = await startServer({ label: "resume", args: ["--allowed-host", "127.0.0.1"] });
   t.after(() => server.stop());
   const proxy = await startProxy(server.port);
   t.after(() => proxy.close());
