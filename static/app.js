@@ -55,7 +55,7 @@ function plainError(e) {
     case "rate_limited":
       return "You are sending messages too fast. Wait a moment, then try again.";
     case "text_too_long":
-      return `That message is too long: the limit is ${fmt(limits?.max_text_bytes)} bytes.`;
+      return `That message is too long: the limit is ${fmt(limits?.max_text_bytes)} bytes (${ESCAPES_RULE}).`;
     case "empty_text":
       return "Empty messages are not sent.";
     case "name_taken":
@@ -77,6 +77,15 @@ function plainError(e) {
     default:
       return e.message || "Something went wrong.";
   }
+}
+
+/** How the server counts bytes beyond UTF-8 (see textBytes in client.js), in plain words. */
+const ESCAPES_RULE = "line breaks, tabs, quotes and backslashes count as 2 bytes, other control characters as 6";
+const utf8 = new TextEncoder();
+
+/** What the text costs beyond its UTF-8 size, explained when it matters. */
+function escapesNote(text) {
+  return textBytes(text) > utf8.encode(text).length ? ` (${ESCAPES_RULE})` : "";
 }
 
 function fmt(n) {
@@ -286,7 +295,7 @@ function updateComposer() {
     ui.counter.textContent = "";
   }
   ui.hintText.textContent = over
-    ? `Too long by ${fmt(bytes - max)} bytes: shorten it or split it.`
+    ? `Too long by ${fmt(bytes - max)} bytes${escapesNote(text)}: shorten it or split it.`
     : "Enter to send · Shift+Enter for a new line";
 }
 
@@ -297,7 +306,7 @@ function sendCurrent() {
   const max = limits?.max_text_bytes;
   const bytes = textBytes(text);
   if (max !== undefined && bytes > max) {
-    showAlert(`This message is too long to send: ${fmt(bytes)} bytes, and the limit is ${fmt(max)}. Shorten it or split it into several messages.`);
+    showAlert(`This message is too long to send: ${fmt(bytes)} bytes${escapesNote(text)}, and the limit is ${fmt(max)}. Shorten it or split it into several messages.`);
     ui.input.focus();
     return;
   }
@@ -342,6 +351,9 @@ client.addEventListener("joined", (e) => {
 client.addEventListener("synced", (e) => {
   const r = rooms.get(e.detail.room);
   if (!r) return;
+  if (e.detail.incomplete) {
+    r.stream.addNotice("Some messages from while you were away could not be loaded.", "warn");
+  }
   r.initial = false;
   if (e.detail.room === active) {
     scrollToBottom();

@@ -1,6 +1,7 @@
 // The tidechat protocol v1 client: one websocket, the rooms it is in, reconnection with
-// exponential backoff and jitter, resume with `since` (nothing lost, nothing twice), a queue of
-// messages typed while offline, and pacing under the server's rate limit.
+// exponential backoff and jitter, resume with `since` (nothing lost, nothing twice, paging with
+// `history` when the gap is longer than one `joined` holds), a queue of messages typed while
+// offline, and pacing under the server's rate limit.
 //
 // It knows nothing about the page: it emits events (see `emit` calls) that app.js renders.
 
@@ -21,10 +22,18 @@ const NAME_RE = /^[\p{Alphabetic}\p{N} _.-]+$/u;
 
 const utf8 = new TextEncoder();
 
-/** Bytes of `text` in UTF-8, as the server counts `max_text_bytes`. */
+/**
+ * Bytes of `text` as the server counts `max_text_bytes`: its UTF-8 size inside a JSON string,
+ * so line breaks, quotes and backslashes take 2 bytes and other control characters 6. This is
+ * serde_json's escaping for every string the server can hold (a lone surrogate, which it
+ * cannot, counts more here).
+ */
 export function textBytes(text) {
-  return utf8.encode(text).length;
+  return utf8.encode(JSON.stringify(text)).length - 2;
 }
+
+/** Retry delay for a `history` page the server refused for the rate limit. */
+const HISTORY_RETRY_MS = 1000;
 
 /** Why `room` is not a valid room name, or null when it is. */
 export function roomProblem(room, limits) {
@@ -65,9 +74,11 @@ function nonce() {
 }
 
 /**
- * Per-room state kept across reconnects.
+ * Per-room state kept across reconnects. While `catchUp` is set the client pages through a
+ * resume gap up to `catchUp.until` and holds live messages in `held` until it is done.
  * @typedef {{name: string, joined: boolean, epoch: ?number, token: ?string, lastId: ?number,
- *            pending: Array<{ref: string, text: string}>}} Room
+ *            pending: Array<{ref: string, text: string}>, catchUp: ?{until: number},
+ *            held: Array<object>}} Room
  */
 
 export class ChatClient extends EventTarget {
@@ -85,7 +96,7 @@ export class ChatClient extends EventTarget {
     this.pingTimer = null;
     this.pongTimer = null;
     this.onlineSince = 0;
-    /** frames waiting for the rate limiter */
+    /** frames waiting for the rate limiter: {data, cost} */
     this.outbox = [];
     this.drainTimer = null;
     this.tokens = 0;
@@ -142,7 +153,12 @@ export class ChatClient extends EventTarget {
     clearTimeout(this.drainTimer);
     this.drainTimer = null;
     this.outbox = [];
-    for (const room of this.rooms.values()) room.joined = false;
+    for (const room of this.rooms.values()) {
+      // Held messages are not lost: lastId has not passed them, so the resume asks again.
+      room.joined = false;
+      room.catchUp = null;
+      room.held = [];
+    }
     if (this.onlineSince && Date.now() - this.onlineSince >= STABLE_MS) this.attempt = 0;
     this.onlineSince = 0;
     const delay = backoffDelay(this.attempt);
@@ -184,6 +200,8 @@ export class ChatClient extends EventTarget {
         return this.onHello(frame);
       case "joined":
         return this.onJoined(frame);
+      case "history":
+        return this.onHistory(frame);
       case "message":
         return this.onMessage(frame, false);
       case "presence":
@@ -237,6 +255,8 @@ export class ChatClient extends EventTarget {
       token: null,
       lastId: null,
       pending: [],
+      catchUp: null,
+      held: [],
     });
     if (this.state === "online") this.sendJoin(this.rooms.get(room));
   }
@@ -282,8 +302,43 @@ export class ChatClient extends EventTarget {
       epochChanged,
     });
     for (const m of frame.history) this.onMessage(m, true);
-    r.lastId = Math.max(r.lastId ?? 0, frame.last_id);
-    this.emit("synced", { room: frame.room });
+    // A resume across a gap longer than one page: the rest comes page by page (`more` then
+    // means "after this page"; on a fresh join it means older messages, which are not shown).
+    if (resumed && !epochChanged && frame.more && frame.history.length) {
+      r.catchUp = { until: frame.last_id };
+      r.held = [];
+      this.requestPage(r);
+      return;
+    }
+    this.synced(r, frame.last_id);
+  }
+
+  requestPage(r) {
+    this.send({ type: "history", room: r.name, since: r.lastId ?? 0 });
+  }
+
+  onHistory(frame) {
+    const r = this.rooms.get(frame.room);
+    if (!r || !r.catchUp) return;
+    const until = r.catchUp.until;
+    // Messages after `until` are live ones: they come (held) from the room, in order.
+    for (const m of frame.messages) if (m.id <= until) this.onMessage(m, true);
+    const last = frame.messages.at(-1)?.id ?? until;
+    if (frame.more && last < until) {
+      this.requestPage(r);
+      return;
+    }
+    this.synced(r, until);
+  }
+
+  /** The room is caught up to `lastId`: live messages held meanwhile follow, then pending ones. */
+  synced(r, lastId, incomplete = false) {
+    const held = r.held;
+    r.catchUp = null;
+    r.held = [];
+    if (!incomplete) r.lastId = Math.max(r.lastId ?? 0, lastId);
+    for (const m of held) this.onMessage(m, false);
+    this.emit("synced", { room: r.name, incomplete });
     // Whatever is still pending never reached the server (or died with it): send it now.
     for (const item of r.pending) {
       this.send({ type: "say", room: r.name, text: item.text, ref: item.ref });
@@ -293,6 +348,10 @@ export class ChatClient extends EventTarget {
   onMessage(m, fromHistory) {
     const r = this.rooms.get(m.room);
     if (!r) return;
+    if (r.catchUp && !fromHistory) {
+      r.held.push(m);
+      return;
+    }
     if (r.lastId !== null && m.id <= r.lastId) return; // seen before this reconnect
     r.lastId = m.id;
     const own = m.from === r.as;
@@ -312,6 +371,17 @@ export class ChatClient extends EventTarget {
   }
 
   onError(frame) {
+    const paging = frame.room && !frame.ref ? this.rooms.get(frame.room) : null;
+    if (paging?.catchUp) {
+      // A refused page: retry one the rate limit refused; after any other refusal show what
+      // there is and say that some may be missing.
+      if (frame.code === "rate_limited") {
+        setTimeout(() => paging.catchUp && this.requestPage(paging), HISTORY_RETRY_MS);
+      } else {
+        this.synced(paging, 0, true);
+      }
+      return;
+    }
     if (frame.room && frame.ref) {
       const r = this.rooms.get(frame.room);
       if (r) r.pending = r.pending.filter((p) => p.ref !== frame.ref);
@@ -328,10 +398,16 @@ export class ChatClient extends EventTarget {
     return Math.max(1, (this.limits?.rate_burst ?? 1) - 1);
   }
 
+  /** Tokens `frame` takes from the server's bucket: joins and history pages cost more. */
+  costOf(frame) {
+    if (frame.type !== "join" && frame.type !== "history") return 1;
+    return Math.min(this.limits?.join_cost ?? 1, this.bucketSize());
+  }
+
   /** Sends a frame now if the rate limit allows, else queues it behind the others. */
   send(frame) {
     if (!this.ws || this.state !== "online") return;
-    this.outbox.push(JSON.stringify(frame));
+    this.outbox.push({ data: JSON.stringify(frame), cost: this.costOf(frame) });
     this.drain();
   }
 
@@ -342,16 +418,17 @@ export class ChatClient extends EventTarget {
       const now = performance.now();
       this.tokens = Math.min(this.bucketSize(), this.tokens + ((now - this.tokensAt) / 1000) * rate);
       this.tokensAt = now;
-      if (this.tokens < 1) {
-        const wait = ((1 - this.tokens) / rate) * 1000;
+      const cost = this.outbox[0].cost;
+      if (this.tokens < cost) {
+        const wait = ((cost - this.tokens) / rate) * 1000;
         this.drainTimer = setTimeout(() => {
           this.drainTimer = null;
           this.drain();
         }, Math.ceil(wait));
         return;
       }
-      this.tokens -= 1;
-      this.ws.send(this.outbox.shift());
+      this.tokens -= cost;
+      this.ws.send(this.outbox.shift().data);
     }
   }
 

@@ -96,13 +96,19 @@ use crate::gate::{Overall, Run, Thresholds};
 use crate::proc::Proc;
 
 /// `tidechat` settings for load, as environment variables (the same as the loadtest's embedded
-/// server): the per-connection rate limit and the connection caps raised so the run measures the
-/// server, not its abuse protection; warnings only in its log.
+/// server): the per-connection rate limit, the connection caps and the per-address caps raised so
+/// the run measures the server, not its abuse protection; warnings only in its log.
 pub const SERVER_ENV: &[(&str, &str)] = &[
     ("TIDECHAT_RATE", "1000000"),
     ("TIDECHAT_BURST", "1000000"),
     ("TIDECHAT_MAX_CONNECTIONS", "200000"),
     ("TIDECHAT_MAX_ROOMS", "100000"),
+    // Every load client comes from 127.0.0.1.
+    ("TIDECHAT_MAX_CONNECTIONS_PER_IP", "200000"),
+    ("TIDECHAT_HANDSHAKE_RATE_PER_IP", "1000000"),
+    ("TIDECHAT_HANDSHAKE_BURST_PER_IP", "1000000"),
+    ("TIDECHAT_MAX_HTTP_CONNECTIONS", "20000"),
+    ("TIDECHAT_MAX_HTTP_CONNECTIONS_PER_IP", "20000"),
     ("TIDECHAT_LOG_LEVEL", "warn"),
 ];
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-/// tidechat options for load: the per-connection rate limit and the connection cap raised so
-/// they measure the server, not its abuse protection.
+/// tidechat options for load: the per-connection rate limit, the connection caps and the
+/// per-address caps (every client comes from one loopback address, up to 1,000 handshakes at
+/// once) raised so they measure the server, not its abuse protection.
 pub const LOAD_ARGS: &[&str] = &[
     "--rate",
     "1000000",
@@ -22,6 +23,16 @@ pub const LOAD_ARGS: &[&str] = &[
     "200000",
     "--max-rooms",
     "100000",
+    "--max-connections-per-ip",
+    "200000",
+    "--handshake-rate-per-ip",
+    "1000000",
+    "--handshake-burst-per-ip",
+    "1000000",
+    "--max-http-connections",
+    "20000",
+    "--max-http-connections-per-ip",
+    "20000",
 ];
 
 /// Name of the thread that runs the embedded server's accept loop.

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use crate::addr::Proxies;
+use crate::limits::{JOIN_COST, MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use crate::origin::HostPolicy;
+use crate::per_ip::PerIpLimits;
 use crate::protocol::Limits;
 
 /// Largest websocket message, in bytes, enforced from the frame header before buffering.
@@ -47,6 +50,50 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+    /// Host the server may be called by (repeatable; `host` for any port or `host:port`; `*`
+    /// allows any, for a proxy that checks Host itself). `localhost`, the address a connection
+    /// arrived on and the hosts of `--allowed-origin` are always allowed. Other Hosts get 421,
+    /// which stops DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "TIDECHAT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Reverse proxy whose `X-Forwarded-For`/`Forwarded` (client address) and
+    /// `X-Forwarded-Proto` (scheme) are believed (repeatable CIDR or address, e.g. 127.0.0.1/32,
+    /// 10.0.0.0/8). Default: none, the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TIDECHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Most open websockets per client address (IPv6: per /64); more get HTTP 429.
+    #[arg(long, env = "TIDECHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// Sustained websocket handshakes per second per client address; more get HTTP 429 with
+    /// Retry-After.
+    #[arg(long, env = "TIDECHAT_HANDSHAKE_RATE_PER_IP", default_value_t = 10.0)]
+    pub handshake_rate_per_ip: f64,
+    /// Websocket handshakes per client address in a burst above the rate.
+    #[arg(long, env = "TIDECHAT_HANDSHAKE_BURST_PER_IP", default_value_t = 20)]
+    pub handshake_burst_per_ip: u32,
+    /// Most open TCP connections that are not (yet) websockets; more are closed at once.
+    #[arg(long, env = "TIDECHAT_MAX_HTTP_CONNECTIONS", default_value_t = 2_048)]
+    pub max_http_connections: usize,
+    /// Most open non-websocket TCP connections per TCP peer address (not applied to
+    /// `--trusted-proxy` peers); more are closed at once.
+    #[arg(
+        long,
+        env = "TIDECHAT_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_http_connections_per_ip: usize,
+    /// Total time a non-websocket TCP connection may stay open (request heads, responses and
+    /// keep-alive idling together), so slow headers or keep-alive cannot hold it forever.
+    #[arg(long, env = "TIDECHAT_HTTP_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_deadline: Duration,
     /// Largest websocket message in bytes (larger ones close the connection with 1009).
     #[arg(long, env = "TIDECHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
@@ -68,6 +115,14 @@ pub struct Args {
     /// Bytes of history kept per room (oldest messages go first).
     #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     pub history_bytes: usize,
+    /// Most messages a `joined` or `history` frame holds; a resume across a longer gap pages
+    /// with `history` requests.
+    #[arg(long, env = "TIDECHAT_JOIN_HISTORY", default_value_t = 50)]
+    pub join_history: usize,
+    /// Most bytes of messages a `joined` or `history` frame holds (a single larger message
+    /// still goes out alone).
+    #[arg(long, env = "TIDECHAT_JOIN_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    pub join_history_bytes: usize,
     /// Events buffered per room for receivers that fall behind; past it a receiver is closed
     /// with 4008 (slow consumer). Allocated when the room is created (16 B per slot).
     #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 1024)]
@@ -153,6 +208,12 @@ pub enum ConfigError {
     Rate(f64),
     #[error("--allowed-origin {0:?} is not an origin like https://host:port or *")]
     Origin(String),
+    #[error("--allowed-host {0:?} is not a host like chat.example.com, host:port or *")]
+    Host(String),
+    #[error("--trusted-proxy {0:?} is not a network like 10.0.0.0/8 or an address")]
+    Proxy(String),
+    #[error("--handshake-rate-per-ip must be a positive number, got {0}")]
+    HandshakeRate(f64),
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleBelowPing { idle: Duration, ping: Duration },
 }
@@ -165,6 +226,14 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// True when `*` was given.
     pub any_origin: bool,
+    /// `--allowed-host`, with `localhost` and the hosts of `--allowed-origin`.
+    pub hosts: HostPolicy,
+    /// `--trusted-proxy`.
+    pub trusted_proxies: Proxies,
+    /// `--max-connections-per-ip`, `--max-http-connections-per-ip` and the handshake bucket.
+    pub per_ip: PerIpLimits,
+    pub max_http_connections: usize,
+    pub http_deadline: Duration,
     pub max_message_bytes: usize,
     pub max_text_bytes: usize,
     pub max_connections: usize,
@@ -172,6 +241,8 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     pub history: usize,
     pub history_bytes: usize,
+    pub join_history: usize,
+    pub join_history_bytes: usize,
     pub room_buffer: usize,
     pub presence_cap: usize,
     pub rate: f64,
@@ -204,8 +275,20 @@ impl Args {
             ("--max-rooms", self.max_rooms),
             ("--max-rooms-per-connection", self.max_rooms_per_connection),
             ("--room-buffer", self.room_buffer),
+            ("--join-history", self.join_history),
+            ("--join-history-bytes", self.join_history_bytes),
             ("--burst", self.burst as usize),
             ("--rate-strikes", self.rate_strikes as usize),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+            (
+                "--handshake-burst-per-ip",
+                self.handshake_burst_per_ip as usize,
+            ),
+            ("--max-http-connections", self.max_http_connections),
+            (
+                "--max-http-connections-per-ip",
+                self.max_http_connections_per_ip,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -219,6 +302,7 @@ impl Args {
             ("--write-timeout", self.write_timeout),
             ("--message-timeout", self.message_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--http-deadline", self.http_deadline),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -232,6 +316,9 @@ impl Args {
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(ConfigError::Rate(self.rate));
+        }
+        if !(self.handshake_rate_per_ip.is_finite() && self.handshake_rate_per_ip > 0.0) {
+            return Err(ConfigError::HandshakeRate(self.handshake_rate_per_ip));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBelowPing {
@@ -247,11 +334,24 @@ impl Args {
             .map(|o| {
                 crate::origin::normalize_origin(o).ok_or_else(|| ConfigError::Origin(o.clone()))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let hosts =
+            HostPolicy::new(&self.allowed_hosts, &allowed_origins).map_err(ConfigError::Host)?;
+        let trusted_proxies = Proxies::parse(&self.trusted_proxies).map_err(ConfigError::Proxy)?;
         Ok(Config {
             static_dir: self.static_dir,
             allowed_origins,
             any_origin,
+            hosts,
+            trusted_proxies,
+            per_ip: PerIpLimits {
+                websockets: self.max_connections_per_ip,
+                http: self.max_http_connections_per_ip,
+                rate: self.handshake_rate_per_ip,
+                burst: self.handshake_burst_per_ip,
+            },
+            max_http_connections: self.max_http_connections,
+            http_deadline: self.http_deadline,
             max_message_bytes: self.max_message_bytes,
             max_text_bytes: self.max_text_bytes,
             max_connections: self.max_connections,
@@ -259,6 +359,8 @@ impl Args {
             max_rooms_per_connection: self.max_rooms_per_connection,
             history: self.history,
             history_bytes: self.history_bytes,
+            join_history: self.join_history,
+            join_history_bytes: self.join_history_bytes,
             room_buffer: self.room_buffer,
             presence_cap: self.presence_cap,
             rate: self.rate,
@@ -276,6 +378,12 @@ impl Args {
 }
 
 impl Config {
+    /// Rate tokens a `join` or `history` request costs: [`JOIN_COST`], or the whole burst when
+    /// that is smaller (so a full bucket always allows one).
+    pub fn join_cost(&self) -> u32 {
+        JOIN_COST.min(self.burst)
+    }
+
     /// The limits clients are told about in `hello`.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -286,6 +394,9 @@ impl Config {
             max_rooms_per_connection: self.max_rooms_per_connection,
             rate_per_sec: self.rate,
             rate_burst: self.burst,
+            join_cost: self.join_cost(),
+            page_messages: self.join_history,
+            page_bytes: self.join_history_bytes,
         }
     }
 }
@@ -308,10 +419,10 @@ mod tests {
             argv.extend_from_slice(extra);
             Args::try_parse_from(argv).unwrap().into_config()
         };
-        assert!(matches!(
-            parse(&["--max-rooms", "0"]),
-            Err(ConfigError::Zero(_))
-        ));
+        for flag in ["--max-rooms", "--join-history", "--join-history-bytes"] {
+            let e = parse(&[flag, "0"]).unwrap_err();
+            assert!(matches!(e, ConfigError::Zero(f) if f == flag), "{e}");
+        }
         assert!(matches!(
             parse(&["--max-text-bytes", "70000"]),
             Err(ConfigError::TextAboveMessage { .. })
@@ -335,6 +446,23 @@ mod tests {
             parse(&["--allowed-origin", "not an origin"]),
             Err(ConfigError::Origin(_))
         ));
+        for (flag, bad) in [
+            ("--allowed-host", "http://x"),
+            ("--trusted-proxy", "10.0.0.0/33"),
+            ("--max-connections-per-ip", "0"),
+            ("--handshake-rate-per-ip", "0"),
+            ("--handshake-burst-per-ip", "0"),
+            ("--max-http-connections", "0"),
+            ("--max-http-connections-per-ip", "0"),
+            ("--http-deadline", "0s"),
+        ] {
+            let e = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{flag}: {e}");
+        }
+        let ok = parse(&["--trusted-proxy", "10.0.0.0/8,127.0.0.1"]).unwrap();
+        assert!(ok.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
+        assert!(ok.trusted_proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert!(!ok.trusted_proxies.trusts("127.0.0.2".parse().unwrap()));
         let ok = parse(&[
             "--allowed-origin",
             "HTTPS://Chat.Example.com",

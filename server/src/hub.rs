@@ -3,6 +3,8 @@
 //! The hub knows nothing about sockets or the async runtime: connections call [`Hub::join`],
 //! [`Hub::say`] and [`Hub::leave`], and receive [`Event`]s from the `async_broadcast` receiver that
 //! `join` hands them. Each message is serialized once, here, and shared by every receiver.
+//! `join` and `history` hand back pages of those shared events (capped by count and bytes) and
+//! the connection renders the frame, outside every hub lock.
 //!
 //! Lock order: the room map, then one room's state; never the other way round. Publishing holds
 //! a room's lock only to assign the id, append to history and `try_broadcast`, which never waits.
@@ -14,14 +16,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
 use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::protocol::{self, MessageFrame, PresenceFrame, ServerFrame};
+use crate::protocol::{self, MessageFrame, PresenceFrame};
 
 /// The room `/chatSocket` (seed protocol) users live in.
 pub const SEED_ROOM: &str = "lobby";
-/// Messages replayed to a join that does not ask for a resume.
-pub const JOIN_HISTORY: usize = 50;
 
 /// One thing that happened in a room, serialized once for every receiver.
 #[derive(Debug)]
@@ -32,6 +31,13 @@ pub struct Event {
     pub json: Utf8Bytes,
     /// The seed protocol's `"N: text"` line, for messages in [`SEED_ROOM`] only.
     pub seed: Option<Utf8Bytes>,
+}
+
+impl Event {
+    /// What keeping this event costs: both of its renderings.
+    fn bytes(&self) -> usize {
+        self.json.len() + self.seed.as_ref().map_or(0, |s| s.len())
+    }
 }
 
 /// Events as they travel through a room channel.
@@ -53,6 +59,10 @@ pub struct HubConfig {
     pub history_bytes: usize,
     pub room_buffer: usize,
     pub presence_cap: usize,
+    /// Most messages one `joined` or `history` page holds.
+    pub page_messages: usize,
+    /// Most bytes of messages one page holds (a single larger message still goes alone).
+    pub page_bytes: usize,
 }
 
 /// A `join` request, already checked for syntax.
@@ -66,15 +76,92 @@ pub struct JoinRequest<'a> {
     /// Id of the joining connection.
     pub conn: u64,
     pub evictor: Evictor,
+    /// Whether the joiner wants members and history (a seed connection shows neither).
+    pub snapshot: bool,
 }
 
-/// A successful join: the receiver for live events, and the `joined` frame to send before any
-/// of them (every live message has an id above the history in that frame).
+/// A successful join: the receiver for live events, and what the `joined` frame sent before any
+/// of them says (every live message has an id above `last_id`). The connection renders the
+/// frame ([`protocol::joined_frame`]); the hub holds the room lock only to copy these out.
 #[derive(Debug)]
 pub struct Joined {
     pub room: Arc<str>,
     pub rx: Receiver<EventRef>,
-    pub frame: String,
+    pub name: Arc<str>,
+    pub epoch: u64,
+    pub token: String,
+    /// At most the presence cap; empty without a snapshot.
+    pub members: Vec<Arc<str>>,
+    pub member_count: usize,
+    /// Message events, oldest first, within the page caps; empty without a snapshot.
+    pub history: Vec<EventRef>,
+    pub recovered: bool,
+    pub last_id: u64,
+    /// The caps cut `history`.
+    pub more: bool,
+}
+
+impl Joined {
+    /// The `joined` frame for this join.
+    pub fn frame(&self) -> String {
+        let head = protocol::JoinedHead {
+            room: &self.room,
+            name: &self.name,
+            epoch: self.epoch,
+            token: &self.token,
+            members: &self.members,
+            member_count: self.member_count,
+            recovered: self.recovered,
+            last_id: self.last_id,
+            more: self.more,
+        };
+        protocol::joined_frame(&head, self.history.iter().map(|e| e.json.as_str()))
+    }
+
+    /// About the size of [`Self::frame`], without building it.
+    pub fn frame_bytes(&self) -> usize {
+        let names: usize = self.members.iter().map(|n| n.len() + 3).sum();
+        let history: usize = self.history.iter().map(|e| e.json.len() + 1).sum();
+        256 + self.room.len() + self.name.len() + names + history
+    }
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The messages after this id, oldest first.
+    Since(u64),
+    /// The messages just before this id (the newest of them).
+    Before(u64),
+}
+
+/// A page of history, oldest first; `more` when the caps cut it.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub room: Arc<str>,
+    pub messages: Vec<EventRef>,
+    pub more: bool,
+}
+
+impl HistoryPage {
+    /// The `history` frame for this page.
+    pub fn frame(&self) -> String {
+        let head = protocol::HistoryHead {
+            room: &self.room,
+            more: self.more,
+        };
+        protocol::history_frame(&head, self.messages.iter().map(|e| e.json.as_str()))
+    }
+
+    /// About the size of [`Self::frame`].
+    pub fn frame_bytes(&self) -> usize {
+        64 + self.room.len()
+            + self
+                .messages
+                .iter()
+                .map(|e| e.json.len() + 1)
+                .sum::<usize>()
+    }
 }
 
 /// Why a join or say was refused (each maps to an `error` frame code).
@@ -209,48 +296,67 @@ impl Hub {
 
         let last_id = st.next_id - 1;
         let oldest = st.history.front().map_or(st.next_id, |e| e.id);
-        let (history, recovered): (Vec<EventRef>, bool) = match req.since {
-            Some(since) if req.epoch == Some(room.epoch) && since <= last_id => {
-                let from = st.history.partition_point(|e| e.id <= since);
-                (
-                    st.history.range(from..).cloned().collect(),
-                    since + 1 >= oldest,
-                )
-            }
-            _ => {
-                let skip = st.history.len().saturating_sub(JOIN_HISTORY);
-                (st.history.range(skip..).cloned().collect(), false)
-            }
+        let max = self.config.page_messages;
+        let (history, recovered, more, members) = if !req.snapshot {
+            (Vec::new(), false, false, Vec::new())
+        } else {
+            let (page, recovered) = match req.since {
+                Some(since) if req.epoch == Some(room.epoch) && since <= last_id => {
+                    (Page::Since(since), since + 1 >= oldest)
+                }
+                _ => (Page::Before(u64::MAX), false),
+            };
+            let (history, more) = page_of(&st.history, page, max, self.config.page_bytes);
+            let members: Vec<Arc<str>> = st
+                .members
+                .keys()
+                .take(self.config.presence_cap)
+                .cloned()
+                .collect();
+            (history, recovered, more, members)
         };
-        let members: Vec<String> = st
-            .members
-            .keys()
-            .take(self.config.presence_cap)
-            .map(|n| n.to_string())
-            .collect();
         let member_count = st.members.len();
         drop(st);
-
-        let raw: Vec<&RawValue> = history
-            .iter()
-            // unwrap: history holds frames this module serialized from `MessageFrame`.
-            .map(|e| serde_json::from_str(e.json.as_str()).unwrap())
-            .collect();
-        let frame = protocol::to_text(&ServerFrame::Joined {
-            room: &room.name,
-            name: &name,
-            epoch: room.epoch,
-            token: &token,
-            members: &members,
-            member_count,
-            history: raw,
-            recovered,
-            last_id,
-        });
         Ok(Joined {
             room: room.name.clone(),
             rx,
-            frame,
+            name,
+            epoch: room.epoch,
+            token,
+            members,
+            member_count,
+            history,
+            recovered,
+            last_id,
+            more,
+        })
+    }
+
+    /// A page of `room`'s history for `name` (held by `conn`), at most `limit` messages and
+    /// never more than the page caps.
+    pub fn history(
+        &self,
+        room: &str,
+        name: &str,
+        conn: u64,
+        page: Page,
+        limit: usize,
+    ) -> Result<HistoryPage, HubError> {
+        let room = lock(&self.rooms)
+            .get(room)
+            .cloned()
+            .ok_or(HubError::NotInRoom)?;
+        let st = lock(&room.state);
+        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
+            return Err(HubError::NotInRoom);
+        }
+        let max = limit.min(self.config.page_messages);
+        let (messages, more) = page_of(&st.history, page, max, self.config.page_bytes);
+        drop(st);
+        Ok(HistoryPage {
+            room: room.name.clone(),
+            messages,
+            more,
         })
     }
 
@@ -307,14 +413,14 @@ impl Hub {
         });
         let seed = (&*room.name == SEED_ROOM).then(|| Utf8Bytes::from(format!("{name}: {text}")));
         let event = broadcast(&room.tx, id, json, seed);
-        st.history_bytes += event.json.len();
+        st.history_bytes += event.bytes();
         st.history.push_back(event);
         while st.history.len() > self.config.history
             || (st.history_bytes > self.config.history_bytes && st.history.len() > 1)
         {
             // unwrap: the loop condition says history is not empty.
             let old = st.history.pop_front().unwrap();
-            st.history_bytes -= old.json.len();
+            st.history_bytes -= old.bytes();
         }
         Ok(id)
     }
@@ -373,6 +479,55 @@ impl Hub {
         rooms.insert(name, room.clone());
         Ok(room)
     }
+}
+
+/// Up to `max` messages of `history` (and `max_bytes` of their JSON, though always one when
+/// there is one, so that paging makes progress) from where `page` says, oldest first; and
+/// whether the caps left out messages in that direction.
+fn page_of(
+    history: &VecDeque<EventRef>,
+    page: Page,
+    max: usize,
+    max_bytes: usize,
+) -> (Vec<EventRef>, bool) {
+    let fits = |taken: &[EventRef], bytes: usize, e: &EventRef| {
+        taken.len() < max && (taken.is_empty() || bytes + e.json.len() <= max_bytes)
+    };
+    let mut taken: Vec<EventRef> = Vec::new();
+    let mut bytes = 0;
+    let more = match page {
+        Page::Since(since) => {
+            let from = history.partition_point(|e| e.id <= since);
+            let mut rest = history.range(from..);
+            loop {
+                match rest.next() {
+                    Some(e) if fits(&taken, bytes, e) => {
+                        bytes += e.json.len();
+                        taken.push(e.clone());
+                    }
+                    Some(_) => break true,
+                    None => break false,
+                }
+            }
+        }
+        Page::Before(before) => {
+            let to = history.partition_point(|e| e.id < before);
+            let mut rest = history.range(..to).rev();
+            let more = loop {
+                match rest.next() {
+                    Some(e) if fits(&taken, bytes, e) => {
+                        bytes += e.json.len();
+                        taken.push(e.clone());
+                    }
+                    Some(_) => break true,
+                    None => break false,
+                }
+            };
+            taken.reverse();
+            more
+        }
+    };
+    (taken, more)
 }
 
 /// Sends an event to every receiver without waiting; returns it for history.

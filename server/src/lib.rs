@@ -5,8 +5,10 @@
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
 //! - [`conn`]: one websocket connection: its reader, its single writer, the inbox between them.
-//! - [`ws`]: the websocket upgrade on tide (handshake checks, connection cap).
-//! - [`origin`]: the Origin allowlist and the same-origin rule.
+//! - [`ws`]: the websocket upgrade on tide (handshake checks, per-address and global caps).
+//! - [`origin`]: the Host allowlist, the Origin allowlist and the same-origin rule.
+//! - [`addr`]: the client address and scheme behind trusted proxies.
+//! - [`per_ip`]: per-address caps on connections and handshakes.
 //! - [`server`]: accept loop, shared state, graceful shutdown.
 //! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
@@ -16,12 +18,14 @@
 //! [`Server`] when they also want to look at its state.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod config;
 pub mod conn;
 pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod origin;
+pub mod per_ip;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;
@@ -53,6 +57,8 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         res.insert_header("Referrer-Policy", "no-referrer");
         Ok(res)
     }));
+    // Before every endpoint: a request for another host is not for this server.
+    app.with(host_check);
     app.with(content_security_policy);
     app.at("/ws").get(|req| ws::upgrade(req, Mode::V1));
     app.at("/chatSocket")
@@ -82,6 +88,41 @@ fn content_security_policy<'a>(
         }
         Ok(res)
     })
+}
+
+/// 421 for a Host not in `--allowed-host` (DNS rebinding), 400 without exactly one Host.
+fn host_check<'a>(
+    req: tide::Request<Arc<State>>,
+    next: tide::Next<'a, Arc<State>>,
+) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
+    Box::pin(async move {
+        let host = match req.header("Host") {
+            Some(v) if v.iter().count() == 1 => v.as_str().to_string(),
+            _ => {
+                return Ok(plain(
+                    tide::StatusCode::BadRequest,
+                    "exactly one Host header",
+                ))
+            }
+        };
+        let https = req.ext::<addr::ClientInfo>().is_some_and(|c| c.https);
+        let local = req.local_addr().and_then(|a| a.parse().ok());
+        if !req.state().config.hosts.allows(&host, local, https) {
+            log::debug!("refused host {host:?} from {:?}", req.peer_addr());
+            return Ok(plain(
+                tide::StatusCode::MisdirectedRequest,
+                "this server is not called by that host name (see --allowed-host)",
+            ));
+        }
+        Ok(next.run(req).await)
+    })
+}
+
+/// A plain-text response.
+pub(crate) fn plain(status: tide::StatusCode, body: &str) -> tide::Response {
+    let mut res = tide::Response::new(status);
+    res.set_body(format!("{body}\n"));
+    res
 }
 
 fn static_error(dir: &std::path::Path, e: io::Error) -> io::Error {

@@ -8,6 +8,11 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 64;
 
+/// Rate tokens a `join` or `history` request costs (every other frame costs one): each builds a
+/// frame of up to `--join-history-bytes` of messages plus the member list, so join/leave in a
+/// loop must not be as cheap as a `say`. At the default `--rate 20` that is 4 pages a second.
+pub const JOIN_COST: u32 = 5;
+
 /// The room rule in words, for the `invalid_room` error.
 pub fn room_rule() -> String {
     format!("room names are 1-{MAX_ROOM_CHARS} letters, digits, _ or -")
@@ -60,15 +65,21 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self) -> bool {
-        self.take_at(Instant::now())
+        self.take_n_at(1, Instant::now())
     }
 
-    fn take_at(&mut self, now: Instant) -> bool {
+    /// Takes `n` tokens if there are that many (else none).
+    pub fn take_n(&mut self, n: u32) -> bool {
+        self.take_n_at(n, Instant::now())
+    }
+
+    fn take_n_at(&mut self, n: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -99,6 +110,12 @@ mod tests {
         assert!(!valid_name("<b>") && !valid_name(&"n".repeat(33)));
     }
 
+    impl TokenBucket {
+        fn take_at(&mut self, now: Instant) -> bool {
+            self.take_n_at(1, now)
+        }
+    }
+
     #[test]
     fn bucket_refills_at_rate_up_to_burst() {
         let mut b = TokenBucket::new(10.0, 3);
@@ -111,5 +128,8 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!((0..3).all(|_| b.take_at(later)));
         assert!(!b.take_at(later));
+        // Several at once: all or nothing.
+        assert!(!b.take_n_at(4, later + Duration::from_millis(300)));
+        assert!(b.take_n_at(3, later + Duration::from_millis(300)));
     }
 }

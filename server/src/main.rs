@@ -24,6 +24,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     log::debug!("executor threads: {}", args.executor_threads());
     let bind = args.bind;
     let config = args.into_config()?;
+    raise_nofile(&config);
 
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -44,6 +45,41 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .await?;
     log::info!("tidechat stopped");
     Ok(())
+}
+
+/// Descriptors the server needs besides its connections: the listener, log output, the static
+/// files it is serving, the executor's own.
+const NOFILE_HEADROOM: u64 = 64;
+
+/// Raises the open-file limit to its hard limit (the usual soft default, 1024, would stop the
+/// server long before `--max-connections`), and warns when even that cannot hold every
+/// connection the caps allow: then accepts fail (and back off) before the caps are reached.
+fn raise_nofile(config: &tidechat::Config) {
+    let want = (config.max_connections + config.max_http_connections) as u64 + NOFILE_HEADROOM;
+    let limit = match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => {
+            if soft < hard {
+                if let Err(e) = rlimit::Resource::NOFILE.set(hard, hard) {
+                    log::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+                }
+            }
+            rlimit::Resource::NOFILE
+                .get()
+                .map_or(soft, |(soft, _)| soft)
+        }
+        Err(e) => {
+            log::warn!("reading the open-file limit: {e}");
+            return;
+        }
+    };
+    if limit < want {
+        log::warn!(
+            "open-file limit {limit} is below --max-connections + --max-http-connections + \
+             {NOFILE_HEADROOM} = {want}: raise it (ulimit -n, LimitNOFILE=) or lower the caps"
+        );
+    } else {
+        log::debug!("open-file limit: {limit}");
+    }
 }
 
 /// The first SIGINT or SIGTERM starts the graceful shutdown; a second one exits at once with

@@ -1,10 +1,13 @@
 //! Wire types of protocol v1: JSON text frames on `/ws`, and the close codes both endpoints share.
 //!
 //! Client frames are parsed once per frame; server frames that go to many receivers (messages,
-//! presence) are serialized once at publish by the hub and shared as bytes.
+//! presence) are serialized once at publish by the hub and shared as bytes. Frames that carry
+//! such messages (`joined`, `history`) are built by splicing those bytes into the rest of the
+//! frame ([`joined_frame`], [`history_frame`]): no message is parsed or serialized again.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 /// Protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -59,6 +62,18 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
+    /// A page of a room's history (this connection must be in the room): the messages after
+    /// `since`, oldest first, or the ones just before `before`; at most `limit` (and never more
+    /// than a join returns). Answered with a `history` frame.
+    History {
+        room: String,
+        #[serde(default)]
+        since: Option<u64>,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Liveness check; answered with `pong`.
     Ping {
         #[serde(default, rename = "ref")]
@@ -71,7 +86,7 @@ pub enum ClientFrame {
 pub struct Limits {
     /// Largest websocket message accepted, in bytes (close 1009 beyond).
     pub max_message_bytes: usize,
-    /// Largest `text` in `say`, in bytes.
+    /// Largest `text` in `say`, in bytes as serialized in a JSON string (escapes count).
     pub max_text_bytes: usize,
     /// Longest name, in characters.
     pub max_name_chars: usize,
@@ -83,6 +98,13 @@ pub struct Limits {
     pub rate_per_sec: f64,
     /// Burst of frames allowed above the sustained rate.
     pub rate_burst: u32,
+    /// Rate tokens a `join` or `history` request costs (every other frame costs one).
+    pub join_cost: u32,
+    /// Most messages a `joined` or `history` frame holds.
+    pub page_messages: usize,
+    /// Most bytes of messages a `joined` or `history` frame holds (a single larger message
+    /// still goes out alone).
+    pub page_bytes: usize,
 }
 
 /// A frame from the server that is built for one connection (fan-out frames are pre-serialized
@@ -92,23 +114,6 @@ pub struct Limits {
 pub enum ServerFrame<'a> {
     /// First frame on every `/ws` connection.
     Hello { protocol: u32, limits: &'a Limits },
-    /// Reply to `join`. `history` holds `message` frames: those after `since` when it was given,
-    /// else the most recent ones. `recovered` is true when `since` was given, the epoch matched
-    /// and every message after `since` is in `history`. `token` takes the name back on resume.
-    Joined {
-        room: &'a str,
-        name: &'a str,
-        epoch: u64,
-        token: &'a str,
-        /// Names in the room (at most the configured presence cap).
-        members: &'a [String],
-        /// Number of members, which may exceed `members.len()` in very large rooms.
-        member_count: usize,
-        history: Vec<&'a RawValue>,
-        recovered: bool,
-        /// Id of the newest message in the room at join time (0 when none).
-        last_id: u64,
-    },
     /// Reply to `leave`, and notice that the server removed this connection from a room.
     Left { room: &'a str, reason: &'a str },
     /// Something the client sent was refused; the connection stays open.
@@ -125,6 +130,91 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+}
+
+/// Reply to `join`, without its `history`, which [`joined_frame`] appends. `history` holds
+/// `message` frames: those after `since` when it was given (oldest first), else the most recent
+/// ones; at most the page caps. `recovered` is true when `since` was given, the epoch matched and
+/// every message after `since` is still kept. `more` is true when the caps cut `history`: the rest
+/// is fetched with `history` requests (`since` = the last id for a resume, else `before` = the
+/// first id). `token` takes the name back on resume.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "joined")]
+pub struct JoinedHead<'a> {
+    pub room: &'a str,
+    pub name: &'a str,
+    pub epoch: u64,
+    pub token: &'a str,
+    /// Names in the room (at most the configured presence cap).
+    pub members: &'a [Arc<str>],
+    /// Number of members, which may exceed `members.len()` in very large rooms.
+    pub member_count: usize,
+    pub recovered: bool,
+    /// Id of the newest message in the room at join time (0 when none).
+    pub last_id: u64,
+    pub more: bool,
+}
+
+/// Reply to `history`, without its `messages`, which [`history_frame`] appends. `more` is true
+/// when the caps cut the page: continue in the same direction from its last (`since`) or first
+/// (`before`) id.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "history")]
+pub struct HistoryHead<'a> {
+    pub room: &'a str,
+    pub more: bool,
+}
+
+/// The `joined` frame: `head` with `"history":[...]` spliced in from already-serialized messages.
+pub fn joined_frame<'m>(
+    head: &JoinedHead<'_>,
+    history: impl Iterator<Item = &'m str> + Clone,
+) -> String {
+    splice(to_text(head), "history", history)
+}
+
+/// The `history` frame: `head` with `"messages":[...]` spliced in.
+pub fn history_frame<'m>(
+    head: &HistoryHead<'_>,
+    messages: impl Iterator<Item = &'m str> + Clone,
+) -> String {
+    splice(to_text(head), "messages", messages)
+}
+
+/// Appends `"key":[items]` to the serialized object `head`. Each item is valid JSON (a frame
+/// serialized by this module), so the result is too.
+fn splice<'m>(mut head: String, key: &str, items: impl Iterator<Item = &'m str> + Clone) -> String {
+    let (count, bytes) = items.clone().fold((0, 0), |(n, b), i| (n + 1, b + i.len()));
+    head.reserve(key.len() + 6 + bytes + count);
+    // The head is a serde-serialized struct with at least its tag, so it ends in `}`.
+    debug_assert!(head.ends_with('}'));
+    head.pop();
+    head.push_str(",\"");
+    head.push_str(key);
+    head.push_str("\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            head.push(',');
+        }
+        head.push_str(item);
+    }
+    head.push_str("]}");
+    head
+}
+
+/// Bytes `s` takes inside a JSON string as serde_json writes it (without the quotes): `"` and
+/// `\` and the control characters with a short escape take 2, other control characters 6
+/// (`\u00XX`), everything else its UTF-8 bytes. `--max-text-bytes` bounds this, so a message is
+/// never bigger where it is stored and sent than the limit says.
+pub fn json_str_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 /// A chat message as it goes to every member of a room (and into history).
@@ -153,7 +243,8 @@ pub struct PresenceFrame<'a> {
 
 /// Machine-readable error codes of `error` frames.
 pub mod error_code {
-    /// Not JSON, or not a known frame.
+    /// Not JSON, or not a known frame (or a `history` request without exactly one of
+    /// `since`/`before`, or with `limit` 0).
     pub const BAD_REQUEST: &str = "bad_request";
     /// A room or name that breaks the syntax rules.
     pub const INVALID_NAME: &str = "invalid_name";
@@ -164,11 +255,12 @@ pub mod error_code {
     pub const TOO_MANY_ROOMS: &str = "too_many_rooms";
     /// The server holds its maximum number of rooms and none is empty.
     pub const SERVER_FULL: &str = "server_full";
-    /// `say` or `leave` for a room this connection has not joined.
+    /// `say`, `leave` or `history` for a room this connection has not joined.
     pub const NOT_IN_ROOM: &str = "not_in_room";
     /// Already in this room.
     pub const ALREADY_JOINED: &str = "already_joined";
-    /// `text` longer than `max_text_bytes`, or empty.
+    /// `text` longer than `max_text_bytes` as serialized in JSON (see [`super::json_str_len`]),
+    /// or empty.
     pub const TEXT_TOO_LONG: &str = "text_too_long";
     pub const EMPTY_TEXT: &str = "empty_text";
     /// Frames arrive faster than the rate limit; this one was dropped.
@@ -178,8 +270,87 @@ pub mod error_code {
 }
 
 /// Serializes a frame built on this side. Serialization of these types cannot fail: they hold
-/// only strings, numbers and already-valid raw JSON.
+/// only strings and numbers.
 pub fn to_text<T: Serialize>(frame: &T) -> String {
     // unwrap: serde_json only fails on non-string map keys or failing Serialize impls; none here.
     serde_json::to_string(frame).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn message(id: u64, text: &str) -> String {
+        to_text(&MessageFrame {
+            room: "r",
+            id,
+            from: "bob",
+            text,
+            ts: 1_700_000_000_000 + id,
+            reference: (id == 2).then_some("x\"y"),
+        })
+    }
+
+    /// The spliced frames are valid JSON, equal to what serde renders for the whole frame.
+    #[test]
+    fn spliced_frames_equal_a_full_serde_rendering() {
+        let messages = [
+            message(1, "hi"),
+            message(2, "a \"quote\"\n"),
+            message(3, "ü\u{1}"),
+        ];
+        let members: Vec<Arc<str>> = vec!["bob".into(), "Zoë".into()];
+        let head = JoinedHead {
+            room: "r",
+            name: "Zoë",
+            epoch: 7,
+            token: "t0",
+            members: &members,
+            member_count: 2,
+            recovered: true,
+            last_id: 3,
+            more: false,
+        };
+        for n in 0..=messages.len() {
+            let history = &messages[..n];
+            let ours: Value =
+                serde_json::from_str(&joined_frame(&head, history.iter().map(|m| m.as_str())))
+                    .unwrap();
+            let parsed: Vec<Value> = history
+                .iter()
+                .map(|m| serde_json::from_str(m).unwrap())
+                .collect();
+            let mut full = serde_json::to_value(&head).unwrap();
+            full["history"] = Value::Array(parsed.clone());
+            assert_eq!(ours, full);
+            assert_eq!(ours["type"], "joined");
+
+            let page = HistoryHead {
+                room: "r",
+                more: true,
+            };
+            let ours: Value =
+                serde_json::from_str(&history_frame(&page, history.iter().map(|m| m.as_str())))
+                    .unwrap();
+            assert_eq!(
+                ours,
+                json!({"type": "history", "room": "r", "more": true, "messages": parsed})
+            );
+        }
+    }
+
+    /// What [`json_str_len`] counts is what serde_json writes, for every ASCII character and
+    /// some that are not.
+    #[test]
+    fn json_str_len_is_the_serialized_length() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        samples
+            .extend(["ü", "€", "😀", "\u{2028}", "\u{7f}", "a\u{0}b\"\\\n\t\r"].map(String::from));
+        samples.push("\u{1}".repeat(5000));
+        for s in samples {
+            let serialized = serde_json::to_string(&s).unwrap().len() - 2;
+            assert_eq!(json_str_len(&s), serialized, "{s:?}");
+        }
+    }
 }

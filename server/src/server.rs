@@ -1,4 +1,4 @@
-//! The accept loop, shared server state, the connection cap and graceful shutdown.
+//! The accept loop, shared server state, the connection caps and graceful shutdown.
 //!
 //! tide's own `listen` cannot stop accepting or wait for its connections, so the server accepts
 //! TCP connections itself and hands each to async-h1 with the tide app as the endpoint.
@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,9 +15,11 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use event_listener::Event;
 use serde::Serialize;
 
+use crate::addr::{self, ClientInfo, Forwarding};
 use crate::config::Config;
 use crate::conn::{self, Ctx};
 use crate::hub::{Hub, HubConfig, HubStats};
+use crate::per_ip::{self, PerIp};
 use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
 use crate::shutdown::Shutdown;
 
@@ -29,8 +31,16 @@ const WS_READ_BUFFER: usize = 256;
 /// Bytes queued before tungstenite writes to the socket; `feed` + one `flush` batches only when
 /// this is above zero.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// First pause after a failed `accept` (e.g. out of file descriptors: the connection stays in
+/// the backlog, so the listener is ready again at once and the loop would spin); it doubles on
+/// each failure in a row up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between accepts while they fail: also how long recovery can take to be noticed.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Time allowed to write a 400 answer to a request that could not be parsed.
+const BAD_REQUEST_WRITE: Duration = Duration::from_secs(1);
+/// At most one log line per this long about connections closed at an HTTP connection cap.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -43,6 +53,10 @@ pub struct State {
     /// What each connection is held to.
     pub limits: conn::Limits,
     pub shutdown: Shutdown,
+    /// Open connections and handshakes per client address.
+    pub per_ip: Arc<PerIp>,
+    /// Open TCP connections that are not websockets (yet), under `--max-http-connections`.
+    http_open: AtomicUsize,
     next_conn: AtomicU64,
     /// Open websocket connections.
     active: AtomicUsize,
@@ -54,6 +68,8 @@ pub struct State {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stats {
     pub connections: usize,
+    /// Open TCP connections that are not websockets (yet).
+    pub http_connections: usize,
     #[serde(flatten)]
     pub hub: HubStats,
 }
@@ -71,6 +87,19 @@ impl Drop for ConnSlot {
         if self.state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.state.idle.notify(usize::MAX);
         }
+    }
+}
+
+/// A plain HTTP connection's place under `--max-http-connections` (and, as `_per_ip`, under
+/// `--max-http-connections-per-ip`); released on drop.
+struct HttpSlot {
+    state: Arc<State>,
+    _per_ip: Option<per_ip::Slot>,
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.state.http_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -94,14 +123,19 @@ impl State {
             history_bytes: config.history_bytes,
             room_buffer: config.room_buffer,
             presence_cap: config.presence_cap,
+            page_messages: config.join_history,
+            page_bytes: config.join_history_bytes,
         });
+        let per_ip = Arc::new(PerIp::new(config.per_ip));
         Self {
+            per_ip,
             limits: conn::Limits::from(&config),
             config,
             hub,
             hello: hello.into(),
             ws_config,
             shutdown: Shutdown::default(),
+            http_open: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Event::new(),
@@ -135,9 +169,30 @@ impl State {
         })
     }
 
+    /// Takes a plain HTTP connection place for a TCP peer, or `None` at a cap. Trusted proxies
+    /// carry many clients, so only the total cap applies to them.
+    fn try_http(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<HttpSlot> {
+        let max = self.config.max_http_connections;
+        let per_ip = if self.config.trusted_proxies.trusts(peer) {
+            None
+        } else {
+            Some(self.per_ip.http(addr::key(peer))?)
+        };
+        self.http_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(HttpSlot {
+            state: self.clone(),
+            _per_ip: per_ip,
+        })
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.active.load(Ordering::Acquire),
+            http_connections: self.http_open.load(Ordering::Acquire),
             hub: self.hub.stats(),
         }
     }
@@ -166,23 +221,28 @@ pub async fn serve(
     let app = crate::app(state.clone())?;
     {
         let accept = async {
+            // Failed accepts in a row, and the pause after the last one.
+            let mut failures = AcceptFailures::default();
+            let mut refusals = Refusals::default();
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        failures.ended();
+                        // Closed at once, unread: a task and a read buffer per connection is
+                        // what a flood would cost otherwise.
+                        let Some(slot) = state.try_http(peer.ip().to_canonical()) else {
+                            refusals.note(peer.ip());
+                            continue;
+                        };
                         // Writes are already batched per flush; Nagle would only hold the next
                         // batch back until the previous one is acknowledged.
                         if let Err(e) = stream.set_nodelay(true) {
                             log::debug!("set_nodelay: {e}");
                         }
-                        async_std::task::spawn(http_connection(
-                            app.clone(),
-                            stream,
-                            state.config.handshake_timeout,
-                        ));
+                        async_std::task::spawn(http_connection(app.clone(), stream, slot));
                     }
                     Err(e) => {
-                        log::warn!("accept failed: {e}");
-                        async_io::Timer::after(ACCEPT_BACKOFF).await;
+                        async_io::Timer::after(failures.failed(&e)).await;
                     }
                 }
             }
@@ -205,29 +265,193 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves HTTP requests on one connection until it closes, upgrades, or sits idle for the
-/// handshake timeout (which also bounds slow request headers).
-async fn http_connection(app: tide::Server<Arc<State>>, stream: TcpStream, timeout: Duration) {
+/// Answers a request that could not be parsed with 400 and the reason, best effort (the
+/// connection is closed after it either way).
+async fn bad_request(out: &mut TcpStream, reason: &str) {
+    use futures::AsyncWriteExt;
+    let body = format!("{reason}\n");
+    let res = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = async_std::future::timeout(BAD_REQUEST_WRITE, out.write_all(res.as_bytes())).await;
+}
+
+/// A run of failed accepts: how long to pause, and its log lines. Once per run, not per
+/// accept, since an attacker holding every descriptor would otherwise fill the log at the
+/// accept rate; and a run that starts within [`REFUSAL_LOG_INTERVAL`] of the last one logged is
+/// logged only if it lasts past that, so a limit hit and freed over and over costs at most two
+/// lines a second.
+#[derive(Default)]
+struct AcceptFailures {
+    /// Failures in the current run (0: accepting).
+    failures: u64,
+    /// The pause after the last failure.
+    backoff: Duration,
+    /// Whether the current run's start was logged.
+    logged: bool,
+    /// When the last run's start was logged.
+    last_logged: Option<Instant>,
+    /// Runs not logged since then.
+    quiet_runs: u64,
+}
+
+impl AcceptFailures {
+    /// Notes a failure; returns the pause before the next accept.
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        if self.failures == 0 {
+            self.backoff = ACCEPT_BACKOFF;
+            self.logged = false;
+            self.quiet_runs += 1;
+        } else {
+            self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        }
+        // A run that started too soon after the last logged one is logged once it has lasted.
+        let due = self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if !self.logged && due {
+            log::warn!(
+                "accept failed: {e}; pausing accepts (up to {ACCEPT_BACKOFF_MAX:?}) until it works again"
+            );
+            self.logged = true;
+            self.last_logged = Some(Instant::now());
+            self.quiet_runs -= 1;
+        }
+        self.failures += 1;
+        self.backoff
+    }
+
+    /// Notes a successful accept.
+    fn ended(&mut self) {
+        if self.failures > 0 && self.logged {
+            let quiet = match self.quiet_runs {
+                0 => String::new(),
+                n => format!(" ({n} shorter runs of failures before it not logged)"),
+            };
+            log::warn!(
+                "accepting connections again after {} failed accepts{quiet}",
+                self.failures
+            );
+            self.quiet_runs = 0;
+        }
+        self.failures = 0;
+    }
+}
+
+/// Connections closed at an HTTP connection cap since the last log line about them.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, peer: std::net::IpAddr) {
+        self.count += 1;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL)
+        {
+            log::warn!(
+                "closed {} connection(s) at the HTTP connection caps (latest from {peer})",
+                self.count
+            );
+            self.count = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// Serves HTTP requests on one connection until it closes, upgrades, sits idle for the
+/// handshake timeout (which also bounds one request's slow headers), or reaches
+/// `--http-deadline` since it was accepted, whatever it is doing then. An upgraded connection
+/// leaves here (and gives back `slot`) once its 101 response is written.
+async fn http_connection(app: tide::Server<Arc<State>>, stream: TcpStream, slot: HttpSlot) {
+    let config = &slot.state.config;
+    let (timeout, deadline) = (config.handshake_timeout, config.http_deadline);
+    let proxies = config.trusted_proxies.clone();
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
     let tcp = stream.clone();
+    let mut out = stream.clone();
+    // Set when a request reaches the app: an error before that is a request async-h1 could not
+    // parse (no Host, a malformed head), which it would answer with a silent close.
+    let decoded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = decoded.clone();
     let mut conn = async_h1::server::Server::new(stream, move |mut req: tide::http::Request| {
+        seen.store(true, Ordering::Relaxed);
         req.set_peer_addr(peer);
         req.set_local_addr(local);
+        if let Some(peer) = peer {
+            let joined = |name: &str| {
+                req.header(name)
+                    .map(|v| v.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(","))
+            };
+            let (f, xff, xfp) = (
+                joined("Forwarded"),
+                joined("X-Forwarded-For"),
+                joined("X-Forwarded-Proto"),
+            );
+            let fwd = Forwarding {
+                forwarded: f.as_deref(),
+                x_forwarded_for: xff.as_deref(),
+                x_forwarded_proto: xfp.as_deref(),
+            };
+            let client: ClientInfo = addr::client(&proxies, peer.ip(), fwd);
+            req.ext_mut().insert(client);
+        }
         // For the websocket upgrade: its writer writes to the socket directly.
         req.ext_mut().insert(tcp.clone());
         let app = app.clone();
         async move { app.respond(req).await }
     });
-    loop {
-        match async_std::future::timeout(timeout, conn.accept_one()).await {
-            Ok(Ok(async_h1::server::ConnectionStatus::KeepAlive)) => continue,
-            Ok(Ok(_)) => break,
-            Ok(Err(e)) => {
-                log::debug!("http connection from {peer:?}: {e}");
-                break;
+    let requests = async {
+        loop {
+            decoded.store(false, Ordering::Relaxed);
+            match async_std::future::timeout(timeout, conn.accept_one()).await {
+                Ok(Ok(async_h1::server::ConnectionStatus::KeepAlive)) => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    log::debug!("http connection from {peer:?}: {e}");
+                    if !decoded.load(Ordering::Relaxed) {
+                        bad_request(&mut out, &e.to_string()).await;
+                    }
+                    break;
+                }
+                Err(_) => break,
             }
-            Err(_) => break,
         }
+    };
+    if async_std::future::timeout(deadline, requests)
+        .await
+        .is_err()
+    {
+        log::debug!("http connection from {peer:?}: closed at --http-deadline");
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_log_flapping_runs_at_most_once_a_second() {
+        let e = io::Error::from_raw_os_error(24);
+        let mut f = AcceptFailures::default();
+        let pauses: Vec<_> = (0..10).map(|_| f.failed(&e)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(pauses[9], ACCEPT_BACKOFF_MAX);
+        assert!(f.logged);
+        f.ended();
+        // Hit again at once: counted, not logged, and the pause starts small again.
+        assert_eq!(f.failed(&e), ACCEPT_BACKOFF);
+        assert!(!f.logged);
+        assert_eq!(f.quiet_runs, 1);
+        f.ended();
+        assert_eq!(f.failures, 0);
     }
 }

@@ -1,5 +1,5 @@
 //! The websocket upgrade on tide: RFC 6455 handshake checks, the [Origin allowlist](crate::origin),
-//! the connection cap, then the connection is handed to the current `async-tungstenite` (for
+//! the [per-address caps](crate::per_ip) and the connection cap, then the connection is handed to the current `async-tungstenite` (for
 //! reading, with an explicit
 //! [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig)) and to the
 //! connection's writer (for writing), in [`crate::conn`].
@@ -22,8 +22,11 @@ use futures::{AsyncRead, AsyncWrite};
 use tide::http::headers;
 use tide::{Request, Response, StatusCode};
 
+use crate::addr::{self, ClientInfo};
 use crate::conn::{self, Mode, Peer};
 use crate::origin;
+use crate::per_ip::Refused;
+use crate::plain;
 use crate::server::State;
 
 /// Answers an upgrade request on `/ws` (protocol v1) or `/chatSocket` (seed protocol).
@@ -50,11 +53,13 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         return Ok(plain(StatusCode::BadRequest, "missing Sec-WebSocket-Key"));
     };
     let state = req.state().clone();
+    let client = req.ext::<ClientInfo>().copied();
     if !origin::allowed(
         &state.config.allowed_origins,
         state.config.any_origin,
         header("Origin").as_deref(),
         header("Host").as_deref(),
+        client.is_some_and(|c| c.https),
     ) {
         // At debug, and cut short: a client chooses how often and what it sends here.
         let origin: Option<String> = header("Origin").map(|o| o.chars().take(100).collect());
@@ -70,6 +75,28 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         log::error!("websocket request without its TCP stream: serve with tidechat::server::serve");
         let msg = "websockets need tidechat's accept loop";
         return Ok(plain(StatusCode::InternalServerError, msg));
+    };
+    // Before the global cap, so one address at its own cap does not use up everyone's places.
+    let ip_slot = match client.map(|c| state.per_ip.websocket(addr::key(c.ip))) {
+        None => None,
+        Some(Ok(slot)) => Some(slot),
+        Some(Err(refused)) => {
+            log::debug!("refused websocket from {client:?}: {refused:?}");
+            let mut res = match refused {
+                Refused::Rate { .. } => plain(
+                    StatusCode::TooManyRequests,
+                    "too many websocket handshakes from your address",
+                ),
+                Refused::Connections => plain(
+                    StatusCode::TooManyRequests,
+                    "too many websockets open from your address",
+                ),
+            };
+            if let Refused::Rate { retry_after } = refused {
+                res.insert_header("Retry-After", retry_after.as_secs().to_string());
+            }
+            return Ok(res);
+        }
     };
     let Some(slot) = state.try_acquire() else {
         return Ok(plain(
@@ -87,7 +114,20 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
     );
     let http_res: &mut tide::http::Response = res.as_mut();
     let upgrade = http_res.recv_upgrade().await;
-    let peer = req.peer_addr().unwrap_or("?").to_string();
+    let tcp_peer = req.peer_addr().unwrap_or("?");
+    let peer = match client {
+        // Behind a proxy, the client it spoke for.
+        Some(c)
+            if tcp_peer
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+                != Some(c.ip) =>
+        {
+            format!("{tcp_peer} for {}", c.ip)
+        }
+        _ => tcp_peer.to_string(),
+    };
     async_std::task::spawn(async move {
         let Some(stream) = upgrade.await else {
             return;
@@ -104,6 +144,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         };
         conn::run(ws, tcp, state.ctx(), mode, peer).await;
         drop(slot);
+        drop(ip_slot);
     });
     Ok(res)
 }
@@ -238,13 +279,6 @@ impl<S: Unpin> AsyncWrite for ReadOnly<S> {
         Poll::Ready(Ok(()))
     }
 }
-
-fn plain(status: StatusCode, body: &str) -> Response {
-    let mut res = Response::new(status);
-    res.set_body(format!("{body}\n"));
-    res
-}
-
 #[cfg(test)]
 mod tests {
     use super::FrameTracker;

@@ -7,7 +7,17 @@ use common::*;
 
 #[async_std::test]
 async fn two_hundred_clients_connect_and_drop() {
-    let s = TestServer::default().await;
+    // 200 websockets from one address, faster than the per-address caps allow.
+    let defaults = tidechat::Config::default();
+    let s = TestServer::start(tidechat::Config {
+        per_ip: tidechat::per_ip::PerIpLimits {
+            websockets: 200,
+            burst: 200,
+            ..defaults.per_ip
+        },
+        ..defaults
+    })
+    .await;
     let mut clients = Vec::new();
     for i in 0..200 {
         let (mut c, _) = s.join(&format!("room{}", i % 4), &format!("user{i}")).await;

@@ -28,10 +28,15 @@ test("reconnect backoff doubles, is capped, and is jittered", () => {
   assert.ok(spread.size > 1, "two clients do not retry in lockstep");
 });
 
-test("text is measured in UTF-8 bytes, as the server does", () => {
+test("text is measured in UTF-8 bytes inside a JSON string, as the server does", () => {
   assert.equal(textBytes("abc"), 3);
   assert.equal(textBytes("é"), 2);
   assert.equal(textBytes("🎉"), 4);
+  // serde_json's escapes: short ones take 2 bytes, other control characters 6 (\u00XX).
+  assert.equal(textBytes('a"b\\c'), 7);
+  assert.equal(textBytes("\n\t\r\b\f"), 10);
+  assert.equal(textBytes("\u0001".repeat(5000)), 30000);
+  assert.equal(textBytes("\u007f\u2028"), 1 + 3);
 });
 
 test("names and rooms follow the server's rules", () => {

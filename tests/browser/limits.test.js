@@ -47,6 +47,25 @@ test("a too-long message is refused with a readable error", async (t) => {
   assert.deepEqual((await messages(bob, "lobby")).map((m) => m.text), [fits], "bob never got the long one");
 });
 
+test("line breaks count as the server counts them, and the page says so", async (t) => {
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "too-long-escapes", args: ["--max-text-bytes", "200"] });
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+
+  // 134 characters, but each line break is 2 bytes in the message frame: 201 bytes.
+  const input = alice.getByRole("textbox", { name: "Message" });
+  await input.fill("a\n".repeat(67));
+  assert.equal(await alice.locator("#counter").textContent(), "201 / 200 bytes");
+  assert.match(await alice.locator("#hint-text").textContent(), /Too long by 1 bytes \(line breaks.*count as 2 bytes/);
+  assert.ok(await alice.getByRole("button", { name: "Send" }).isDisabled());
+
+  const fits = "a\n".repeat(66) + "a";
+  await input.fill(fits);
+  await input.press("Enter");
+  await bob.locator('ol.stream[aria-label="Messages in #lobby"] li.msg .text').first().waitFor();
+  assert.deepEqual((await messages(bob, "lobby")).map((m) => m.text), [fits]);
+});
+
 test("a taken name is explained and another can be picked", async (t) => {
   const [server, first, second] = await twoPeople(t, browser, { label: "name-taken" });
   await joinAs(first, `${server.url}/#room=lobby`, "sam", "lobby");

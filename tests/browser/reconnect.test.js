@@ -82,7 +82,8 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
 });
 
 test("dropped connection: resume with since and token recovers missed messages exactly once", async (t) => {
-  const server = await startServer({ label: "resume" });
+  // Alice's page is loaded through the proxy's port, so her Host header names that port.
+  const server = await startServer({ label: "resume", args: ["--allowed-host", "127.0.0.1"] });
   t.after(() => server.stop());
   const proxy = await startProxy(server.port);
   t.after(() => proxy.close());
@@ -150,4 +151,44 @@ test("the browser goes offline: the page says so and catches up when the network
   const expected = ["did you get this?", "written on the plane"];
   assert.deepEqual(texts(await messages(alice, "lobby")), expected);
   assert.deepEqual(texts(await messages(bob, "lobby")), expected);
+});
+
+test("a gap longer than one join page is paged in: every message once, in order", async (t) => {
+  // Pages of 3: the 10 messages Alice misses take a joined frame and three history pages.
+  const server = await startServer({ label: "resume-paged", args: ["--join-history", "3"] });
+  t.after(() => server.stop());
+  const proxy = await startProxy(server.port);
+  t.after(() => proxy.close());
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+
+  await joinAs(alice, `${proxy.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await alice.locator(".member-list li", { hasText: "bob" }).waitFor();
+  await say(bob, "before");
+  await waitMessage(alice, "lobby", "before");
+
+  proxy.cut();
+  await alice.locator('#conn[data-state="reconnecting"]').waitFor();
+  const missed = Array.from({ length: 10 }, (_, i) => `missed ${i + 1}`);
+  for (const text of missed) {
+    await say(bob, text);
+    await waitMessage(bob, "lobby", text);
+  }
+  await say(alice, "typed while cut off");
+
+  proxy.restore();
+  await alice.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  await waitMessage(alice, "lobby", "typed while cut off");
+  await say(bob, "after");
+  await waitMessage(alice, "lobby", "after");
+
+  const expected = ["before", ...missed, "typed while cut off", "after"];
+  assert.deepEqual(texts(await messages(alice, "lobby")), expected);
+  const ids = (await messages(alice, "lobby")).map((m) => Number(m.id));
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b), "in id order");
+  assert.equal(new Set(ids).size, ids.length, "no id twice");
+  assert.equal(await alice.locator(".notice.warn").count(), 0, "nothing reported lost");
 });

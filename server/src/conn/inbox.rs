@@ -17,6 +17,10 @@ use crate::hub::Evict;
 /// Replies the reader may queue before it waits for the writer, so a client that floods
 /// requests but does not read is held back instead of growing memory.
 const CAPACITY: usize = 16;
+/// Bytes of replies the reader may queue before it waits: a `joined` or `history` frame can be
+/// ~300 KiB, so the count alone would let a non-reading client park ~5 MiB here. One item is
+/// always accepted into an empty queue, however big.
+pub const MAX_BYTES: usize = 1024 * 1024;
 
 /// Shared by the reader, the writer and (through [`Evict`]) the hub.
 #[derive(Debug)]
@@ -31,6 +35,8 @@ pub struct Inbox<T> {
 #[derive(Debug)]
 struct State<T> {
     queue: VecDeque<T>,
+    /// Sum of the queued items' [`Cost`].
+    bytes: usize,
     /// Rooms this connection lost to a resume, for the reader to forget.
     evicted: Vec<Arc<str>>,
 }
@@ -49,6 +55,7 @@ impl<T> Default for State<T> {
     fn default() -> Self {
         Self {
             queue: VecDeque::new(),
+            bytes: 0,
             evicted: Vec::new(),
         }
     }
@@ -59,24 +66,37 @@ pub trait FromEviction {
     fn eviction(room: Arc<str>) -> Self;
 }
 
-impl<T> Inbox<T> {
+/// The bytes an inbox item will cost to send, for [`MAX_BYTES`].
+pub trait Cost {
+    fn cost(&self) -> usize;
+}
+
+impl<T> State<T> {
+    fn full(&self) -> bool {
+        self.queue.len() >= CAPACITY || (self.bytes >= MAX_BYTES && !self.queue.is_empty())
+    }
+}
+
+impl<T: Cost> Inbox<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `item`, waiting while the queue is full.
+    /// Queues `item`, waiting while the queue is full (by count or by bytes).
     pub async fn send(&self, item: T) {
         let mut item = Some(item);
         futures::future::poll_fn(|cx| {
             let mut st = self.lock();
-            if st.queue.len() >= CAPACITY {
+            if st.full() {
                 self.reader.register(cx.waker());
-                if st.queue.len() >= CAPACITY {
+                if st.full() {
                     return Poll::Pending;
                 }
             }
             // unwrap: the item is taken only here, once, and then Ready is returned.
-            st.queue.push_back(item.take().unwrap());
+            let item = item.take().unwrap();
+            st.bytes += item.cost();
+            st.queue.push_back(item);
             drop(st);
             self.writer.wake();
             Poll::Ready(())
@@ -86,7 +106,10 @@ impl<T> Inbox<T> {
 
     /// Queues `item` at once, past the capacity (for a bounded number of items).
     pub fn push(&self, item: T) {
-        self.lock().queue.push_back(item);
+        let mut st = self.lock();
+        st.bytes += item.cost();
+        st.queue.push_back(item);
+        drop(st);
         self.writer.wake();
     }
 
@@ -105,8 +128,11 @@ impl<T> Inbox<T> {
     /// Takes the next item, if any.
     pub fn try_next(&self) -> Option<T> {
         let mut st = self.lock();
-        let full = st.queue.len() >= CAPACITY;
+        let full = st.full();
         let item = st.queue.pop_front();
+        if let Some(item) = &item {
+            st.bytes -= item.cost();
+        }
         if st.queue.is_empty() && st.queue.capacity() > 0 {
             // Replies are rare; an idle connection keeps no queue memory (~700 B each).
             st.queue = VecDeque::new();
@@ -124,11 +150,13 @@ impl<T> Inbox<T> {
     }
 }
 
-impl<T: FromEviction + Send + std::fmt::Debug> Evict for Inbox<T> {
+impl<T: FromEviction + Cost + Send + std::fmt::Debug> Evict for Inbox<T> {
     fn evict(&self, room: Arc<str>) {
         let mut st = self.lock();
         st.evicted.push(room.clone());
-        st.queue.push_back(T::eviction(room));
+        let item = T::eviction(room);
+        st.bytes += item.cost();
+        st.queue.push_back(item);
         drop(st);
         self.writer.wake();
     }
@@ -142,6 +170,8 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum Item {
         N(usize),
+        /// An item of this many bytes.
+        Big(usize),
         Evicted(Arc<str>),
     }
 
@@ -149,6 +179,38 @@ mod tests {
         fn eviction(room: Arc<str>) -> Self {
             Item::Evicted(room)
         }
+    }
+
+    impl Cost for Item {
+        fn cost(&self) -> usize {
+            match self {
+                Item::Big(n) => *n,
+                _ => 1,
+            }
+        }
+    }
+
+    #[test]
+    fn send_waits_while_the_bytes_are_over_the_bound() {
+        let inbox = Inbox::<Item>::default();
+        // One item always fits into an empty queue, however big.
+        assert!(inbox
+            .send(Item::Big(2 * MAX_BYTES))
+            .now_or_never()
+            .is_some());
+        let mut blocked = Box::pin(inbox.send(Item::Big(10)));
+        assert!((&mut blocked).now_or_never().is_none());
+        assert_eq!(inbox.try_next(), Some(Item::Big(2 * MAX_BYTES)));
+        assert!(blocked.now_or_never().is_some());
+        // Below the bound, items queue until their bytes reach it.
+        let third = MAX_BYTES / 3 + 1;
+        for _ in 0..3 {
+            assert!(inbox.send(Item::Big(third)).now_or_never().is_some());
+        }
+        assert!(inbox.send(Item::Big(1)).now_or_never().is_none());
+        assert_eq!(inbox.try_next(), Some(Item::Big(10)));
+        assert_eq!(inbox.try_next(), Some(Item::Big(third)));
+        assert!(inbox.send(Item::Big(1)).now_or_never().is_some());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Joined};
 use crate::shutdown::Shutdown;
 use crate::ws::ReadOnly;
-use inbox::{FromEviction, Inbox};
+use inbox::{Cost, FromEviction, Inbox};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 pub struct Limits {
     pub max_text_bytes: usize,
     pub max_rooms_per_connection: usize,
+    /// Tokens a `join` or `history` request takes from the rate bucket.
+    pub join_cost: u32,
     pub rate: f64,
     pub burst: u32,
     pub rate_strikes: u32,
@@ -61,6 +63,7 @@ impl From<&Config> for Limits {
         Self {
             max_text_bytes: c.max_text_bytes,
             max_rooms_per_connection: c.max_rooms_per_connection,
+            join_cost: c.join_cost(),
             rate: c.rate,
             burst: c.burst,
             rate_strikes: c.rate_strikes,
@@ -89,8 +92,9 @@ pub(crate) enum Out {
     Text(Utf8Bytes),
     /// Answer to a client's ping.
     Pong(Bytes),
-    /// Send the `joined` frame, then forward the room's events.
-    Subscribe(Joined),
+    /// Send the `joined` frame (rendered by the writer, so a seed connection never builds it),
+    /// then forward the room's events.
+    Subscribe(Box<Joined>),
     /// Stop forwarding a room and say so with a `left` frame.
     Unsubscribe {
         room: Arc<str>,
@@ -99,6 +103,18 @@ pub(crate) enum Out {
     Close(u16, &'static str),
     /// The reader has ended: flush what is queued and stop.
     Finish,
+}
+
+impl Cost for Out {
+    /// Bytes this item becomes on the wire (what the inbox's byte bound counts).
+    fn cost(&self) -> usize {
+        match self {
+            Out::Text(t) => t.len(),
+            Out::Pong(b) => b.len(),
+            Out::Subscribe(j) => j.frame_bytes(),
+            Out::Unsubscribe { .. } | Out::Close(..) | Out::Finish => 0,
+        }
+    }
 }
 
 impl FromEviction for Out {

@@ -17,7 +17,7 @@ use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
-use crate::hub::{HubError, JoinRequest, Joined, SEED_ROOM};
+use crate::hub::{HubError, JoinRequest, Joined, Page, SEED_ROOM};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
 use crate::ws::ReadOnly;
@@ -161,7 +161,7 @@ impl Reader<'_> {
             Mode::Seed => {
                 let name = self.conn.to_string();
                 match self.join(SEED_ROOM, &name, None, None, None) {
-                    Ok(joined) => self.send(Out::Subscribe(joined)).await,
+                    Ok(joined) => self.send(Out::Subscribe(Box::new(joined))).await,
                     Err(e) => Err(Ending::Gone(format!("cannot enter {SEED_ROOM}: {e}"))),
                 }
             }
@@ -214,6 +214,26 @@ impl Reader<'_> {
 
     /// A frame over the rate: dropped (a ping gets no pong), and too many in a row close.
     async fn rate_limited(&mut self, text: Option<&str>) -> Step {
+        self.strike()?;
+        let Some(text) = text.filter(|_| self.mode == Mode::V1) else {
+            return Ok(());
+        };
+        // Say which message was dropped, so a client can mark it failed; the parse is bounded
+        // by the strikes before the close above.
+        // A refused page names its room too, so a client paging through a gap can retry.
+        let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Say {
+                room, reference, ..
+            }) => (Some(room), reference),
+            Ok(ClientFrame::History { room, .. }) if valid_room(&room) => (Some(room), None),
+            _ => (None, None),
+        };
+        self.refuse(rate_refusal(), room.as_deref(), reference.as_deref())
+            .await
+    }
+
+    /// Counts a frame dropped for the rate limit; too many in a row close the connection.
+    fn strike(&mut self) -> Step {
         self.strikes += 1;
         if self.strikes > self.ctx.limits.rate_strikes {
             return Err(Ending::Closed(
@@ -221,23 +241,21 @@ impl Reader<'_> {
                 "rate limit exceeded",
             ));
         }
-        let Some(text) = text.filter(|_| self.mode == Mode::V1) else {
-            return Ok(());
-        };
-        // Say which message was dropped, so a client can mark it failed; the parse is bounded
-        // by the strikes before the close above.
-        let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
-            Ok(ClientFrame::Say {
-                room, reference, ..
-            }) => (Some(room), reference),
-            _ => (None, None),
-        };
-        let refusal = Refusal::new(
-            error_code::RATE_LIMITED,
-            "you are sending too fast; this message was dropped",
-        );
-        self.refuse(refusal, room.as_deref(), reference.as_deref())
-            .await
+        Ok(())
+    }
+
+    /// Takes what a `join` or `history` costs beyond the token its frame took: each builds a
+    /// page of messages, so they must not come at the frame rate. `Some` is the step to take
+    /// when the bucket cannot pay.
+    async fn charge_page(&mut self, room: Option<&str>) -> Option<Step> {
+        let extra = self.ctx.limits.join_cost.saturating_sub(1);
+        if self.bucket.take_n(extra) {
+            return None;
+        }
+        if let Err(ending) = self.strike() {
+            return Some(Err(ending));
+        }
+        Some(self.refuse(rate_refusal(), room, None).await)
     }
 
     /// Answers a refused request with an `error` frame; the connection stays.
@@ -283,10 +301,42 @@ impl Reader<'_> {
                 epoch,
                 token,
             } => {
-                let result = self.v1_join(&room, &name, since, epoch, token.as_deref());
                 // An invalid room name is not echoed back.
-                let room = valid_room(&room).then_some(room.as_str());
-                self.answer(result, room, None).await
+                let echo = valid_room(&room).then_some(room.as_str());
+                if let Err(refusal) = self.join_checks(&room, &name) {
+                    return self.refuse(refusal, echo, None).await;
+                }
+                // Charged once the request is known to build a frame.
+                if let Some(step) = self.charge_page(echo).await {
+                    return step;
+                }
+                let result = self
+                    .join(&room, &name, since, epoch, token.as_deref())
+                    .map(|joined| Out::Subscribe(Box::new(joined)))
+                    .map_err(Refusal::from);
+                self.answer(result, echo, None).await
+            }
+            ClientFrame::History {
+                room,
+                since,
+                before,
+                limit,
+            } => {
+                let echo = valid_room(&room).then_some(room.as_str());
+                let (page, name) = match self.history_checks(&room, since, before, limit) {
+                    Ok(checked) => checked,
+                    Err(refusal) => return self.refuse(refusal, echo, None).await,
+                };
+                if let Some(step) = self.charge_page(echo).await {
+                    return step;
+                }
+                let result = self
+                    .ctx
+                    .hub
+                    .history(&room, &name, self.conn, page, limit.unwrap_or(usize::MAX))
+                    .map(|page| Out::Text(page.frame().into()))
+                    .map_err(Refusal::from);
+                self.answer(result, echo, None).await
             }
             ClientFrame::Leave { room } => {
                 let result = self.leave(&room);
@@ -318,14 +368,8 @@ impl Reader<'_> {
         }
     }
 
-    fn v1_join(
-        &mut self,
-        room: &str,
-        name: &str,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        token: Option<&str>,
-    ) -> Result<Out, Refusal> {
+    /// What a `join` must pass before it costs the hub anything.
+    fn join_checks(&self, room: &str, name: &str) -> Result<(), Refusal> {
         if !valid_room(room) {
             return Err(Refusal::new(error_code::INVALID_ROOM, limits::room_rule()));
         }
@@ -341,7 +385,40 @@ impl Reader<'_> {
                 "you are in the maximum number of rooms; leave one first",
             ));
         }
-        Ok(Out::Subscribe(self.join(room, name, since, epoch, token)?))
+        Ok(())
+    }
+
+    /// What a `history` request must pass before it costs the hub anything: where its page
+    /// starts, and this connection's name in the room.
+    fn history_checks(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<(Page, Arc<str>), Refusal> {
+        let page = match (since, before) {
+            (Some(id), None) => Page::Since(id),
+            (None, Some(id)) => Page::Before(id),
+            _ => {
+                return Err(Refusal::new(
+                    error_code::BAD_REQUEST,
+                    "history needs exactly one of since or before",
+                ))
+            }
+        };
+        if limit == Some(0) {
+            return Err(Refusal::new(
+                error_code::BAD_REQUEST,
+                "history limit must be at least 1",
+            ));
+        }
+        let m = self
+            .memberships
+            .iter()
+            .find(|m| &*m.room == room)
+            .ok_or(HubError::NotInRoom)?;
+        Ok((page, m.name.clone()))
     }
 
     fn join(
@@ -360,6 +437,7 @@ impl Reader<'_> {
             token,
             conn: self.conn,
             evictor: self.inbox.clone(),
+            snapshot: self.mode == Mode::V1,
         })?;
         self.memberships.push(Membership {
             room: joined.room.clone(),
@@ -394,10 +472,13 @@ impl Reader<'_> {
             ));
         }
         let max = self.ctx.limits.max_text_bytes;
-        if text.len() > max {
+        if protocol::json_str_len(text) > max {
             return Err(Refusal::new(
                 error_code::TEXT_TOO_LONG,
-                format!("messages are limited to {max} bytes"),
+                format!(
+                    "messages are limited to {max} bytes as sent in JSON (line breaks, quotes \
+                     and backslashes count 2, other control characters 6)"
+                ),
             ));
         }
         let m = self
@@ -413,7 +494,7 @@ impl Reader<'_> {
 
     /// A line from a `/chatSocket` client: relayed to the lobby like the original demo did.
     fn seed_text(&mut self, text: &str) -> Step {
-        if text.len() > self.ctx.limits.max_text_bytes {
+        if protocol::json_str_len(text) > self.ctx.limits.max_text_bytes {
             log::debug!("#{}: seed message over the text limit dropped", self.conn);
             return Ok(());
         }
@@ -425,6 +506,13 @@ impl Reader<'_> {
         }
         Ok(())
     }
+}
+
+fn rate_refusal() -> Refusal {
+    Refusal::new(
+        error_code::RATE_LIMITED,
+        "you are sending too fast; this message was dropped",
+    )
 }
 
 fn ref_ok(reference: &str) -> bool {

@@ -184,9 +184,12 @@ impl<'a> Writer<'a> {
                 batch.push(Frame::new(OpCode::Control(Control::Pong), data))
             }
             Input::Ctl(Out::Subscribe(joined)) => {
+                // Rendered here, just before it is written, so that queued joins hold shared
+                // message events rather than copies of them.
                 if self.mode == Mode::V1 {
-                    batch.push(Frame::text(joined.frame.into()));
+                    batch.push(Frame::text(joined.frame().into()));
                 }
+                let joined = *joined;
                 self.subs.push((joined.room, joined.rx));
             }
             Input::Ctl(Out::Unsubscribe { room, reason }) => self.unsubscribe(batch, room, reason),
