@@ -93,6 +93,7 @@ impl State {
             history: config.history,
             history_bytes: config.history_bytes,
             room_buffer: config.room_buffer,
+            room_buffer_bytes: config.room_buffer_bytes,
             presence_cap: config.presence_cap,
             page_messages: config.join_history,
             page_bytes: config.join_history_bytes,
