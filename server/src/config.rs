@@ -111,7 +111,8 @@ pub struct Args {
     /// A connection that sends nothing (not even a pong) for this long is closed (4000).
     #[arg(long, env = "TIDECHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// A socket that accepts no writes for this long is closed as a slow consumer (4008).
+    /// Longest a connection may stay behind (from a write that cannot complete at once until it
+    /// has written everything) before it is closed as a slow consumer (4008).
     #[arg(long, env = "TIDECHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
     /// On SIGINT/SIGTERM, time allowed to close every socket before exiting.

@@ -384,14 +384,23 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         };
         // The frame the socket stopped in must be finished before a close frame can follow.
         let done = total - bufs.len();
-        let rest = frame_rest(frames, done, bufs);
+        let (rest, was_close) = frame_rest(frames, done, bufs);
+        if was_close {
+            // Cut in our own close frame: finish it if the socket takes it, send no second one.
+            let (code, reason) = stop.close();
+            return Err(match try_write(out, rest).await {
+                true => Ending::Closed(code, reason),
+                false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
+            });
+        }
         Err(give_up(out, &rest, stop).await)
     }
 }
 
 /// What is left of the frame a blocked write stopped in: `bufs` (the unwritten slices, the first
-/// perhaps cut) up to that frame's end; empty when the write stopped at a frame boundary.
-fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> Vec<IoSlice<'a>> {
+/// perhaps cut) up to that frame's end, empty when the write stopped at a frame boundary; and
+/// whether that frame is a close frame.
+fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> (Vec<IoSlice<'a>>, bool) {
     let mut first = 0;
     for f in frames {
         let parts = 1 + usize::from(!f.payload.is_empty());
@@ -403,13 +412,29 @@ fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> Vec<Io
                 f.payload.len()
             };
             if part == 0 && bufs[0].len() == whole {
-                return Vec::new();
+                return (Vec::new(), false);
             }
-            return bufs[..parts - part].to_vec();
+            let close = f.header[0] & 0x0f == 0x8;
+            return (bufs[..parts - part].to_vec(), close);
         }
         first += parts;
     }
-    Vec::new()
+    (Vec::new(), false)
+}
+
+/// Writes `slices` as far as the socket takes them without waiting; true if all went.
+async fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> bool {
+    let mut bufs = &mut slices[..];
+    futures::future::poll_fn(|cx| {
+        while !bufs.is_empty() {
+            match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
+                Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
+                _ => return Poll::Ready(false),
+            }
+        }
+        Poll::Ready(true)
+    })
+    .await
 }
 
 /// Ends a connection the writer cannot serve any more: sends `rest` (the end of a cut frame) and
@@ -423,18 +448,7 @@ async fn give_up<W: AsyncWrite + Unpin>(out: &mut W, rest: &[IoSlice<'_>], stop:
     let mut slices = rest.to_vec();
     slices.push(IoSlice::new(&frame.header[..frame.header_len as usize]));
     slices.push(IoSlice::new(&frame.payload));
-    let mut bufs = &mut slices[..];
-    let sent = futures::future::poll_fn(|cx| {
-        while !bufs.is_empty() {
-            match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
-                Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
-                _ => return Poll::Ready(false),
-            }
-        }
-        Poll::Ready(true)
-    })
-    .await;
-    if sent {
+    if try_write(out, slices).await {
         Ending::Closed(code, reason)
     } else {
         Ending::Gone(format!(
