@@ -233,13 +233,35 @@ async fn block_a_writer(s: &TestServer) -> (Client, Client, Client) {
     (stuck, fast, sender)
 }
 
+/// Like [`block_a_writer`], with frames larger than any socket buffer (6 MiB), so that the
+/// stuck writer stays blocked in the middle of one even if the kernel finds a little space (it
+/// does: without EPOLLOUT, a retried `writev` may still take a few bytes).
+async fn block_a_writer_mid_frame(s: &TestServer) -> (Client, Client, Client) {
+    const BIG: usize = 4;
+    let mut stuck = tiny_buffer_client(s).await;
+    stuck.join("lobby", "stuck").await;
+    let handle = reader(s.join("lobby", "fast").await.0, BIG);
+    let (mut sender, _) = s.join("lobby", "sender").await;
+    let text = "z".repeat(6 << 20);
+    for _ in 0..BIG {
+        sender.say("lobby", &text).await;
+        sender.recv_type("message").await;
+    }
+    let (ids, fast) = handle.await;
+    assert_eq!(ids, (1..=BIG as u64).collect::<Vec<_>>());
+    (stuck, fast, sender)
+}
+
 #[async_std::test]
 async fn blocked_writer_ends_on_shutdown() {
     let mut c = config();
     c.write_timeout = Duration::from_secs(600);
     c.shutdown_timeout = Duration::from_secs(600);
+    c.max_message_bytes = 8 << 20;
+    c.max_text_bytes = 7 << 20;
+    c.room_buffer_bytes = 64 << 20;
     let s = TestServer::start(c).await;
-    let (stuck, fast, sender) = block_a_writer(&s).await;
+    let (stuck, fast, sender) = block_a_writer_mid_frame(&s).await;
     let (fast, sender) = (keep_reading(fast), keep_reading(sender));
     async_std::future::timeout(PATIENCE, s.stop())
         .await
