@@ -105,7 +105,9 @@ impl<'a> Writer<'a> {
         let ctx = self.ctx;
         let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
         let mut shutdown = ctx.shutdown.wait();
-        let mut behind: Option<Behind> = None;
+        // Boxed: only a writer that falls behind needs it, and every connection's future holds
+        // the slot.
+        let mut behind: Option<Box<Behind>> = None;
         loop {
             let first = futures::future::poll_fn(|cx| {
                 let input = self.poll_input(cx, inbox, &mut ticks, &mut shutdown);
@@ -131,7 +133,7 @@ impl<'a> Writer<'a> {
                 .is_some_and(|b| b.deadline <= Instant::now())
             {
                 // Between batches, at a frame boundary: the close frame can go first.
-                return give_up(&mut out, &[], Stop::SlowConsumer).await;
+                return give_up(&mut out, &[], Stop::SlowConsumer);
             }
             let work = ctx.limits.test_work_per_delivery;
             if !work.is_zero() {
@@ -312,7 +314,7 @@ impl Stop {
 /// One batch's write, with what it watches while the socket takes nothing.
 struct Write<'w, 's, W, I> {
     out: &'w mut W,
-    behind: &'w mut Option<Behind>,
+    behind: &'w mut Option<Box<Behind>>,
     limit: Duration,
     ticks: &'w mut async_io::Timer,
     shutdown: &'w mut Pin<Box<dyn Future<Output = ()> + Send + 's>>,
@@ -358,10 +360,10 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
             // Blocked: the socket's writability is registered; watch the rest too.
             let b = behind.get_or_insert_with(|| {
                 let deadline = Instant::now() + limit;
-                Behind {
+                Box::new(Behind {
                     deadline,
                     timer: async_io::Timer::at(deadline),
-                }
+                })
             });
             if shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Some(Stop::Shutdown)));
@@ -388,12 +390,12 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         if was_close {
             // Cut in our own close frame: finish it if the socket takes it, send no second one.
             let (code, reason) = stop.close();
-            return Err(match try_write(out, rest).await {
+            return Err(match try_write(out, rest) {
                 true => Ending::Closed(code, reason),
                 false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
             });
         }
-        Err(give_up(out, &rest, stop).await)
+        Err(give_up(out, &rest, stop))
     }
 }
 
@@ -422,19 +424,19 @@ fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> (Vec<I
     (Vec::new(), false)
 }
 
-/// Writes `slices` as far as the socket takes them without waiting; true if all went.
-async fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> bool {
+/// Writes `slices` as far as the socket takes them without waiting; true if all went. Not an
+/// async fn, so that this cold path adds nothing to every connection's future.
+fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> bool {
+    // The connection ends right after this, so no one needs to be woken.
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let mut bufs = &mut slices[..];
-    futures::future::poll_fn(|cx| {
-        while !bufs.is_empty() {
-            match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
-                Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
-                _ => return Poll::Ready(false),
-            }
+    while !bufs.is_empty() {
+        match Pin::new(&mut *out).poll_write_vectored(&mut cx, bufs) {
+            Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
+            _ => return false,
         }
-        Poll::Ready(true)
-    })
-    .await
+    }
+    true
 }
 
 /// Ends a connection the writer cannot serve any more: sends `rest` (the end of a cut frame) and
@@ -442,13 +444,13 @@ async fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'
 /// The unwritten rest of the batch is dropped either way (a client that resumes with `since`
 /// gets those messages from history); what the kernel already holds still goes out before the
 /// FIN, so a client cut mid-frame sees the stream end without a close frame (1006).
-async fn give_up<W: AsyncWrite + Unpin>(out: &mut W, rest: &[IoSlice<'_>], stop: Stop) -> Ending {
+fn give_up<W: AsyncWrite + Unpin>(out: &mut W, rest: &[IoSlice<'_>], stop: Stop) -> Ending {
     let (code, reason) = stop.close();
     let frame = Frame::close(code, reason);
     let mut slices = rest.to_vec();
     slices.push(IoSlice::new(&frame.header[..frame.header_len as usize]));
     slices.push(IoSlice::new(&frame.payload));
-    if try_write(out, slices).await {
+    if try_write(out, slices) {
         Ending::Closed(code, reason)
     } else {
         Ending::Gone(format!(
