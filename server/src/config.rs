@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest `text` of one chat message, in bytes.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 16 * 1024;
 
+/// Bytes of events a room buffers for lagging receivers: 256 messages of the largest text, or 4x
+/// `--history-bytes`, so a burst in a busy room does not cut off a reader that keeps up.
+pub const DEFAULT_ROOM_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// Where the chat page lives when `--static-dir` is not given: the workspace's `static/`, so
 /// `cargo run -p server` serves it from any working directory.
 const DEFAULT_STATIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
@@ -124,9 +128,14 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_JOIN_HISTORY_BYTES", default_value_t = 256 * 1024)]
     pub join_history_bytes: usize,
     /// Events buffered per room for receivers that fall behind; past it a receiver is closed
-    /// with 4008 (slow consumer). Allocated when the room is created (16 B per slot).
+    /// with 4008 (slow consumer). Each holds a serialized event, shared by every receiver.
     #[arg(long, env = "TIDECHAT_ROOM_BUFFER", default_value_t = 1024)]
     pub room_buffer: usize,
+    /// Bytes of events buffered per room for receivers that fall behind (the oldest go first,
+    /// and a receiver that had not read them is closed with 4008). At least
+    /// --max-message-bytes.
+    #[arg(long, env = "TIDECHAT_ROOM_BUFFER_BYTES", default_value_t = DEFAULT_ROOM_BUFFER_BYTES)]
+    pub room_buffer_bytes: usize,
     /// Rooms with more members than this send no join/leave presence and list only this many
     /// members in `joined`, so very large rooms do not cost O(members²).
     #[arg(long, env = "TIDECHAT_PRESENCE_CAP", default_value_t = 1_000)]
@@ -149,7 +158,8 @@ pub struct Args {
     /// A connection that sends nothing (not even a pong) for this long is closed (4000).
     #[arg(long, env = "TIDECHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// A socket that accepts no writes for this long is closed as a slow consumer (4008).
+    /// Longest a connection may stay behind (from a write that cannot complete at once until it
+    /// has written everything) before it is closed as a slow consumer (4008).
     #[arg(long, env = "TIDECHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
     /// A message whose first byte has arrived must be complete within this (a fragmented message
@@ -204,6 +214,8 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("--max-text-bytes ({text}) must be below --max-message-bytes ({message})")]
     TextAboveMessage { text: usize, message: usize },
+    #[error("--room-buffer-bytes ({buffer}) must be at least --max-message-bytes ({message})")]
+    RoomBufferBelowMessage { buffer: usize, message: usize },
     #[error("--rate must be a positive number, got {0}")]
     Rate(f64),
     #[error("--allowed-origin {0:?} is not an origin like https://host:port or *")]
@@ -244,6 +256,7 @@ pub struct Config {
     pub join_history: usize,
     pub join_history_bytes: usize,
     pub room_buffer: usize,
+    pub room_buffer_bytes: usize,
     pub presence_cap: usize,
     pub rate: f64,
     pub burst: u32,
@@ -314,6 +327,14 @@ impl Args {
                 message: self.max_message_bytes,
             });
         }
+        // Smaller, and one message of the allowed size would cut off every receiver that has not
+        // read it yet.
+        if self.room_buffer_bytes < self.max_message_bytes {
+            return Err(ConfigError::RoomBufferBelowMessage {
+                buffer: self.room_buffer_bytes,
+                message: self.max_message_bytes,
+            });
+        }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(ConfigError::Rate(self.rate));
         }
@@ -362,6 +383,7 @@ impl Args {
             join_history: self.join_history,
             join_history_bytes: self.join_history_bytes,
             room_buffer: self.room_buffer,
+            room_buffer_bytes: self.room_buffer_bytes,
             presence_cap: self.presence_cap,
             rate: self.rate,
             burst: self.burst,
@@ -428,6 +450,12 @@ mod tests {
             Err(ConfigError::TextAboveMessage { .. })
         ));
         assert!(matches!(parse(&["--rate", "0"]), Err(ConfigError::Rate(_))));
+        let e = parse(&["--room-buffer-bytes", "0"]).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::RoomBufferBelowMessage { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("--room-buffer-bytes"), "{e}");
         for flag in [
             "--ping-interval",
             "--handshake-timeout",

@@ -13,10 +13,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
+use async_broadcast::{InactiveReceiver, Receiver};
 use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::Serialize;
 
+use crate::channel::RoomChannel;
 use crate::protocol::{self, MessageFrame, PresenceFrame};
 
 /// The room `/chatSocket` (seed protocol) users live in.
@@ -58,6 +59,7 @@ pub struct HubConfig {
     pub history: usize,
     pub history_bytes: usize,
     pub room_buffer: usize,
+    pub room_buffer_bytes: usize,
     pub presence_cap: usize,
     /// Most messages one `joined` or `history` page holds.
     pub page_messages: usize,
@@ -212,7 +214,7 @@ struct Room {
     name: Arc<str>,
     /// Changes whenever a room is created anew, so ids from an earlier life are not trusted.
     epoch: u64,
-    tx: Sender<EventRef>,
+    tx: RoomChannel,
     /// Keeps the channel open while no member is in the room.
     _keep_open: InactiveReceiver<EventRef>,
     state: Mutex<RoomState>,
@@ -456,17 +458,16 @@ impl Hub {
                 .ok_or(HubError::ServerFull)?;
             rooms.remove(&victim);
         }
-        let (mut tx, rx) = async_broadcast::broadcast(self.config.room_buffer);
         // A receiver that falls behind loses the oldest events (and is then closed as a slow
         // consumer) instead of making the publisher wait.
-        tx.set_overflow(true);
-        tx.set_await_active(false);
+        let (tx, keep_open) =
+            RoomChannel::new(self.config.room_buffer, self.config.room_buffer_bytes);
         let name: Arc<str> = name.into();
         let room = Arc::new(Room {
             name: name.clone(),
             epoch: random_epoch(),
             tx,
-            _keep_open: rx.deactivate(),
+            _keep_open: keep_open,
             state: Mutex::new(RoomState {
                 next_id: 1,
                 history: VecDeque::new(),
@@ -531,17 +532,13 @@ fn page_of(
 }
 
 /// Sends an event to every receiver without waiting; returns it for history.
-fn broadcast(tx: &Sender<EventRef>, id: u64, json: String, seed: Option<Utf8Bytes>) -> EventRef {
+fn broadcast(tx: &RoomChannel, id: u64, json: String, seed: Option<Utf8Bytes>) -> EventRef {
     let event = Arc::new(Event {
         id,
         json: json.into(),
         seed,
     });
-    match tx.try_broadcast(event.clone()) {
-        // Overflow mode never reports Full; Inactive means nobody listens, which is fine.
-        Ok(_) | Err(TrySendError::Inactive(_)) | Err(TrySendError::Closed(_)) => {}
-        Err(TrySendError::Full(_)) => log::error!("room channel full despite overflow mode"),
-    }
+    tx.try_broadcast(event.clone());
     event
 }
 

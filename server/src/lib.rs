@@ -4,6 +4,7 @@
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
 //! - [`protocol`]: wire types of protocol v1 and the close codes.
 //! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
+//! - [`channel`]: a room's broadcast channel, bounded by count and bytes.
 //! - [`conn`]: one websocket connection: its reader, its single writer, the inbox between them.
 //! - [`ws`]: the websocket upgrade on tide (handshake checks, per-address and global caps).
 //! - [`origin`]: the Host allowlist, the Origin allowlist and the same-origin rule.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod hub;

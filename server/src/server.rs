@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +123,7 @@ impl State {
             history: config.history,
             history_bytes: config.history_bytes,
             room_buffer: config.room_buffer,
+            room_buffer_bytes: config.room_buffer_bytes,
             presence_cap: config.presence_cap,
             page_messages: config.join_history,
             page_bytes: config.join_history_bytes,
@@ -211,6 +213,17 @@ impl State {
     }
 }
 
+/// Starts async-io 1.x's reactor now, while file descriptors are free. async-h1 times each
+/// request head with that version's timer, whose reactor is created on first use and panics when
+/// it cannot get its two descriptors then: out of descriptors (the moment the accept loop is
+/// backing off), every HTTP connection's task would panic instead (seen in `nofile.rs`).
+fn start_h1_reactor() {
+    let mut far = async_io_v1::Timer::after(Duration::from_secs(3600));
+    let waker = futures::task::noop_waker();
+    // Polling registers the timer, which creates the reactor; dropping it deregisters it.
+    let _ = Pin::new(&mut far).poll(&mut std::task::Context::from_waker(&waker));
+}
+
 /// Serves `listener` until `shutdown` resolves, then closes every websocket with 1001 and
 /// returns once they are closed or `--shutdown-timeout` has passed.
 pub async fn serve(
@@ -219,6 +232,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let app = crate::app(state.clone())?;
+    start_h1_reactor();
     {
         let accept = async {
             // Failed accepts in a row, and the pause after the last one.

@@ -6,6 +6,12 @@
 //! tungstenite's `FrameHeader`) plus the event's shared payload, so fan-out copies no payload
 //! in user space and keeps no write buffer between batches. tungstenite only reads; see
 //! [`crate::ws::ReadOnly`].
+//!
+//! `--write-timeout` bounds the whole backlog, not one write: the writer is *behind* from the
+//! first write that cannot complete at once until it has written everything and no input is
+//! waiting. Behind for longer than the timeout, it is a slow consumer (4008), however steadily
+//! the client takes a few bytes. While a write is blocked it still watches the shutdown (1001),
+//! the idle check of the ping tick (4000) and that deadline, but takes no new input.
 
 use std::future::Future;
 use std::io::{Cursor, IoSlice};
@@ -19,7 +25,7 @@ use async_broadcast::{Receiver, RecvError, TryRecvError};
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
-use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncWrite, StreamExt};
 
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
@@ -99,9 +105,17 @@ impl<'a> Writer<'a> {
         let ctx = self.ctx;
         let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
         let mut shutdown = ctx.shutdown.wait();
+        // Boxed: only a writer that falls behind needs it, and every connection's future holds
+        // the slot.
+        let mut behind: Option<Box<Behind>> = None;
         loop {
             let first = futures::future::poll_fn(|cx| {
-                self.poll_input(cx, inbox, &mut ticks, &mut shutdown)
+                let input = self.poll_input(cx, inbox, &mut ticks, &mut shutdown);
+                if input.is_pending() {
+                    // Everything written and nothing waiting: caught up.
+                    behind = None;
+                }
+                input
             })
             .await;
             let mut batch = Vec::new();
@@ -114,11 +128,26 @@ impl<'a> Writer<'a> {
                     None => break,
                 }
             }
+            if behind
+                .as_ref()
+                .is_some_and(|b| b.deadline <= Instant::now())
+            {
+                // Between batches, at a frame boundary: the close frame can go first.
+                return give_up(&mut out, &[], Stop::SlowConsumer);
+            }
             let work = ctx.limits.test_work_per_delivery;
             if !work.is_zero() {
                 busy(work * batch.len() as u32);
             }
-            if let Err(ending) = write_all(&mut out, &batch, ctx.limits.write_timeout).await {
+            let write = Write {
+                out: &mut out,
+                behind: &mut behind,
+                limit: ctx.limits.write_timeout,
+                ticks: &mut ticks,
+                shutdown: &mut shutdown,
+                idle: || self.idle(),
+            };
+            if let Err(ending) = write.all(&batch).await {
                 return ending;
             }
             if let Then::End(ending) = then {
@@ -205,9 +234,7 @@ impl<'a> Writer<'a> {
             // The reader ended on a dead socket: nothing more to say.
             Input::Ctl(Out::Finish) => return Then::End(Ending::Gone("reader ended".into())),
             Input::Tick => {
-                let now = self.started.elapsed().as_millis() as u64;
-                let idle = now.saturating_sub(self.last_seen.load(Ordering::Relaxed));
-                if Duration::from_millis(idle) > self.ctx.limits.idle_timeout {
+                if self.idle() {
                     return close(batch, close::IDLE_TIMEOUT, "idle timeout");
                 }
                 batch.push(Frame::new(OpCode::Control(Control::Ping), Bytes::new()));
@@ -215,6 +242,13 @@ impl<'a> Writer<'a> {
             Input::Shutdown => return close(batch, close::GOING_AWAY, "server shutting down"),
         }
         Then::Continue
+    }
+
+    /// True when the client has sent nothing (not even a pong) for `--idle-timeout`.
+    fn idle(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let idle = now.saturating_sub(self.last_seen.load(Ordering::Relaxed));
+        Duration::from_millis(idle) > self.ctx.limits.idle_timeout
     }
 
     fn unsubscribe(&mut self, batch: &mut Vec<Frame>, room: Arc<str>, reason: &str) {
@@ -251,40 +285,178 @@ fn busy(d: Duration) {
     }
 }
 
-/// Writes every frame with as few `writev` calls as the socket allows. The timeout bounds each
-/// call, so a slow reader that makes progress is not cut off; a socket that takes nothing for
-/// `limit` is dropped (its close frame could not be delivered anyway).
-async fn write_all<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    frames: &[Frame],
-    limit: Duration,
-) -> Result<(), Ending> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-    for f in frames {
-        slices.push(IoSlice::new(&f.header[..f.header_len as usize]));
-        if !f.payload.is_empty() {
-            slices.push(IoSlice::new(&f.payload));
-        }
-    }
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        match within(limit, out.write_vectored(bufs)).await {
-            None => return Err(Ending::Closed(close::SLOW_CONSUMER, "write timeout")),
-            Some(Err(e)) => return Err(Ending::Gone(e.to_string())),
-            Some(Ok(0)) => return Err(Ending::Gone("socket accepts no more bytes".into())),
-            Some(Ok(n)) => IoSlice::advance_slices(&mut bufs, n),
-        }
-    }
-    Ok(())
+/// Since when the writer is behind, and the timer that wakes it when that has lasted too long.
+/// Created only when a write blocks: a timer per write cost ~10% of the server's CPU in fan-out
+/// (profiled), and almost every write completes at once.
+struct Behind {
+    deadline: Instant,
+    timer: async_io::Timer,
 }
 
-/// Runs `fut` with a time limit, starting the timer only if it does not finish at once: almost
-/// every write does, and a timer per write cost ~10% of the server's CPU in fan-out (profiled).
-async fn within<F: Future + Unpin>(limit: Duration, mut fut: F) -> Option<F::Output> {
-    if let Poll::Ready(out) = futures::poll!(&mut fut) {
-        return Some(out);
+/// Why a blocked write was given up.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    SlowConsumer,
+    Idle,
+    Shutdown,
+}
+
+impl Stop {
+    fn close(self) -> (u16, &'static str) {
+        match self {
+            Stop::SlowConsumer => (close::SLOW_CONSUMER, "write timeout"),
+            Stop::Idle => (close::IDLE_TIMEOUT, "idle timeout"),
+            Stop::Shutdown => (close::GOING_AWAY, "server shutting down"),
+        }
     }
-    async_std::future::timeout(limit, fut).await.ok()
+}
+
+/// One batch's write, with what it watches while the socket takes nothing.
+struct Write<'w, 's, W, I> {
+    out: &'w mut W,
+    behind: &'w mut Option<Box<Behind>>,
+    limit: Duration,
+    ticks: &'w mut async_io::Timer,
+    shutdown: &'w mut Pin<Box<dyn Future<Output = ()> + Send + 's>>,
+    idle: I,
+}
+
+impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
+    /// Writes every frame with as few `writev` calls as the socket allows.
+    async fn all(self, frames: &[Frame]) -> Result<(), Ending> {
+        let Write {
+            out,
+            behind,
+            limit,
+            ticks,
+            shutdown,
+            idle,
+        } = self;
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+        for f in frames {
+            slices.push(IoSlice::new(&f.header[..f.header_len as usize]));
+            if !f.payload.is_empty() {
+                slices.push(IoSlice::new(&f.payload));
+            }
+        }
+        let total = slices.len();
+        let mut bufs = &mut slices[..];
+        let stop = futures::future::poll_fn(|cx| {
+            while !bufs.is_empty() {
+                match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Ending::Gone(
+                            "socket accepts no more bytes".into(),
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut bufs, n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Ending::Gone(e.to_string()))),
+                    Poll::Pending => break,
+                }
+            }
+            if bufs.is_empty() {
+                return Poll::Ready(Ok(None));
+            }
+            // Blocked: the socket's writability is registered; watch the rest too.
+            let b = behind.get_or_insert_with(|| {
+                let deadline = Instant::now() + limit;
+                Box::new(Behind {
+                    deadline,
+                    timer: async_io::Timer::at(deadline),
+                })
+            });
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Some(Stop::Shutdown)));
+            }
+            if Pin::new(&mut b.timer).poll(cx).is_ready() {
+                return Poll::Ready(Ok(Some(Stop::SlowConsumer)));
+            }
+            // No ping can go out while blocked; the tick only checks for silence. Bounded: the
+            // interval fires at most once per period that has passed.
+            while ticks.poll_next_unpin(cx).is_ready() {
+                if idle() {
+                    return Poll::Ready(Ok(Some(Stop::Idle)));
+                }
+            }
+            Poll::Pending
+        });
+        let stop = match stop.await? {
+            None => return Ok(()),
+            Some(stop) => stop,
+        };
+        // The frame the socket stopped in must be finished before a close frame can follow.
+        let done = total - bufs.len();
+        let (rest, was_close) = frame_rest(frames, done, bufs);
+        if was_close {
+            // Cut in our own close frame: finish it if the socket takes it, send no second one.
+            let (code, reason) = stop.close();
+            return Err(match try_write(out, rest) {
+                true => Ending::Closed(code, reason),
+                false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
+            });
+        }
+        Err(give_up(out, &rest, stop))
+    }
+}
+
+/// What is left of the frame a blocked write stopped in: `bufs` (the unwritten slices, the first
+/// perhaps cut) up to that frame's end, empty when the write stopped at a frame boundary; and
+/// whether that frame is a close frame.
+fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> (Vec<IoSlice<'a>>, bool) {
+    let mut first = 0;
+    for f in frames {
+        let parts = 1 + usize::from(!f.payload.is_empty());
+        if done < first + parts {
+            let part = done - first;
+            let whole = if part == 0 {
+                f.header_len as usize
+            } else {
+                f.payload.len()
+            };
+            if part == 0 && bufs[0].len() == whole {
+                return (Vec::new(), false);
+            }
+            let close = f.header[0] & 0x0f == 0x8;
+            return (bufs[..parts - part].to_vec(), close);
+        }
+        first += parts;
+    }
+    (Vec::new(), false)
+}
+
+/// Writes `slices` as far as the socket takes them without waiting; true if all went. Not an
+/// async fn, so that this cold path adds nothing to every connection's future.
+fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> bool {
+    // The connection ends right after this, so no one needs to be woken.
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match Pin::new(&mut *out).poll_write_vectored(&mut cx, bufs) {
+            Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Ends a connection the writer cannot serve any more: sends `rest` (the end of a cut frame) and
+/// the close frame if the socket takes them without waiting, else just drops the connection.
+/// The unwritten rest of the batch is dropped either way (a client that resumes with `since`
+/// gets those messages from history); what the kernel already holds still goes out before the
+/// FIN, so a client cut mid-frame sees the stream end without a close frame (1006).
+fn give_up<W: AsyncWrite + Unpin>(out: &mut W, rest: &[IoSlice<'_>], stop: Stop) -> Ending {
+    let (code, reason) = stop.close();
+    let frame = Frame::close(code, reason);
+    let mut slices = rest.to_vec();
+    slices.push(IoSlice::new(&frame.header[..frame.header_len as usize]));
+    slices.push(IoSlice::new(&frame.payload));
+    if try_write(out, slices) {
+        Ending::Closed(code, reason)
+    } else {
+        Ending::Gone(format!(
+            "{reason}: socket blocked, dropped without a close frame"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! A room's broadcast channel, bounded by bytes as well as by count.
+//!
+//! `async_broadcast` bounds a channel by its number of events only; an event stays queued until
+//! every receiver has read it, so one lagging receiver pins up to `--room-buffer` events of up to
+//! a serialized message each. [`RoomChannel`] keeps the sizes of the events still queued and,
+//! when they hold more than `--room-buffer-bytes`, shrinks the channel's capacity to what fits
+//! and restores it: `Sender::set_capacity` drops the oldest events and advances the channel's
+//! head, so the receivers that had not read them see `Overflowed` (and are closed with 4008),
+//! exactly as when the count overflows. The publisher never waits.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
+
+use crate::hub::EventRef;
+
+/// A room's channel: overflow mode (a lagging receiver loses the oldest events instead of making
+/// the publisher wait), at most `capacity` events and about `max_bytes` bytes queued.
+#[derive(Debug)]
+pub struct RoomChannel {
+    capacity: usize,
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: Sender<EventRef>,
+    /// Payload bytes of the events still queued, oldest first (the last `tx.len()` published).
+    sizes: VecDeque<usize>,
+    bytes: usize,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Every update below leaves `sizes` and `bytes` consistent before anything can panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The bytes an event holds while queued: its v1 frame and its seed line.
+fn size(ev: &EventRef) -> usize {
+    ev.json.len() + ev.seed.as_ref().map_or(0, |s| s.len())
+}
+
+impl RoomChannel {
+    /// A channel and the inactive receiver that keeps it open while nobody listens.
+    pub fn new(capacity: usize, max_bytes: usize) -> (Self, InactiveReceiver<EventRef>) {
+        let (mut tx, rx) = async_broadcast::broadcast(capacity);
+        tx.set_overflow(true);
+        tx.set_await_active(false);
+        let chan = RoomChannel {
+            capacity,
+            max_bytes,
+            inner: Mutex::new(Inner {
+                tx,
+                sizes: VecDeque::new(),
+                bytes: 0,
+            }),
+        };
+        (chan, rx.deactivate())
+    }
+
+    pub fn new_receiver(&self) -> Receiver<EventRef> {
+        lock(&self.inner).tx.new_receiver()
+    }
+
+    pub fn receiver_count(&self) -> usize {
+        lock(&self.inner).tx.receiver_count()
+    }
+
+    /// Queues `ev` for every receiver without waiting, then drops the oldest events while the
+    /// queue holds more than `max_bytes` (always keeping the newest).
+    pub fn try_broadcast(&self, ev: EventRef) {
+        let n = size(&ev);
+        let mut g = lock(&self.inner);
+        match g.tx.try_broadcast(ev) {
+            Ok(_) => {
+                g.sizes.push_back(n);
+                g.bytes += n;
+            }
+            // Inactive: nobody listens, nothing was queued.
+            Err(TrySendError::Inactive(_)) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => log::error!("room channel full despite overflow mode"),
+        }
+        // Receivers take events from the front (the last reader pops them), and so does the
+        // overflow; only this method pushes, under this lock, so the queue is our newest entries.
+        let queued = g.tx.len();
+        while g.sizes.len() > queued {
+            // unwrap: longer than `queued` >= 0, so not empty.
+            let old = g.sizes.pop_front().unwrap();
+            g.bytes -= old;
+        }
+        if g.bytes <= self.max_bytes {
+            return;
+        }
+        while g.bytes > self.max_bytes && g.sizes.len() > 1 {
+            // unwrap: the loop condition says there are at least two.
+            let old = g.sizes.pop_front().unwrap();
+            g.bytes -= old;
+        }
+        let keep = g.sizes.len();
+        // A receiver may have popped more since `len()`; then fewer (or no) events are dropped,
+        // and the next call counts again.
+        g.tx.set_capacity(keep);
+        g.tx.set_capacity(self.capacity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Event;
+    use async_broadcast::TryRecvError;
+    use std::sync::Arc;
+
+    fn event(id: u64, bytes: usize) -> EventRef {
+        Arc::new(Event {
+            id,
+            json: "x".repeat(bytes).into(),
+            seed: None,
+        })
+    }
+
+    /// A lagging receiver overflows once the queued bytes pass the bound, long before the count
+    /// does; a receiver that keeps up loses nothing.
+    #[test]
+    fn byte_bound_overflows_laggers_only() {
+        let (chan, _keep) = RoomChannel::new(1024, 10_000);
+        let mut slow = chan.new_receiver();
+        let mut fast = chan.new_receiver();
+        for id in 1..=25 {
+            chan.try_broadcast(event(id, 1_000));
+            assert_eq!(fast.try_recv().unwrap().id, id);
+        }
+        assert!(matches!(slow.try_recv(), Err(TryRecvError::Overflowed(15))));
+        assert_eq!(slow.try_recv().unwrap().id, 16);
+        // Capacity is restored: small events queue up to the count again.
+        for id in 26..=100 {
+            chan.try_broadcast(event(id, 10));
+        }
+        let mut n = 0;
+        while slow.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 9 + 75);
+    }
+}
