@@ -491,44 +491,30 @@ fn page_of(
     max: usize,
     max_bytes: usize,
 ) -> (Vec<EventRef>, bool) {
-    let fits = |taken: &[EventRef], bytes: usize, e: &EventRef| {
-        taken.len() < max && (taken.is_empty() || bytes + e.json.len() <= max_bytes)
+    // Takes from `events` (in the page's direction) while the caps allow.
+    let take = |events: &mut dyn Iterator<Item = &EventRef>| {
+        let (mut taken, mut bytes) = (Vec::<EventRef>::new(), 0);
+        for e in events {
+            if taken.len() >= max || (!taken.is_empty() && bytes + e.json.len() > max_bytes) {
+                return (taken, true);
+            }
+            bytes += e.json.len();
+            taken.push(e.clone());
+        }
+        (taken, false)
     };
-    let mut taken: Vec<EventRef> = Vec::new();
-    let mut bytes = 0;
-    let more = match page {
+    match page {
         Page::Since(since) => {
             let from = history.partition_point(|e| e.id <= since);
-            let mut rest = history.range(from..);
-            loop {
-                match rest.next() {
-                    Some(e) if fits(&taken, bytes, e) => {
-                        bytes += e.json.len();
-                        taken.push(e.clone());
-                    }
-                    Some(_) => break true,
-                    None => break false,
-                }
-            }
+            take(&mut history.range(from..))
         }
         Page::Before(before) => {
             let to = history.partition_point(|e| e.id < before);
-            let mut rest = history.range(..to).rev();
-            let more = loop {
-                match rest.next() {
-                    Some(e) if fits(&taken, bytes, e) => {
-                        bytes += e.json.len();
-                        taken.push(e.clone());
-                    }
-                    Some(_) => break true,
-                    None => break false,
-                }
-            };
+            let (mut taken, more) = take(&mut history.range(..to).rev());
             taken.reverse();
-            more
+            (taken, more)
         }
-    };
-    (taken, more)
+    }
 }
 
 /// Sends an event to every receiver without waiting; returns it for history.

@@ -9,21 +9,26 @@ use tidechat::config::Args;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (bind, threads) = (args.bind, args.executor_threads());
+    tidechat::logging::init(args.log_level, args.log_format);
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            // Status 2, as clap gives a malformed option: a deploy script can tell a refused
+            // configuration from a server that failed to start.
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     // async-std sizes its executor from this variable when it first starts, which is below.
-    std::env::set_var(
-        "ASYNC_STD_THREAD_COUNT",
-        args.executor_threads().to_string(),
-    );
-    let result = async_std::task::block_on(serve(args));
+    std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
+    log::debug!("executor threads: {threads}");
+    let result = async_std::task::block_on(serve(bind, config));
     log::logger().flush();
     result
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    tidechat::logging::init(args.log_level, args.log_format);
-    log::debug!("executor threads: {}", args.executor_threads());
-    let bind = args.bind;
-    let config = args.into_config()?;
+async fn serve(bind: std::net::SocketAddr, config: tidechat::Config) -> anyhow::Result<()> {
     raise_nofile(&config);
 
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);

@@ -1,6 +1,7 @@
 //! Tests of the real `tidechat` binary: it serves; SIGTERM closes every socket with 1001 and
 //! exits 0; a second SIGINT/SIGTERM during the shutdown exits at once (130/143); SIGHUP does not
-//! stop it; and a stderr nobody reads does not stop it either (log lines are dropped, counted).
+//! stop it; a stderr nobody reads does not stop it either (log lines are dropped, counted); and
+//! nonsense options exit 2 naming the flag.
 
 mod common;
 
@@ -109,21 +110,6 @@ async fn wait_for(lines: &async_channel::Receiver<String>, prefix: &str) {
     }
 }
 
-async fn client(addr: SocketAddr, name: &str) -> Client {
-    let std = std::net::TcpStream::connect(addr).unwrap();
-    let raw = std.try_clone().unwrap();
-    let (ws, _) = async_tungstenite::client_async(
-        format!("ws://{addr}/ws"),
-        async_std::net::TcpStream::from(std),
-    )
-    .await
-    .unwrap();
-    let mut c = Client { ws, raw };
-    c.recv().await;
-    c.join("lobby", name).await;
-    c
-}
-
 /// `from` says `n` messages; `to` must receive every one of them.
 async fn chat_works(from: &mut Client, to: &mut Client, n: usize, tag: &str) {
     for i in 0..n {
@@ -140,7 +126,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     let _lines = follow(stderr);
     let mut clients = Vec::new();
     for name in ["alice", "bob"] {
-        clients.push(client(addr, name).await);
+        clients.push(join_lobby_at(addr, name).await);
     }
     child.signal("TERM");
     for c in &mut clients {
@@ -154,12 +140,12 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
 async fn sighup_does_not_stop_the_server() {
     let (child, addr, stderr) = spawn(&[]);
     let lines = follow(stderr);
-    let mut alice = client(addr, "alice").await;
-    let mut bob = client(addr, "bob").await;
+    let mut alice = join_lobby_at(addr, "alice").await;
+    let mut bob = join_lobby_at(addr, "bob").await;
     child.signal("HUP");
     wait_for(&lines, "SIGHUP ignored").await;
     chat_works(&mut alice, &mut bob, 5, "after SIGHUP").await;
-    let mut carol = client(addr, "carol").await;
+    let mut carol = join_lobby_at(addr, "carol").await;
     chat_works(&mut carol, &mut bob, 5, "new after SIGHUP").await;
     child.signal("TERM");
     assert_eq!(alice.closed().await, Some(1001));
@@ -231,8 +217,8 @@ async fn unread_stderr_does_not_stop_the_server() {
         t.await;
     }
 
-    let mut alice = client(addr, "alice").await;
-    let mut bob = client(addr, "bob").await;
+    let mut alice = join_lobby_at(addr, "alice").await;
+    let mut bob = join_lobby_at(addr, "bob").await;
     chat_works(&mut alice, &mut bob, 20, "with stderr full").await;
 
     // Now read stderr: the writer catches up and reports what it dropped.
@@ -258,4 +244,21 @@ async fn unread_stderr_does_not_stop_the_server() {
         text.contains("tidechat stopped"),
         "lines after the stall are written again"
     );
+}
+
+#[test]
+fn nonsense_options_exit_2_naming_the_flag() {
+    for (flag, value) in [
+        ("--ping-interval", "0s"),
+        ("--max-connections-per-ip", "0"),
+        ("--room-buffer-bytes", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidechat"))
+            .args(["--bind", "127.0.0.1:0", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
 }

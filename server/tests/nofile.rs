@@ -131,18 +131,7 @@ async fn out_of_descriptors_backs_off_logs_once_and_recovers() {
     // Served again: two clients chat.
     let mut clients = Vec::new();
     for name in ["alice", "bob"] {
-        let std = std::net::TcpStream::connect(addr).unwrap();
-        let raw = std.try_clone().unwrap();
-        let (ws, _) = async_tungstenite::client_async(
-            format!("ws://{addr}/ws"),
-            async_std::net::TcpStream::from(std),
-        )
-        .await
-        .unwrap();
-        let mut c = Client { ws, raw };
-        c.recv().await;
-        c.join("lobby", name).await;
-        clients.push(c);
+        clients.push(join_lobby_at(addr, name).await);
     }
     for i in 0..3 {
         clients[0].say("lobby", &format!("m{i}")).await;

@@ -348,18 +348,6 @@ fn rss_anon_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-async fn connect_at(addr: SocketAddr, name: &str) -> Client {
-    let std = std::net::TcpStream::connect(addr).unwrap();
-    let raw = std.try_clone().unwrap();
-    let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
-        .await
-        .unwrap();
-    let mut c = Client { ws, raw };
-    assert_eq!(c.recv().await["type"], "hello");
-    c.join("lobby", name).await;
-    c
-}
-
 /// Messages per phase of the steady test, sent `STEADY_WINDOW` at a time with a pause between:
 /// ~2.5 MiB/s for ~4 s, a busy room that outlasts two write timeouts.
 const STEADY: usize = 1600;
@@ -465,9 +453,9 @@ async fn steady_slow_reader_is_closed_within_twice_the_write_timeout() {
     let pid = child.0.id();
     let mut others = Vec::new();
     for i in 0..3 {
-        others.push(connect_at(addr, &format!("fast{i}")).await);
+        others.push(join_lobby_at(addr, &format!("fast{i}")).await);
     }
-    let mut sender = connect_at(addr, "sender").await;
+    let mut sender = join_lobby_at(addr, "sender").await;
 
     // Warm-up: the same traffic without the slow client, so that history (1 MiB) is full and
     // the allocator holds what serving this room takes; that is the baseline.

@@ -206,15 +206,16 @@ pub async fn run<S, W>(
             Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
         }
     };
+    // Out of the rooms first: the others see `left` now, not after the close handshake below.
+    for m in &memberships {
+        ctx.hub.leave(&m.room, &m.name, conn);
+    }
     if let Ending::Closed(..) = ending {
         // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close, so
         // the client sees a clean close (not a reset); a client that never answers is let go at
         // the same bound that the close frame itself had.
         let left = closing.saturating_duration_since(Instant::now());
         let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
-    }
-    for m in &memberships {
-        ctx.hub.leave(&m.room, &m.name, conn);
     }
     log::info!("disconnect #{conn} {}: {ending}", peer.addr);
 }

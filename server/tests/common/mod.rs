@@ -184,6 +184,20 @@ pub fn request(url: &str) -> async_tungstenite::tungstenite::handshake::client::
     url.into_client_request().unwrap()
 }
 
+/// Connects to `/ws` of a server at `addr` (e.g. the real binary), reads the hello and joins
+/// `lobby` as `name`.
+pub async fn join_lobby_at(addr: std::net::SocketAddr, name: &str) -> Client {
+    let std = std::net::TcpStream::connect(addr).unwrap();
+    let raw = std.try_clone().unwrap();
+    let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
+        .await
+        .unwrap();
+    let mut c = Client { ws, raw };
+    assert_eq!(c.recv().await["type"], "hello");
+    c.join("lobby", name).await;
+    c
+}
+
 /// Drops a client with a TCP reset instead of a close handshake.
 pub fn reset(c: Client) {
     socket2::SockRef::from(&c.raw)
