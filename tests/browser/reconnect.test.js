@@ -155,7 +155,11 @@ test("the browser goes offline: the page says so and catches up when the network
 
 test("a gap longer than one join page is paged in: every message once, in order", async (t) => {
   // Pages of 3: the 10 messages Alice misses take a joined frame and three history pages.
-  const server = await startServer({ label: "resume-paged", args: ["--join-history", "3"] });
+  // Alice's page comes through the proxy's port, so her Host header names that port.
+  const server = await startServer({
+    label: "resume-paged",
+    args: ["--join-history", "3", "--allowed-host", "127.0.0.1"],
+  });
   t.after(() => server.stop());
   const proxy = await startProxy(server.port);
   t.after(() => proxy.close());
