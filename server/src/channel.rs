@@ -9,11 +9,31 @@
 //! exactly as when the count overflows. The publisher never waits.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
+use async_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::hub::EventRef;
+/// One thing that happened in a room, serialized once for every receiver.
+#[derive(Debug)]
+pub struct Event {
+    /// Message id, or 0 for presence events.
+    pub id: u64,
+    /// The protocol v1 frame.
+    pub json: Utf8Bytes,
+    /// The seed protocol's `"N: text"` line, for messages in [`SEED_ROOM`](crate::hub::SEED_ROOM) only.
+    pub seed: Option<Utf8Bytes>,
+}
+
+impl Event {
+    /// What keeping this event costs: both of its renderings.
+    pub fn bytes(&self) -> usize {
+        self.json.len() + self.seed.as_ref().map_or(0, |s| s.len())
+    }
+}
+
+/// Events as they travel through a room channel.
+pub type EventRef = Arc<Event>;
 
 /// A room's channel: overflow mode (a lagging receiver loses the oldest events instead of making
 /// the publisher wait), at most `capacity` events and about `max_bytes` bytes queued.
@@ -35,11 +55,6 @@ struct Inner {
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // Every update below leaves `sizes` and `bytes` consistent before anything can panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The bytes an event holds while queued: its v1 frame and its seed line.
-fn size(ev: &EventRef) -> usize {
-    ev.json.len() + ev.seed.as_ref().map_or(0, |s| s.len())
 }
 
 impl RoomChannel {
@@ -71,7 +86,7 @@ impl RoomChannel {
     /// Queues `ev` for every receiver without waiting, then drops the oldest events while the
     /// queue holds more than `max_bytes` (always keeping the newest).
     pub fn try_broadcast(&self, ev: EventRef) {
-        let n = size(&ev);
+        let n = ev.bytes();
         let mut g = lock(&self.inner);
         match g.tx.try_broadcast(ev) {
             Ok(_) => {

@@ -18,31 +18,11 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::Serialize;
 
 use crate::channel::RoomChannel;
+pub use crate::channel::{Event, EventRef};
 use crate::protocol::{self, MessageFrame, PresenceFrame};
 
 /// The room `/chatSocket` (seed protocol) users live in.
 pub const SEED_ROOM: &str = "lobby";
-
-/// One thing that happened in a room, serialized once for every receiver.
-#[derive(Debug)]
-pub struct Event {
-    /// Message id, or 0 for presence events.
-    pub id: u64,
-    /// The protocol v1 frame.
-    pub json: Utf8Bytes,
-    /// The seed protocol's `"N: text"` line, for messages in [`SEED_ROOM`] only.
-    pub seed: Option<Utf8Bytes>,
-}
-
-impl Event {
-    /// What keeping this event costs: both of its renderings.
-    fn bytes(&self) -> usize {
-        self.json.len() + self.seed.as_ref().map_or(0, |s| s.len())
-    }
-}
-
-/// Events as they travel through a room channel.
-pub type EventRef = Arc<Event>;
 
 /// How the hub tells a connection that a resume took its place in a room.
 pub trait Evict: Send + Sync + std::fmt::Debug {

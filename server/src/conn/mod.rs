@@ -8,6 +8,7 @@
 
 pub mod inbox;
 pub mod race;
+mod read_only;
 mod reader;
 mod writer;
 
@@ -23,8 +24,8 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
 use crate::shutdown::Shutdown;
-use crate::ws::ReadOnly;
 use inbox::{Cost, FromEviction, Inbox};
+pub use read_only::ReadOnly;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,11 +16,10 @@ use async_tungstenite::WebSocketStream;
 use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
-use super::{Ctx, Ending, Mode, Out};
+use super::{Ctx, Ending, Mode, Out, ReadOnly};
 use crate::hub::{HubError, JoinRequest, Joined, Page, SEED_ROOM};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
-use crate::ws::ReadOnly;
 
 /// Longest `ref` a client may attach.
 const MAX_REF_CHARS: usize = 64;

@@ -5,7 +5,7 @@
 //! and writes the whole batch with one `writev`: each frame is its header (formatted by
 //! tungstenite's `FrameHeader`) plus the event's shared payload, so fan-out copies no payload
 //! in user space and keeps no write buffer between batches. tungstenite only reads; see
-//! [`crate::ws::ReadOnly`].
+//! [`ReadOnly`](super::ReadOnly).
 //!
 //! `--write-timeout` bounds the whole backlog, not one write: the writer is *behind* from the
 //! first write that cannot complete at once until it has written everything and no input is
