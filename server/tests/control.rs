@@ -1,5 +1,5 @@
 //! Control frames and unfinished messages (issue 9, finding 6): pings pay the rate limit like
-//! any frame, and a message begun but not finished within `--message-timeout` closes with 1008,
+//! any frame (and a refused one is no sign of life), and a message begun but not finished within `--message-timeout` closes with 1008,
 //! while the other clients in the room are served throughout.
 
 mod common;
@@ -265,4 +265,39 @@ async fn fragmented_message_sent_at_once_still_works() {
         serde_json::from_slice::<Value>(&payload).unwrap()["ref"],
         "next"
     );
+}
+
+/// A frame the rate limit refuses is no sign of life: a client that only sends pings over its
+/// rate (and answers none of the server's) is closed as idle (4000), not kept open by them.
+#[async_std::test]
+async fn refused_pings_do_not_keep_a_connection_alive() {
+    let config = Config {
+        rate: 0.01,
+        burst: 1,
+        // Far more strikes than the pings below: the close must come from the idle check.
+        rate_strikes: 100_000,
+        ping_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let s = TestServer::start(config).await;
+    let tcp = raw_upgrade(s.addr, "/ws").await;
+    let mut reader = RawReader::upgraded(tcp.clone()).await;
+    // 40 s of pings, twice PATIENCE: without the fix the connection outlives the wait below.
+    let pinger = async_std::task::spawn(async move {
+        let mut tcp = tcp;
+        for _ in 0..400 {
+            if tcp.write_all(&client_frame(0x89, b"")).await.is_err() {
+                return;
+            }
+            async_std::task::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The server's own pings keep arriving, so bound the whole wait, not each read.
+    let (code, _) = async_std::future::timeout(PATIENCE, reader.until_close())
+        .await
+        .expect("still open: refused pings kept it alive");
+    assert_eq!(code, Some(4000));
+    pinger.cancel().await;
+    s.stop().await;
 }
