@@ -1,6 +1,6 @@
 //! Control frames and unfinished messages (issue 9, finding 6): pings pay the rate limit like
-//! any frame (and a refused one is no sign of life), and a message begun but not finished within `--message-timeout` closes with 1008,
-//! while the other clients in the room are served throughout.
+//! any frame (and a refused one is no sign of life), and a message begun but not finished within
+//! `--message-timeout` closes with 1008, while the other clients in the room are served.
 
 mod common;
 
