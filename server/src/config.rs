@@ -46,8 +46,8 @@ pub struct Args {
     /// Directory served at `/` (the chat page).
     #[arg(long, env = "TIDECHAT_STATIC_DIR", default_value = DEFAULT_STATIC_DIR)]
     pub static_dir: PathBuf,
-    /// Origin allowed to open websockets (repeatable, e.g. https://chat.example.com; `*` allows
-    /// any). Default: only the server's own origin (Origin host:port equal to the Host header).
+    /// Origin allowed to open websockets (repeatable, e.g. `https://chat.example.com`; `*` allows
+    /// any). Default: only the server's own origin (the request's scheme, Host and port).
     #[arg(
         long = "allowed-origin",
         env = "TIDECHAT_ALLOWED_ORIGINS",

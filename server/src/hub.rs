@@ -1,4 +1,4 @@
-//! Rooms: name -> [`Room`] (broadcast channel, history ring, members, next id).
+//! Rooms: name -> `Room` (broadcast channel, history ring, members, next id).
 //!
 //! The hub knows nothing about sockets or the async runtime: connections call [`Hub::join`],
 //! [`Hub::say`] and [`Hub::leave`], and receive [`Event`]s from the `async_broadcast` receiver that

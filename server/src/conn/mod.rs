@@ -1,6 +1,6 @@
-//! One websocket connection: a [reader](reader) that handles what the client sends and the single
-//! [writer](writer) that sends everything to the client, run as two futures in the connection's
-//! one task ([`race`]), talking through the connection's [`Inbox`](inbox::Inbox).
+//! One websocket connection: a reader (`reader.rs`) that handles what the client sends and the
+//! single writer (`writer.rs`) that sends everything to the client, run as two futures in the
+//! connection's one task ([`race`]), talking through the connection's [`inbox::Inbox`].
 //!
 //! Whichever side ends first ends the connection: the reader because the client left or broke a
 //! rule (the writer then sends the close frame), the writer because the socket failed, fell
