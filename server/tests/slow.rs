@@ -104,15 +104,7 @@ async fn lagging_client_is_closed_with_4008_and_others_get_everything() {
         fast.push(c);
     }
     // The slow client now reads: what the server had already written, then 4008.
-    let mut got = 0;
-    let code = loop {
-        match slow.next().await {
-            Some(Message::Text(_)) => got += 1,
-            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
-            Some(_) => {}
-            None => break None,
-        }
-    };
+    let (got, code) = slow.texts_until_close().await;
     assert_eq!(code, Some(4008));
     assert!(
         got < MESSAGES,
@@ -199,15 +191,7 @@ async fn room_buffer_bytes_close_a_lagging_client_before_the_event_count_does() 
         fast.push(c);
     }
     // Fewer events than --room-buffer were sent, so only their bytes can have cut it off.
-    let mut got = 0;
-    let code = loop {
-        match slow.next().await {
-            Some(Message::Text(_)) => got += 1,
-            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
-            Some(_) => {}
-            None => break None,
-        }
-    };
+    let (got, code) = slow.texts_until_close().await;
     assert_eq!(code, Some(4008), "after {got} frames");
     assert!(
         got < SENT,

@@ -162,6 +162,20 @@ impl Client {
             .await;
     }
 
+    /// Reads to the end: the number of text frames before the close, and the close code (`None`
+    /// when the stream ends without a close frame).
+    pub async fn texts_until_close(&mut self) -> (usize, Option<u16>) {
+        let mut texts = 0;
+        loop {
+            match self.next().await {
+                Some(Message::Text(_)) => texts += 1,
+                Some(Message::Close(f)) => return (texts, f.map(|f| u16::from(f.code))),
+                Some(_) => {}
+                None => return (texts, None),
+            }
+        }
+    }
+
     /// Waits for the close frame and returns its code; the stream may end without one only if
     /// `None` is acceptable to the caller.
     pub async fn closed(&mut self) -> Option<u16> {
