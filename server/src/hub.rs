@@ -211,6 +211,13 @@ struct RoomState {
     published: u64,
 }
 
+impl RoomState {
+    /// Whether connection `conn` holds `name` here.
+    fn held_by(&self, name: &str, conn: u64) -> bool {
+        matches!(self.members.get(name), Some(m) if m.conn == conn)
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     conn: u64,
@@ -324,12 +331,9 @@ impl Hub {
         page: Page,
         limit: usize,
     ) -> Result<HistoryPage, HubError> {
-        let room = lock(&self.rooms)
-            .get(room)
-            .cloned()
-            .ok_or(HubError::NotInRoom)?;
+        let room = self.room(room).ok_or(HubError::NotInRoom)?;
         let st = lock(&room.state);
-        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
+        if !st.held_by(name, conn) {
             return Err(HubError::NotInRoom);
         }
         let max = limit.min(self.config.page_messages);
@@ -342,13 +346,17 @@ impl Hub {
         })
     }
 
+    fn room(&self, name: &str) -> Option<Arc<Room>> {
+        lock(&self.rooms).get(name).cloned()
+    }
+
     /// Removes `name` from `room` if connection `conn` holds it. Idempotent.
     pub fn leave(&self, room: &str, name: &str, conn: u64) {
-        let Some(room) = lock(&self.rooms).get(room).cloned() else {
+        let Some(room) = self.room(room) else {
             return;
         };
         let mut st = lock(&room.state);
-        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
+        if !st.held_by(name, conn) {
             return;
         }
         st.members.remove(name);
@@ -374,12 +382,9 @@ impl Hub {
         text: &str,
         reference: Option<&str>,
     ) -> Result<u64, HubError> {
-        let room = lock(&self.rooms)
-            .get(room)
-            .cloned()
-            .ok_or(HubError::NotInRoom)?;
+        let room = self.room(room).ok_or(HubError::NotInRoom)?;
         let mut st = lock(&room.state);
-        if !matches!(st.members.get(name), Some(m) if m.conn == conn) {
+        if !st.held_by(name, conn) {
             return Err(HubError::NotInRoom);
         }
         let id = st.next_id;

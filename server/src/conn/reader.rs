@@ -3,13 +3,12 @@
 //! connection's writer through its inbox.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
@@ -207,7 +206,8 @@ impl Reader<'_> {
             },
             // tungstenite only reads here, so the writer answers pings.
             Message::Ping(data) => self.send(Out::Pong(data)).await,
-            Message::Pong(_) | Message::Frame(_) | Message::Binary(_) | Message::Close(_) => Ok(()),
+            // Pongs are signs of life only; binary and close frames ended the connection above.
+            _ => Ok(()),
         }
     }
 
@@ -412,12 +412,15 @@ impl Reader<'_> {
                 "history limit must be at least 1",
             ));
         }
-        let m = self
-            .memberships
+        Ok((page, self.membership(room)?.name.clone()))
+    }
+
+    /// This connection's place in `room`.
+    fn membership(&self, room: &str) -> Result<&Membership, HubError> {
+        self.memberships
             .iter()
             .find(|m| &*m.room == room)
-            .ok_or(HubError::NotInRoom)?;
-        Ok((page, m.name.clone()))
+            .ok_or(HubError::NotInRoom)
     }
 
     fn join(
@@ -480,14 +483,8 @@ impl Reader<'_> {
                 ),
             ));
         }
-        let m = self
-            .memberships
-            .iter()
-            .find(|m| &*m.room == room)
-            .ok_or(HubError::NotInRoom)?;
-        self.ctx
-            .hub
-            .say(room, &m.name, self.conn, text, reference)?;
+        let name = &self.membership(room)?.name;
+        self.ctx.hub.say(room, name, self.conn, text, reference)?;
         Ok(())
     }
 
