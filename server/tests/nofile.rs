@@ -6,20 +6,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// Kills and reaps the child when the test ends, whichever way.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// User + system CPU seconds of process `pid` (`/proc/PID/stat` fields 14 and 15).
 fn cpu_seconds(pid: u32) -> f64 {

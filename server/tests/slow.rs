@@ -275,16 +275,6 @@ async fn blocked_writer_ends_on_the_idle_timeout() {
     assert_eq!(sender.await, Some(1001));
 }
 
-/// Kills and reaps the child if the test fails before it exits by itself.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the real binary on 127.0.0.1:0 with `args`; returns it and its address.
 async fn spawn_tidechat(args: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     use std::io::{BufRead, BufReader};

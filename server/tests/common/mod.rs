@@ -198,6 +198,17 @@ pub fn request(url: &str) -> async_tungstenite::tungstenite::handshake::client::
     url.into_client_request().unwrap()
 }
 
+/// A child process (the real binary) that is killed and reaped when the test ends, whichever
+/// way.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Connects to `/ws` of a server at `addr` (e.g. the real binary), reads the hello and joins
 /// `lobby` as `name`.
 pub async fn join_lobby_at(addr: std::net::SocketAddr, name: &str) -> Client {
