@@ -40,7 +40,7 @@ const ui = {
   roomInput: $("room"),
 };
 
-const client = new ChatClient(socketUrl());
+const client = new ChatClient(socketUrl(), { store: sessionStorage });
 /** @type {Map<string, {stream: Stream, item: HTMLLIElement, badge: HTMLElement, members: Set<string>, memberCount: number, unread: number, initial: boolean}>} */
 const rooms = new Map();
 let active = null;
@@ -66,6 +66,8 @@ function plainError(e) {
       return "That room name can't be used: use 1-64 letters A-Z, digits, _ or -.";
     case "too_many_rooms":
       return `You are in the most rooms allowed (${limits?.max_rooms_per_connection ?? "?"}). Leave one to join ${room}.`;
+    case "unavailable":
+      return "The server cannot store messages right now, so this one was not sent. Try again in a moment.";
     case "server_full":
       return "The server has no room for new chat rooms right now. Try again later.";
     case "not_in_room":

@@ -81,10 +81,18 @@ function nonce() {
  *            held: Array<object>}} Room
  */
 
+/** Where a room's resume token is kept between page loads (see ChatClient's `store`). */
+const TOKEN_KEY = (room) => `tidechat.token.${room}`;
+
 export class ChatClient extends EventTarget {
-  constructor(url) {
+  /**
+   * `store` (e.g. sessionStorage) keeps each room's resume token across page loads: the server
+   * holds a dropped name for its token for a grace period, so a reload takes its name back.
+   */
+  constructor(url, { store = null } = {}) {
     super();
     this.url = url;
+    this.store = store;
     /** @type {Map<string, Room>} rooms we are in or want to be in, in join order */
     this.rooms = new Map();
     this.limits = null;
@@ -236,10 +244,10 @@ export class ChatClient extends EventTarget {
 
   sendJoin(room) {
     const frame = { type: "join", room: room.name, name: room.as };
+    if (room.token) frame.token = room.token;
     if (room.lastId !== null) {
       frame.since = room.lastId;
       frame.epoch = room.epoch;
-      frame.token = room.token;
     }
     this.send(frame);
   }
@@ -252,7 +260,7 @@ export class ChatClient extends EventTarget {
       as: name,
       joined: false,
       epoch: null,
-      token: null,
+      token: this.savedToken(room, name),
       lastId: null,
       pending: [],
       catchUp: null,
@@ -261,10 +269,27 @@ export class ChatClient extends EventTarget {
     if (this.state === "online") this.sendJoin(this.rooms.get(room));
   }
 
+  /** The token saved for `room` under `name`, if any. */
+  savedToken(room, name) {
+    try {
+      const saved = JSON.parse(this.store?.getItem(TOKEN_KEY(room)) ?? "null");
+      return saved?.name === name && typeof saved.token === "string" ? saved.token : null;
+    } catch {
+      return null;
+    }
+  }
+
+  saveToken(room, name, token) {
+    if (!this.store) return;
+    if (token) this.store.setItem(TOKEN_KEY(room), JSON.stringify({ name, token }));
+    else this.store.removeItem(TOKEN_KEY(room));
+  }
+
   leave(room) {
     const r = this.rooms.get(room);
     if (!r) return;
     this.rooms.delete(room);
+    this.saveToken(room, null, null);
     if (r.joined) this.send({ type: "leave", room });
   }
 
@@ -292,6 +317,7 @@ export class ChatClient extends EventTarget {
     r.epoch = frame.epoch;
     r.token = frame.token;
     r.as = frame.name;
+    this.saveToken(frame.room, frame.name, frame.token);
     this.emit("joined", {
       room: frame.room,
       name: frame.name,

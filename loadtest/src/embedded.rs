@@ -67,7 +67,7 @@ impl Embedded {
         let thread = std::thread::Builder::new()
             .name(SERVER_THREAD.into())
             .spawn(move || {
-                let server = tidechat::Server::new(config);
+                let server = tidechat::Server::new(config).expect("tidechat server");
                 let shutdown = async move {
                     let _ = rx.await;
                 };
@@ -171,7 +171,7 @@ pub fn serve(extra: &[String]) -> anyhow::Result<()> {
         while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
-    let server = tidechat::Server::new(config);
+    let server = tidechat::Server::new(config).expect("tidechat server");
     async_std::task::block_on(server.run(listener, async move {
         let _ = rx.await;
     }))?;

@@ -186,7 +186,8 @@ pub fn join_reply(frame: &[u8]) -> Option<Result<(), String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidechat::protocol::{self, ClientFrame, MessageFrame, PresenceFrame, ServerFrame};
+    use tidechat::protocol::v1::{MessageFrame, PresenceFrame};
+    use tidechat::protocol::{self, ClientFrame, ServerFrame};
 
     const STAMP: Stamp = Stamp {
         tag: 65535,

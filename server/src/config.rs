@@ -119,6 +119,18 @@ pub struct Args {
     /// Bytes of history kept per room (oldest messages go first).
     #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     pub history_bytes: usize,
+    /// Messages older than this leave the history (removed in the background), e.g. 30d;
+    /// `none` keeps them until --history or --history-bytes pushes them out.
+    #[arg(long, env = "TIDECHAT_HISTORY_AGE", default_value = "none", value_parser = parse_optional_duration)]
+    pub history_age: MaybeDuration,
+    /// Where history is kept on disk so that a restart loses nothing; `none` keeps it in
+    /// memory only (lost on restart, and when a room is evicted at --max-rooms).
+    #[arg(long, env = "TIDECHAT_DATA_DIR", default_value = "none")]
+    pub data_dir: String,
+    /// How long a name stays reserved for its resume token after its connection dropped without
+    /// `leave`; the others see `left` only when it runs out. 0s frees names at once.
+    #[arg(long, env = "TIDECHAT_NAME_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub name_grace: Duration,
     /// Most messages a `joined` or `history` frame holds; a resume across a longer gap pages
     /// with `history` requests.
     #[arg(long, env = "TIDECHAT_JOIN_HISTORY", default_value_t = 50)]
@@ -253,6 +265,10 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     pub history: usize,
     pub history_bytes: usize,
+    pub history_age: Option<Duration>,
+    /// `None`: history in memory only.
+    pub data_dir: Option<PathBuf>,
+    pub name_grace: Duration,
     pub join_history: usize,
     pub join_history_bytes: usize,
     pub room_buffer: usize,
@@ -271,11 +287,37 @@ pub struct Config {
     pub test_work_per_delivery: Duration,
 }
 
+impl Config {
+    /// The history the store keeps per room.
+    pub fn retention(&self) -> crate::hub::store::Retention {
+        crate::hub::store::Retention {
+            messages: self.history,
+            bytes: self.history_bytes,
+            age: self.history_age,
+        }
+    }
+}
+
 impl Default for Config {
+    /// The binary's defaults, except that history stays in memory: a test or an embedder that
+    /// wants a data directory names one.
     fn default() -> Self {
         // unwrap: the defaults above are valid; `config::tests` checks it.
-        Args::parse_from(["tidechat"]).into_config().unwrap()
+        let mut config = Args::parse_from(["tidechat"]).into_config().unwrap();
+        config.data_dir = None;
+        config
     }
+}
+
+/// A duration, or `none` (a type of its own: clap reads a bare `Option` as "may be absent").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeDuration(pub Option<Duration>);
+
+fn parse_optional_duration(s: &str) -> Result<MaybeDuration, humantime::DurationError> {
+    if s == "none" {
+        return Ok(MaybeDuration(None));
+    }
+    humantime::parse_duration(s).map(|d| MaybeDuration(Some(d)))
 }
 
 impl Args {
@@ -315,6 +357,7 @@ impl Args {
             ("--write-timeout", self.write_timeout),
             ("--message-timeout", self.message_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--history-age", self.history_age.0.unwrap_or(Duration::MAX)),
             ("--http-deadline", self.http_deadline),
         ] {
             if d.is_zero() {
@@ -380,6 +423,9 @@ impl Args {
             max_rooms_per_connection: self.max_rooms_per_connection,
             history: self.history,
             history_bytes: self.history_bytes,
+            history_age: self.history_age.0,
+            data_dir: (self.data_dir != "none").then(|| PathBuf::from(self.data_dir)),
+            name_grace: self.name_grace,
             join_history: self.join_history,
             join_history_bytes: self.join_history_bytes,
             room_buffer: self.room_buffer,

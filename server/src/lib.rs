@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
-//! - [`protocol`]: wire types of protocol v1 and the close codes.
-//! - [`hub`]: rooms, history, members; serializes each message once and broadcasts it.
-//! - [`channel`]: a room's broadcast channel, bounded by count and bytes.
+//! - [`protocol`]: the wire: protocol v1 and the seed protocol, rendered once per delivery.
+//! - [`hub`]: this node's rooms and fan-out; below it the broker (positions, names), the
+//!   history stores (memory, durable) and each room's broadcast channel.
 //! - [`conn`]: one websocket connection: its reader, its single writer, the inbox between them.
 //! - [`ws`]: the websocket upgrade on tide (handshake checks, per-address and global caps).
 //! - [`origin`]: the Host allowlist, the Origin allowlist and the same-origin rule.
@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
-pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod hub;
@@ -137,10 +136,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(config: Config) -> Self {
-        Self {
-            state: Arc::new(State::new(config)),
-        }
+    /// A server for `config`; fails when its history store cannot be opened.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            state: Arc::new(State::new(config)?),
+        })
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -162,6 +162,7 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    Server::new(config).run(listener, shutdown).await
+) -> anyhow::Result<()> {
+    Server::new(config)?.run(listener, shutdown).await?;
+    Ok(())
 }

@@ -19,6 +19,9 @@ use serde::Serialize;
 use crate::addr::{self, ClientInfo, Forwarding};
 use crate::config::Config;
 use crate::conn::{self, Ctx};
+use crate::hub::broker::{Broker, MemoryBroker};
+use crate::hub::store::memory::MemoryStore;
+use crate::hub::store::HistoryStore;
 use crate::hub::{Hub, HubConfig, HubStats};
 use crate::per_ip::{self, PerIp};
 use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
@@ -40,6 +43,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Time allowed to write a 400 answer to a request that could not be parsed.
 const BAD_REQUEST_WRITE: Duration = Duration::from_secs(1);
+/// How often name graces (and other housekeeping) are checked: a name is freed at most this
+/// long after its grace ends.
+const TICK: Duration = Duration::from_millis(250);
 /// At most one log line per this long about connections closed at an HTTP connection cap.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -47,7 +53,7 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct State {
     pub config: Config,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// The `hello` frame, serialized once.
     pub hello: Utf8Bytes,
     pub ws_config: WebSocketConfig,
@@ -105,7 +111,9 @@ impl Drop for HttpSlot {
 }
 
 impl State {
-    pub fn new(config: Config) -> Self {
+    /// The state for `config`, with its history store opened (which can fail: a damaged or
+    /// unreadable data directory).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
         let hello = protocol::to_text(&ServerFrame::Hello {
             protocol: PROTOCOL_VERSION,
             limits: &config.limits(),
@@ -118,18 +126,28 @@ impl State {
             // Checked from the frame header, before the payload is buffered.
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let hub = Hub::new(HubConfig {
-            max_rooms: config.max_rooms,
-            history: config.history,
-            history_bytes: config.history_bytes,
-            room_buffer: config.room_buffer,
-            room_buffer_bytes: config.room_buffer_bytes,
-            presence_cap: config.presence_cap,
-            page_messages: config.join_history,
-            page_bytes: config.join_history_bytes,
-        });
+        let store: Arc<dyn HistoryStore> = match &config.data_dir {
+            None => Arc::new(MemoryStore::new(config.retention())),
+            Some(dir) => anyhow::bail!(
+                "--data-dir {}: the durable store is not built yet",
+                dir.display()
+            ),
+        };
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(store, config.presence_cap));
+        let hub = Hub::new(
+            HubConfig {
+                max_rooms: config.max_rooms,
+                room_buffer: config.room_buffer,
+                room_buffer_bytes: config.room_buffer_bytes,
+                presence_cap: config.presence_cap,
+                page_messages: config.join_history,
+                page_bytes: config.join_history_bytes,
+                name_grace: config.name_grace,
+            },
+            broker,
+        );
         let per_ip = Arc::new(PerIp::new(config.per_ip));
-        Self {
+        Ok(Self {
             per_ip,
             limits: conn::Limits::from(&config),
             config,
@@ -141,7 +159,7 @@ impl State {
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Event::new(),
-        }
+        })
     }
 
     /// What a connection gets to work with.
@@ -261,8 +279,15 @@ pub async fn serve(
                 }
             }
         };
-        futures::pin_mut!(accept, shutdown);
-        futures::future::select(accept, shutdown).await;
+        let housekeeping = async {
+            let mut ticks = async_io::Timer::interval(TICK);
+            loop {
+                futures::StreamExt::next(&mut ticks).await;
+                state.hub.tick(Instant::now());
+            }
+        };
+        futures::pin_mut!(accept, housekeeping, shutdown);
+        futures::future::select(futures::future::select(accept, housekeeping), shutdown).await;
     }
     drop(listener);
     let open = state.active.load(Ordering::Acquire);
@@ -275,6 +300,11 @@ pub async fn serve(
     {
         let left = state.active.load(Ordering::Acquire);
         log::warn!("shutdown timeout: {left} connections still open");
+    }
+    // Every acknowledged message is durable already; this syncs the rest and marks the store
+    // as closed cleanly.
+    if let Err(e) = state.hub.broker().close() {
+        log::error!("closing the history store: {e}");
     }
     Ok(())
 }

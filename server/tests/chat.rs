@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::time::Duration;
+use tidechat::Config;
 
 #[async_std::test]
 async fn say_reaches_everyone_in_order() {
@@ -121,11 +123,22 @@ async fn one_connection_in_several_rooms() {
 
 #[async_std::test]
 async fn presence_on_clean_close_and_on_reset() {
-    let s = TestServer::default().await;
+    // A dropped name is held for its token for the grace; `left` comes when it ends.
+    let s = TestServer::start(Config {
+        name_grace: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
     let (mut watcher, _) = s.join("lobby", "watcher").await;
     let (mut clean, _) = s.join("lobby", "clean").await;
     assert_eq!(watcher.recv().await["name"], "clean");
     clean.ws.close(None).await.unwrap();
+    let (_marker, _) = s.join("lobby", "marker").await;
+    assert_eq!(
+        watcher.recv().await["name"],
+        "marker",
+        "no left during the grace"
+    );
     let left = watcher.recv().await;
     assert_eq!(
         left,
@@ -140,8 +153,8 @@ async fn presence_on_clean_close_and_on_reset() {
         left,
         json!({"type": "presence", "room": "lobby", "name": "rude", "event": "left"})
     );
-    s.wait_stats("only the watcher left", |st| {
-        st.hub.members == 1 && st.connections == 1
+    s.wait_stats("only the watcher and the marker left", |st| {
+        st.hub.members == 2 && st.connections == 2
     })
     .await;
     s.stop().await;

@@ -411,7 +411,10 @@ fn read_slowly(
 #[async_std::test]
 async fn steady_slow_reader_is_closed_within_twice_the_write_timeout() {
     const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+    // `left` when the slow reader is cut tells when that happened: no grace before it.
     let args = &[
+        "--name-grace",
+        "0s",
         "--write-timeout",
         "2s",
         "--rate",

@@ -190,10 +190,12 @@ pub async fn run<S, W>(
         let writer = writer::Writer {
             ctx,
             mode,
+            conn,
             // Most connections are in one room; a Vec grows to 4 slots at its first push.
             subs: Vec::with_capacity(1),
             started,
             last_seen: &last_seen,
+            ack: 0,
         }
         .run(out, &inbox);
         futures::pin_mut!(reader, writer);
@@ -207,9 +209,14 @@ pub async fn run<S, W>(
             Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
         }
     };
-    // Out of the rooms first: the others see `left` now, not after the close handshake below.
+    // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
+    // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
+    // users cannot resume.
     for m in &memberships {
-        ctx.hub.leave(&m.room, &m.name, conn);
+        match mode {
+            Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn),
+            Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn),
+        }
     }
     if let Ending::Closed(..) = ending {
         // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close, so

@@ -16,8 +16,9 @@ use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out, ReadOnly};
-use crate::hub::{HubError, JoinRequest, Joined, Page, SEED_ROOM};
+use crate::hub::{HubError, JoinRequest, Joined, Page};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
+use crate::protocol::seed::ROOM as SEED_ROOM;
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
 
 /// Longest `ref` a client may attach.
@@ -46,7 +47,15 @@ impl Refusal {
 
 impl From<HubError> for Refusal {
     fn from(e: HubError) -> Self {
-        Self::new(e.code(), e.to_string())
+        use error_code::*;
+        let code = match e {
+            HubError::NameTaken => NAME_TAKEN,
+            HubError::AlreadyJoined => ALREADY_JOINED,
+            HubError::ServerFull => SERVER_FULL,
+            HubError::NotInRoom => NOT_IN_ROOM,
+            HubError::Unavailable(_) => UNAVAILABLE,
+        };
+        Self::new(code, e.to_string())
     }
 }
 
@@ -333,7 +342,7 @@ impl Reader<'_> {
                     .ctx
                     .hub
                     .history(&room, &name, self.conn, page, limit.unwrap_or(usize::MAX))
-                    .map(|page| Out::Text(page.frame().into()))
+                    .map(|page| Out::Text(protocol::v1::history(&page).into()))
                     .map_err(Refusal::from);
                 self.answer(result, echo, None).await
             }

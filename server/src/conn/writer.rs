@@ -25,6 +25,7 @@ use async_broadcast::{Receiver, RecvError, TryRecvError};
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+use futures::future::Either;
 use futures::{AsyncWrite, StreamExt};
 
 use super::inbox::Inbox;
@@ -76,9 +77,21 @@ impl Frame {
 pub(super) struct Writer<'a> {
     pub ctx: Ctx<'a>,
     pub mode: Mode,
-    pub subs: Vec<(Arc<str>, Receiver<EventRef>)>,
+    pub conn: u64,
+    pub subs: Vec<Sub>,
     pub started: Instant,
     pub last_seen: &'a AtomicU64,
+    /// The newest commit ticket of this connection's own messages in the batch being built: the
+    /// batch waits until it is durable (a sender's echo is its acknowledgement).
+    pub ack: u64,
+}
+
+/// A room this connection receives.
+pub(super) struct Sub {
+    room: Arc<str>,
+    rx: Receiver<EventRef>,
+    /// The `joined` frame covered messages up to here; live copies of them are dropped.
+    after: u64,
 }
 
 /// One thing the writer reacts to.
@@ -135,6 +148,17 @@ impl<'a> Writer<'a> {
                 // Between batches, at a frame boundary: the close frame can go first.
                 return give_up(&mut out, &[], Stop::SlowConsumer);
             }
+            if self.ack != 0 {
+                // The sender's own message goes out (with what came before it) once it is on
+                // disk; shutdown still ends the wait.
+                let commits = ctx.hub.broker().commits();
+                let durable = commits.wait(std::mem::take(&mut self.ack));
+                if let Either::Right(_) =
+                    futures::future::select(Box::pin(durable), shutdown.as_mut()).await
+                {
+                    return give_up(&mut out, &[], Stop::Shutdown);
+                }
+            }
             let work = ctx.limits.test_work_per_delivery;
             if !work.is_zero() {
                 busy(work * batch.len() as u32);
@@ -169,8 +193,8 @@ impl<'a> Writer<'a> {
         if let Poll::Ready(out) = inbox.poll_next(cx) {
             return Poll::Ready(Input::Ctl(out));
         }
-        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
-            if let Poll::Ready(ev) = Pin::new(rx).poll_recv(cx) {
+        for (i, sub) in self.subs.iter_mut().enumerate() {
+            if let Poll::Ready(ev) = Pin::new(&mut sub.rx).poll_recv(cx) {
                 return Poll::Ready(Input::Event(i, ev));
             }
         }
@@ -185,8 +209,8 @@ impl<'a> Writer<'a> {
         if let Some(out) = inbox.try_next() {
             return Some(Input::Ctl(out));
         }
-        for (i, (_, rx)) in self.subs.iter_mut().enumerate() {
-            match rx.try_recv() {
+        for (i, sub) in self.subs.iter_mut().enumerate() {
+            match sub.rx.try_recv() {
                 Ok(ev) => return Some(Input::Event(i, Some(Ok(ev)))),
                 Err(TryRecvError::Overflowed(n)) => {
                     return Some(Input::Event(i, Some(Err(RecvError::Overflowed(n)))))
@@ -200,7 +224,7 @@ impl<'a> Writer<'a> {
 
     fn apply(&mut self, input: Input, batch: &mut Vec<Frame>) -> Then {
         match input {
-            Input::Event(_, Some(Ok(ev))) => batch.extend(frame_for(self.mode, &ev)),
+            Input::Event(i, Some(Ok(ev))) => self.event(i, &ev, batch),
             Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
                 log::debug!("receiver lagged by {n} events");
                 return close(batch, close::SLOW_CONSUMER, "slow consumer");
@@ -216,17 +240,21 @@ impl<'a> Writer<'a> {
                 // Rendered here, just before it is written, so that queued joins hold shared
                 // message events rather than copies of them.
                 if self.mode == Mode::V1 {
-                    batch.push(Frame::text(joined.frame().into()));
+                    batch.push(Frame::text(protocol::v1::joined(&joined).into()));
                 }
                 let joined = *joined;
-                self.subs.push((joined.room, joined.rx));
+                self.subs.push(Sub {
+                    room: joined.room,
+                    rx: joined.rx,
+                    after: joined.state.last,
+                });
             }
             Input::Ctl(Out::Unsubscribe { room, reason }) => self.unsubscribe(batch, room, reason),
             Input::Ctl(Out::Close(code, reason)) => {
                 // What was already published (e.g. the client's own last message) goes first.
-                for (_, rx) in &mut self.subs {
-                    while let Ok(ev) = rx.try_recv() {
-                        batch.extend(frame_for(self.mode, &ev));
+                for i in 0..self.subs.len() {
+                    while let Ok(ev) = self.subs[i].rx.try_recv() {
+                        self.event(i, &ev, batch);
                     }
                 }
                 return close(batch, code, reason);
@@ -244,6 +272,17 @@ impl<'a> Writer<'a> {
         Then::Continue
     }
 
+    /// Adds room event `ev` of subscription `i` to the batch, unless the `joined` frame had it.
+    fn event(&mut self, i: usize, ev: &EventRef, batch: &mut Vec<Frame>) {
+        if ev.offset != 0 && ev.offset <= self.subs[i].after {
+            return;
+        }
+        if ev.origin == self.conn {
+            self.ack = self.ack.max(ev.ticket);
+        }
+        batch.extend(frame_for(self.mode, ev));
+    }
+
     /// True when the client has sent nothing (not even a pong) for `--idle-timeout`.
     fn idle(&self) -> bool {
         let now = self.started.elapsed().as_millis() as u64;
@@ -252,7 +291,7 @@ impl<'a> Writer<'a> {
     }
 
     fn unsubscribe(&mut self, batch: &mut Vec<Frame>, room: Arc<str>, reason: &str) {
-        self.subs.retain(|(r, _)| *r != room);
+        self.subs.retain(|sub| sub.room != room);
         if self.mode == Mode::V1 {
             let left = ServerFrame::Left {
                 room: &room,
@@ -271,8 +310,8 @@ fn close(batch: &mut Vec<Frame>, code: u16, reason: &'static str) -> Then {
 /// The frame a room event becomes on this connection (seed clients see only messages).
 fn frame_for(mode: Mode, ev: &EventRef) -> Option<Frame> {
     match mode {
-        Mode::V1 => Some(Frame::text(ev.json.clone())),
-        Mode::Seed => ev.seed.clone().map(Frame::text),
+        Mode::V1 => Some(Frame::text(ev.wire.v1.clone())),
+        Mode::Seed => ev.wire.seed.clone().map(Frame::text),
     }
 }
 

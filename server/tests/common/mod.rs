@@ -31,7 +31,7 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(config);
+        let server = Server::new(config).expect("server");
         let state = server.state();
         let (stop, stopped) = async_channel::bounded::<()>(1);
         let task = async_std::task::spawn(server.run(listener, async move {

@@ -12,23 +12,25 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
-use async_tungstenite::tungstenite::Utf8Bytes;
 
-/// One thing that happened in a room, serialized once for every receiver.
+use crate::protocol::Wire;
+
+/// One thing that happened in a room, rendered once for every receiver on this node.
 #[derive(Debug)]
 pub struct Event {
-    /// Message id, or 0 for presence events.
-    pub id: u64,
-    /// The protocol v1 frame.
-    pub json: Utf8Bytes,
-    /// The seed protocol's `"N: text"` line, for messages in [`SEED_ROOM`](crate::hub::SEED_ROOM) only.
-    pub seed: Option<Utf8Bytes>,
+    /// The message's offset, or 0 for presence events.
+    pub offset: u64,
+    pub wire: Wire,
+    /// The commit ticket the origin connection's copy waits for (0: none).
+    pub ticket: u64,
+    /// The connection that caused it (0: none).
+    pub origin: u64,
 }
 
 impl Event {
-    /// What keeping this event costs: both of its renderings.
+    /// What queueing this event costs.
     pub fn bytes(&self) -> usize {
-        self.json.len() + self.seed.as_ref().map_or(0, |s| s.len())
+        self.wire.bytes()
     }
 }
 
@@ -124,15 +126,18 @@ impl RoomChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Event;
     use async_broadcast::TryRecvError;
     use std::sync::Arc;
 
     fn event(id: u64, bytes: usize) -> EventRef {
         Arc::new(Event {
-            id,
-            json: "x".repeat(bytes).into(),
-            seed: None,
+            offset: id,
+            wire: Wire {
+                v1: "x".repeat(bytes).into(),
+                seed: None,
+            },
+            ticket: 0,
+            origin: 0,
         })
     }
 
@@ -145,10 +150,10 @@ mod tests {
         let mut fast = chan.new_receiver();
         for id in 1..=25 {
             chan.try_broadcast(event(id, 1_000));
-            assert_eq!(fast.try_recv().unwrap().id, id);
+            assert_eq!(fast.try_recv().unwrap().offset, id);
         }
         assert!(matches!(slow.try_recv(), Err(TryRecvError::Overflowed(15))));
-        assert_eq!(slow.try_recv().unwrap().id, 16);
+        assert_eq!(slow.try_recv().unwrap().offset, 16);
         // Capacity is restored: small events queue up to the count again.
         for id in 26..=100 {
             chan.try_broadcast(event(id, 10));

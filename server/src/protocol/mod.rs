@@ -1,13 +1,48 @@
-//! Wire types of protocol v1: JSON text frames on `/ws`, and the close codes both endpoints share.
+//! The wire: protocol v1 (JSON text frames on `/ws`) and the seed protocol (`/chatSocket`), and
+//! the close codes both endpoints share.
 //!
-//! Client frames are parsed once per frame; server frames that go to many receivers (messages,
-//! presence) are serialized once at publish by the hub and shared as bytes. Frames that carry
-//! such messages (`joined`, `history`) are built by splicing those bytes into the rest of the
-//! frame ([`joined_frame`], [`history_frame`]): no message is parsed or serialized again.
+//! Client frames are parsed once per frame. Room events (messages, presence) reach this node as
+//! domain records ([`crate::hub::record`]) and are rendered once, on delivery, into a [`Wire`]
+//! that every local receiver shares; [`v1`] renders JSON frames, [`seed`] the demo's lines.
 
-use std::sync::Arc;
+pub mod seed;
+pub mod v1;
 
+use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::hub::record::RoomEvent;
+
+pub use v1::{history_frame, joined_frame, HistoryHead, JoinedHead};
+
+/// A room event as this node's connections send it: rendered once, shared by every receiver.
+#[derive(Debug)]
+pub struct Wire {
+    /// The protocol v1 frame.
+    pub v1: Utf8Bytes,
+    /// The seed protocol's line, for messages in [`seed::ROOM`] only.
+    pub seed: Option<Utf8Bytes>,
+}
+
+impl Wire {
+    pub fn render(event: &RoomEvent) -> Self {
+        match event {
+            RoomEvent::Message(p) => Wire {
+                v1: v1::message(p).into(),
+                seed: (&*p.room == seed::ROOM).then(|| seed::line(p).into()),
+            },
+            RoomEvent::Presence { room, name, joined } => Wire {
+                v1: v1::presence(room, name, *joined).into(),
+                seed: None,
+            },
+        }
+    }
+
+    /// What queueing this event costs: both of its renderings.
+    pub fn bytes(&self) -> usize {
+        self.v1.len() + self.seed.as_ref().map_or(0, |s| s.len())
+    }
+}
 
 /// Protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -132,76 +167,6 @@ pub enum ServerFrame<'a> {
     },
 }
 
-/// Reply to `join`, without its `history`, which [`joined_frame`] appends. `history` holds
-/// `message` frames: those after `since` when it was given (oldest first), else the most recent
-/// ones; at most the page caps. `recovered` is true when `since` was given, the epoch matched and
-/// every message after `since` is still kept. `more` is true when the caps cut `history`: the rest
-/// is fetched with `history` requests (`since` = the last id for a resume, else `before` = the
-/// first id). `token` takes the name back on resume.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename = "joined")]
-pub struct JoinedHead<'a> {
-    pub room: &'a str,
-    pub name: &'a str,
-    pub epoch: u64,
-    pub token: &'a str,
-    /// Names in the room (at most the configured presence cap).
-    pub members: &'a [Arc<str>],
-    /// Number of members, which may exceed `members.len()` in very large rooms.
-    pub member_count: usize,
-    pub recovered: bool,
-    /// Id of the newest message in the room at join time (0 when none).
-    pub last_id: u64,
-    pub more: bool,
-}
-
-/// Reply to `history`, without its `messages`, which [`history_frame`] appends. `more` is true
-/// when the caps cut the page: continue in the same direction from its last (`since`) or first
-/// (`before`) id.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename = "history")]
-pub struct HistoryHead<'a> {
-    pub room: &'a str,
-    pub more: bool,
-}
-
-/// The `joined` frame: `head` with `"history":[...]` spliced in from already-serialized messages.
-pub fn joined_frame<'m>(
-    head: &JoinedHead<'_>,
-    history: impl Iterator<Item = &'m str> + Clone,
-) -> String {
-    splice(to_text(head), "history", history)
-}
-
-/// The `history` frame: `head` with `"messages":[...]` spliced in.
-pub fn history_frame<'m>(
-    head: &HistoryHead<'_>,
-    messages: impl Iterator<Item = &'m str> + Clone,
-) -> String {
-    splice(to_text(head), "messages", messages)
-}
-
-/// Appends `"key":[items]` to the serialized object `head`. Each item is valid JSON (a frame
-/// serialized by this module), so the result is too.
-fn splice<'m>(mut head: String, key: &str, items: impl Iterator<Item = &'m str> + Clone) -> String {
-    let (count, bytes) = items.clone().fold((0, 0), |(n, b), i| (n + 1, b + i.len()));
-    head.reserve(key.len() + 6 + bytes + count);
-    // The head is a serde-serialized struct with at least its tag, so it ends in `}`.
-    debug_assert!(head.ends_with('}'));
-    head.pop();
-    head.push_str(",\"");
-    head.push_str(key);
-    head.push_str("\":[");
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            head.push(',');
-        }
-        head.push_str(item);
-    }
-    head.push_str("]}");
-    head
-}
-
 /// Bytes `s` takes inside a JSON string as serde_json writes it (without the quotes): `"` and
 /// `\` and the control characters with a short escape take 2, other control characters 6
 /// (`\u00XX`), everything else its UTF-8 bytes. `--max-text-bytes` bounds this, so a message is
@@ -215,30 +180,6 @@ pub fn json_str_len(s: &str) -> usize {
                 _ => 0,
             })
             .sum::<usize>()
-}
-
-/// A chat message as it goes to every member of a room (and into history).
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename = "message")]
-pub struct MessageFrame<'a> {
-    pub room: &'a str,
-    pub id: u64,
-    pub from: &'a str,
-    pub text: &'a str,
-    /// Server time in milliseconds since the Unix epoch.
-    pub ts: u64,
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub reference: Option<&'a str>,
-}
-
-/// Someone joined or left a room.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename = "presence")]
-pub struct PresenceFrame<'a> {
-    pub room: &'a str,
-    pub name: &'a str,
-    /// `joined` or `left`.
-    pub event: &'a str,
 }
 
 /// Machine-readable error codes of `error` frames.
@@ -267,6 +208,8 @@ pub mod error_code {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// Another connection resumed this name with its token.
     pub const REPLACED: &str = "replaced";
+    /// The message store cannot take messages now (a failing disk); nothing was published.
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// Serializes a frame built on this side. Serialization of these types cannot fail: they hold
@@ -279,66 +222,6 @@ pub fn to_text<T: Serialize>(frame: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
-
-    fn message(id: u64, text: &str) -> String {
-        to_text(&MessageFrame {
-            room: "r",
-            id,
-            from: "bob",
-            text,
-            ts: 1_700_000_000_000 + id,
-            reference: (id == 2).then_some("x\"y"),
-        })
-    }
-
-    /// The spliced frames are valid JSON, equal to what serde renders for the whole frame.
-    #[test]
-    fn spliced_frames_equal_a_full_serde_rendering() {
-        let messages = [
-            message(1, "hi"),
-            message(2, "a \"quote\"\n"),
-            message(3, "ü\u{1}"),
-        ];
-        let members: Vec<Arc<str>> = vec!["bob".into(), "Zoë".into()];
-        let head = JoinedHead {
-            room: "r",
-            name: "Zoë",
-            epoch: 7,
-            token: "t0",
-            members: &members,
-            member_count: 2,
-            recovered: true,
-            last_id: 3,
-            more: false,
-        };
-        for n in 0..=messages.len() {
-            let history = &messages[..n];
-            let ours: Value =
-                serde_json::from_str(&joined_frame(&head, history.iter().map(|m| m.as_str())))
-                    .unwrap();
-            let parsed: Vec<Value> = history
-                .iter()
-                .map(|m| serde_json::from_str(m).unwrap())
-                .collect();
-            let mut full = serde_json::to_value(&head).unwrap();
-            full["history"] = Value::Array(parsed.clone());
-            assert_eq!(ours, full);
-            assert_eq!(ours["type"], "joined");
-
-            let page = HistoryHead {
-                room: "r",
-                more: true,
-            };
-            let ours: Value =
-                serde_json::from_str(&history_frame(&page, history.iter().map(|m| m.as_str())))
-                    .unwrap();
-            assert_eq!(
-                ours,
-                json!({"type": "history", "room": "r", "more": true, "messages": parsed})
-            );
-        }
-    }
 
     /// What [`json_str_len`] counts is what serde_json writes, for every ASCII character and
     /// some that are not.

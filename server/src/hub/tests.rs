@@ -1,0 +1,228 @@
+//! Hub unit tests: joins, fan-out, resume, name grace and eviction, without sockets.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::broker::MemoryBroker;
+use super::store::memory::MemoryStore;
+use super::store::Retention;
+use super::*;
+
+#[derive(Debug, Default)]
+struct Evictions(Mutex<Vec<Arc<str>>>);
+
+impl Evict for Evictions {
+    fn evict(&self, room: Arc<str>) {
+        self.0.lock().unwrap().push(room);
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(30);
+
+fn hub(max_rooms: usize) -> Arc<Hub> {
+    let store = Arc::new(MemoryStore::new(Retention {
+        messages: 100,
+        bytes: 1 << 20,
+        age: None,
+    }));
+    Hub::new(
+        HubConfig {
+            max_rooms,
+            room_buffer: 64,
+            room_buffer_bytes: 1 << 20,
+            presence_cap: 100,
+            page_messages: 50,
+            page_bytes: 1 << 20,
+            name_grace: GRACE,
+        },
+        Arc::new(MemoryBroker::new(store, 100)),
+    )
+}
+
+fn join(hub: &Hub, room: &str, name: &str, conn: u64) -> Result<Joined, HubError> {
+    join_with(hub, room, name, conn, None, None, None).map(|(j, _)| j)
+}
+
+fn join_with(
+    hub: &Hub,
+    room: &str,
+    name: &str,
+    conn: u64,
+    since: Option<u64>,
+    epoch: Option<Epoch>,
+    token: Option<&str>,
+) -> Result<(Joined, Arc<Evictions>), HubError> {
+    let evictions = Arc::new(Evictions::default());
+    let joined = hub.join(JoinRequest {
+        room,
+        name,
+        since,
+        epoch: epoch.map(|e| e.0),
+        token,
+        conn,
+        evictor: evictions.clone(),
+        snapshot: true,
+    })?;
+    Ok((joined, evictions))
+}
+
+/// What is queued for a receiver: `(offset, v1 frame)` of each event.
+fn drain(rx: &mut Receiver<EventRef>) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        out.push((ev.offset, ev.wire.v1.to_string()));
+    }
+    out
+}
+
+fn presence(events: &[(u64, String)]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|(o, _)| *o == 0)
+        .map(|(_, f)| f.as_str())
+        .collect()
+}
+
+#[test]
+fn a_message_reaches_every_member_in_order_with_its_sender() {
+    let hub = hub(10);
+    let mut a = join(&hub, "r", "alice", 1).unwrap();
+    let mut b = join(&hub, "r", "bob", 2).unwrap();
+    assert_eq!(drain(&mut a.rx).len(), 1, "alice saw bob join");
+    for i in 1..=3 {
+        let pos = hub.say("r", "alice", 1, &format!("m{i}"), None).unwrap();
+        assert_eq!(pos, StreamPosition::new(i, a.state.epoch));
+    }
+    for rx in [&mut a.rx, &mut b.rx] {
+        let got = drain(rx);
+        assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(
+            got[0].1.contains(r#""from":"alice","text":"m1""#),
+            "{}",
+            got[0].1
+        );
+    }
+    assert_eq!(hub.say("r", "bob", 1, "x", None), Err(HubError::NotInRoom));
+    assert_eq!(
+        hub.say("nowhere", "bob", 2, "x", None),
+        Err(HubError::NotInRoom)
+    );
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.rooms, stats.members, stats.receivers, stats.messages),
+        (1, 2, 2, 3)
+    );
+}
+
+#[test]
+fn a_join_sees_history_and_a_resume_gets_exactly_its_gap() {
+    let hub = hub(10);
+    let a = join(&hub, "r", "alice", 1).unwrap();
+    for i in 1..=5 {
+        hub.say("r", "alice", 1, &format!("m{i}"), None).unwrap();
+    }
+    let b = join(&hub, "r", "bob", 2).unwrap();
+    assert_eq!(b.state.last, 5);
+    assert_eq!(b.history.len(), 5);
+    assert!(!b.recovered, "a fresh join recovers nothing");
+    let epoch = a.state.epoch;
+    let (c, _) = join_with(&hub, "r", "carol", 3, Some(3), Some(epoch), None).unwrap();
+    let got: Vec<u64> = c.history.iter().map(|p| p.pos.offset).collect();
+    assert_eq!((got, c.recovered), (vec![4, 5], true));
+    let (d, _) = join_with(&hub, "r", "dave", 4, Some(5), Some(epoch), None).unwrap();
+    assert!(d.history.is_empty() && d.recovered);
+    let other = Epoch(epoch.0 ^ 1);
+    let (e, _) = join_with(&hub, "r", "eve", 5, Some(3), Some(other), None).unwrap();
+    assert!(!e.recovered, "another epoch");
+    assert_eq!(e.history.len(), 5, "the latest page instead");
+    let (f, _) = join_with(&hub, "r", "fay", 6, Some(9), Some(epoch), None).unwrap();
+    assert!(!f.recovered, "ids from the future");
+}
+
+#[test]
+fn names_are_unique_and_a_token_takes_one_back_quietly() {
+    let hub = hub(10);
+    let (a, old) = join_with(&hub, "r", "alice", 1, None, None, None).unwrap();
+    let mut bob = join(&hub, "r", "bob", 2).unwrap();
+    drain(&mut bob.rx);
+    assert_eq!(join(&hub, "r", "alice", 3).err(), Some(HubError::NameTaken));
+    assert_eq!(
+        join(&hub, "r", "alice", 1).err(),
+        Some(HubError::AlreadyJoined)
+    );
+    let wrong = "0".repeat(a.token.len());
+    assert!(join_with(&hub, "r", "alice", 3, None, None, Some(&wrong)).is_err());
+    let (again, _) = join_with(&hub, "r", "alice", 3, None, None, Some(&a.token)).unwrap();
+    assert_ne!(again.token, a.token, "a new token each time");
+    assert_eq!(
+        *old.0.lock().unwrap(),
+        vec![Arc::<str>::from("r")],
+        "the old one was told"
+    );
+    assert!(presence(&drain(&mut bob.rx)).is_empty(), "no flicker");
+    // The old connection's late leave does not remove the new holder.
+    hub.leave("r", "alice", 1);
+    assert_eq!(join(&hub, "r", "alice", 4).err(), Some(HubError::NameTaken));
+}
+
+#[test]
+fn a_dropped_name_waits_out_its_grace_for_its_token() {
+    let hub = hub(10);
+    let a = join(&hub, "r", "alice", 1).unwrap();
+    let mut bob = join(&hub, "r", "bob", 2).unwrap();
+    drain(&mut bob.rx);
+    hub.disconnect("r", "alice", 1);
+    assert_eq!(
+        join(&hub, "r", "alice", 3).err(),
+        Some(HubError::NameTaken),
+        "a stranger"
+    );
+    hub.tick(Instant::now() + GRACE / 2);
+    assert!(drain(&mut bob.rx).is_empty(), "no left within the grace");
+    let (back, _) = join_with(&hub, "r", "alice", 4, None, None, Some(&a.token)).unwrap();
+    assert!(drain(&mut bob.rx).is_empty(), "no joined either");
+    hub.tick(Instant::now() + 2 * GRACE);
+    assert!(
+        drain(&mut bob.rx).is_empty(),
+        "the resumed name's old grace is void"
+    );
+
+    hub.disconnect("r", "alice", 4);
+    hub.tick(Instant::now() + GRACE + Duration::from_secs(1));
+    let events = drain(&mut bob.rx);
+    assert_eq!(presence(&events).len(), 1, "{events:?}");
+    assert!(events[0].1.contains(r#""name":"alice","event":"left""#));
+    assert!(join_with(&hub, "r", "alice", 5, None, None, Some(&back.token)).is_ok());
+
+    // An explicit leave frees the name at once.
+    hub.leave("r", "alice", 5);
+    assert!(presence(&drain(&mut bob.rx))[1].contains("left"));
+    assert!(join(&hub, "r", "alice", 6).is_ok());
+}
+
+#[test]
+fn the_longest_idle_room_is_evicted_and_a_busy_one_never() {
+    let hub = hub(2);
+    // A connection drops its receiver when it leaves.
+    drop(join(&hub, "a", "x", 1).unwrap());
+    hub.say("a", "x", 1, "old", None).unwrap();
+    hub.leave("a", "x", 1);
+    drop(join(&hub, "b", "x", 2).unwrap());
+    hub.leave("b", "x", 2);
+    let _b2 = join(&hub, "b", "y", 3).unwrap();
+    // `a` went idle first and `b` is busy again: `c` takes `a`'s place.
+    let c = join(&hub, "c", "x", 4).unwrap();
+    assert_eq!(c.state.last, 0);
+    drop(c);
+    assert_eq!(hub.stats().rooms, 2);
+    // Both rooms are busy: nothing to evict.
+    assert_eq!(join(&hub, "d", "x", 5).err(), Some(HubError::ServerFull));
+    assert_eq!(hub.stats().rooms, 2);
+    // In memory, `a` lost its history with its place; it comes back as a new life.
+    hub.leave("c", "x", 4);
+    let a2 = join(&hub, "a", "x", 6).unwrap();
+    assert_eq!(a2.state.last, 0);
+    assert!(a2.history.is_empty());
+    let stats = hub.stats();
+    assert_eq!((stats.members, stats.receivers), (2, 2));
+}
