@@ -20,6 +20,7 @@ use crate::addr::{self, ClientInfo, Forwarding};
 use crate::config::Config;
 use crate::conn::{self, Ctx};
 use crate::hub::broker::{Broker, MemoryBroker};
+use crate::hub::store::durable::DurableStore;
 use crate::hub::store::memory::MemoryStore;
 use crate::hub::store::HistoryStore;
 use crate::hub::{Hub, HubConfig, HubStats};
@@ -128,10 +129,34 @@ impl State {
             .max_frame_size(Some(config.max_message_bytes));
         let store: Arc<dyn HistoryStore> = match &config.data_dir {
             None => Arc::new(MemoryStore::new(config.retention())),
-            Some(dir) => anyhow::bail!(
-                "--data-dir {}: the durable store is not built yet",
-                dir.display()
-            ),
+            Some(dir) => {
+                let store = DurableStore::open(dir, config.retention())?;
+                let r = store.recovery();
+                let how = match (r.crashed, r.power_loss) {
+                    (false, _) => "after a clean stop",
+                    (true, false) => "after a crash of the process (nothing lost)",
+                    (true, true) => {
+                        "after a machine restart without a clean stop: messages that were \
+                         not yet acknowledged to their senders may be lost"
+                    }
+                };
+                log::info!(
+                    "history store {}: {} rooms, {} messages, opened in {} ms {how}{}",
+                    dir.display(),
+                    r.rooms,
+                    r.messages,
+                    r.took.as_millis(),
+                    if r.damaged_rooms.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} rooms had unreadable history and start over",
+                            r.damaged_rooms.len()
+                        )
+                    }
+                );
+                store
+            }
         };
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(store, config.presence_cap));
         let hub = Hub::new(

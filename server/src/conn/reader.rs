@@ -209,10 +209,14 @@ impl Reader<'_> {
         let millis = self.started.elapsed().as_millis() as u64;
         self.last_seen.store(millis, Ordering::Relaxed);
         match msg {
-            Message::Text(text) => match self.mode {
-                Mode::V1 => self.request(text.as_str()).await,
-                Mode::Seed => self.seed_text(text.as_str()),
-            },
+            Message::Text(text) => {
+                // A disk that stopped syncing holds every sender here (see `MAX_UNSYNCED`).
+                self.ctx.hub.broker().commits().room().await;
+                match self.mode {
+                    Mode::V1 => self.request(text.as_str()).await,
+                    Mode::Seed => self.seed_text(text.as_str()),
+                }
+            }
             // tungstenite only reads here, so the writer answers pings.
             Message::Ping(data) => self.send(Out::Pong(data)).await,
             // Pongs are signs of life only; binary and close frames ended the connection above.

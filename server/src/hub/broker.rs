@@ -243,6 +243,11 @@ impl Broker for MemoryBroker {
     }
 
     fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError> {
+        if self.commits.failing() {
+            // After a failed fsync the OS may have dropped the unsynced pages: nothing new is
+            // accepted (and acknowledged as durable) until a sync works again.
+            return Err(StoreError::Failed("the disk does not sync".into()).into());
+        }
         let stream = self.stream(msg.room)?;
         let mut state = lock(&stream);
         let pos = StreamPosition::new(state.last + 1, state.epoch);

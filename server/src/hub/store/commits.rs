@@ -15,6 +15,11 @@ use event_listener::{Event, Listener};
 
 use super::HistoryStore;
 
+/// Most appends that may wait for a sync at once: a publisher waits ([`Commits::room`]) beyond
+/// it. It bounds what a power loss can take, and so how far ids must jump after one
+/// ([`super::durable::LOST_JUMP`]).
+pub const MAX_UNSYNCED: u64 = 1 << 16;
+
 /// Tickets handed out and made durable.
 #[derive(Debug, Default)]
 pub struct Commits {
@@ -47,6 +52,22 @@ impl Commits {
         while !self.is_durable(t) {
             let listener = self.done.listen();
             if self.is_durable(t) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits while [`MAX_UNSYNCED`] appends wait for a sync (a disk that stalls holds senders
+    /// back instead of letting unsynced messages pile up).
+    pub async fn room(&self) {
+        let behind = || {
+            self.appended.load(Ordering::Acquire) - self.durable.load(Ordering::Acquire)
+                >= MAX_UNSYNCED
+        };
+        while behind() {
+            let listener = self.done.listen();
+            if !behind() {
                 return;
             }
             listener.await;

@@ -8,6 +8,7 @@
 //! batches durable with one sync each, on the committer thread.
 
 pub mod commits;
+pub mod durable;
 pub mod memory;
 
 use std::fmt;
@@ -97,32 +98,48 @@ pub fn take_page<'a>(
     max: usize,
     max_bytes: usize,
 ) -> Read {
-    let take = |events: &mut dyn Iterator<Item = &'a Arc<Publication>>| {
-        let (mut messages, mut bytes) = (Vec::new(), 0);
-        for p in events {
-            let n = p.bytes();
-            if messages.len() >= max || (!messages.is_empty() && bytes + n > max_bytes) {
-                return Read {
-                    messages,
-                    more: true,
-                };
-            }
-            bytes += n;
-            messages.push(p.clone());
-        }
-        Read {
-            messages,
-            more: false,
-        }
+    let ok = |p: &Arc<Publication>| Ok::<_, StoreError>(p.clone());
+    let read = match page {
+        Page::Since(since) => collect_page(
+            kept.filter(|p| p.pos.offset > since).map(ok),
+            false,
+            max,
+            max_bytes,
+        ),
+        Page::Before(before) => collect_page(
+            kept.rev().filter(|p| p.pos.offset < before).map(ok),
+            true,
+            max,
+            max_bytes,
+        ),
     };
-    match page {
-        Page::Since(since) => take(&mut kept.filter(|p| p.pos.offset > since)),
-        Page::Before(before) => {
-            let mut read = take(&mut kept.rev().filter(|p| p.pos.offset < before));
-            read.messages.reverse();
-            read
+    // unwrap: every item above is `Ok`.
+    read.unwrap()
+}
+
+/// Collects a page from `items`, which run in the page's direction (`backwards`: newest
+/// first), while the caps allow; the result is oldest first.
+pub fn collect_page(
+    items: impl Iterator<Item = Result<Arc<Publication>, StoreError>>,
+    backwards: bool,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Read, StoreError> {
+    let (mut messages, mut bytes, mut more) = (Vec::new(), 0, false);
+    for p in items {
+        let p = p?;
+        let n = p.bytes();
+        if messages.len() >= max || (!messages.is_empty() && bytes + n > max_bytes) {
+            more = true;
+            break;
         }
+        bytes += n;
+        messages.push(p);
     }
+    if backwards {
+        messages.reverse();
+    }
+    Ok(Read { messages, more })
 }
 
 #[cfg(test)]
