@@ -227,6 +227,13 @@ impl MemoryBroker {
     }
 }
 
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        // The committer holds the store: let it finish what is appended, then go.
+        self.commits.stop();
+    }
+}
+
 impl Broker for MemoryBroker {
     fn attach(&self, sink: Weak<dyn Deliver>) {
         let _ = self.sink.set(sink);

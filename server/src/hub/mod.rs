@@ -567,4 +567,6 @@ pub(crate) fn same_token(given: &str, held: &str) -> bool {
 }
 
 #[cfg(test)]
+mod broker_contract;
+#[cfg(test)]
 mod tests;

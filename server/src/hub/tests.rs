@@ -226,3 +226,43 @@ fn the_longest_idle_room_is_evicted_and_a_busy_one_never() {
     let stats = hub.stats();
     assert_eq!((stats.members, stats.receivers), (2, 2));
 }
+
+/// Joins, messages and leaves on more rooms than the hub holds, from several threads: a member
+/// can always publish (its room is in the map), a full hub refuses rather than evicting a busy
+/// room, and nothing is left behind.
+#[test]
+fn joins_racing_evictions_never_strand_a_member() {
+    let hub = hub(3);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let (mut seed, mut full) = (t * 7919 + 1, 0);
+                for i in 0..2_000u64 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let room = format!("r{}", (seed >> 33) % 7);
+                    let conn = t * 1_000_000 + i + 1;
+                    match join(&hub, &room, "n", conn) {
+                        Ok(joined) => {
+                            hub.say(&room, "n", conn, "x", None)
+                                .expect("a member's room is in the map");
+                            drop(joined);
+                            hub.leave(&room, "n", conn);
+                        }
+                        Err(HubError::ServerFull | HubError::NameTaken) => full += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                full
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = hub.stats();
+    assert!(stats.rooms <= 3, "{stats:?}");
+    assert_eq!((stats.members, stats.receivers), (0, 0), "{stats:?}");
+}

@@ -28,7 +28,9 @@ pub fn publication(
         from: "bob".into(),
         text: text.into(),
         ts,
-        reference: offset.is_multiple_of(2).then(|| format!("r{offset}").into()),
+        reference: offset
+            .is_multiple_of(2)
+            .then(|| format!("r{offset}").into()),
     })
 }
 

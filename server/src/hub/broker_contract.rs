@@ -1,0 +1,200 @@
+//! The contract every [`Broker`] passes, run here against the memory broker over both history
+//! stores (the Redis broker of issue 11 is to run the same functions).
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::broker::{Broker, BrokerError, Deliver, Delivery, MemoryBroker, NewMessage};
+use super::position::StreamPosition;
+use super::record::RoomEvent;
+use super::store::durable::DurableStore;
+use super::store::memory::MemoryStore;
+use super::store::{HistoryStore, Retention};
+use super::Page;
+
+const RETENTION: Retention = Retention {
+    messages: 100,
+    bytes: 1 << 20,
+    age: None,
+};
+
+/// What the broker handed back, in order.
+#[derive(Default)]
+struct Sink(Mutex<Vec<Delivery>>);
+
+impl Deliver for Sink {
+    fn deliver(&self, d: Delivery) {
+        self.0.lock().unwrap().push(d);
+    }
+}
+
+impl Sink {
+    fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn attach(broker: &dyn Broker) -> Arc<Sink> {
+    let sink = Arc::new(Sink::default());
+    let weak: Weak<Sink> = Arc::downgrade(&sink);
+    broker.attach(weak);
+    sink
+}
+
+fn say<'a>(room: &'a Arc<str>, from: &'a Arc<str>, text: &'a str, origin: u64) -> NewMessage<'a> {
+    NewMessage {
+        room,
+        from,
+        text,
+        reference: Some("n1"),
+        origin,
+    }
+}
+
+/// Every publication gets the next position, comes back for delivery in order, and is in the
+/// history.
+pub fn publications_are_ordered_delivered_and_kept(broker: &dyn Broker) {
+    let sink = attach(broker);
+    let (room, bob): (Arc<str>, Arc<str>) = ("r".into(), "bob".into());
+    broker.subscribe(&room).unwrap();
+    let epoch = broker
+        .history(&room, Page::Before(u64::MAX), 0, 0)
+        .unwrap()
+        .state
+        .epoch;
+    for i in 1..=5 {
+        let pos = broker
+            .publish(say(&room, &bob, &format!("m{i}"), 7))
+            .unwrap();
+        assert_eq!(pos, StreamPosition::new(i, epoch));
+    }
+    let delivered = sink.take();
+    let offsets: Vec<u64> = delivered
+        .iter()
+        .map(|d| match &d.event {
+            RoomEvent::Message(p) => {
+                assert_eq!(
+                    (&*p.from, p.reference.as_deref(), d.origin),
+                    ("bob", Some("n1"), 7)
+                );
+                p.pos.offset
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
+    let h = broker.history(&room, Page::Since(2), 10, 1 << 20).unwrap();
+    assert_eq!(h.state.last, 5);
+    let texts: Vec<&str> = h.read.messages.iter().map(|p| &*p.text).collect();
+    assert_eq!(texts, ["m3", "m4", "m5"]);
+    assert!(h.state.recovers(2, epoch, Some(3)));
+}
+
+/// A sender's echo can wait for its ticket: tickets of a durable store become durable.
+pub fn tickets_become_durable(broker: &dyn Broker, durable: bool) {
+    let sink = attach(broker);
+    let (room, bob): (Arc<str>, Arc<str>) = ("t".into(), "bob".into());
+    broker.subscribe(&room).unwrap();
+    broker.publish(say(&room, &bob, "x", 1)).unwrap();
+    let d = sink.take();
+    let ticket = d[0].ticket;
+    assert_eq!(ticket > 0, durable, "ticket {ticket}");
+    async_std::task::block_on(async_std::future::timeout(
+        Duration::from_secs(10),
+        broker.commits().wait(ticket),
+    ))
+    .expect("the ticket became durable");
+}
+
+/// Names: unique per room, taken back with the token, reserved through a grace.
+pub fn names_claims_resumes_and_graces(broker: &dyn Broker) {
+    let sink = attach(broker);
+    let (room, alice): (Arc<str>, Arc<str>) = ("p".into(), "alice".into());
+    let claim = broker.presence_add(&room, &alice, 1, None).unwrap();
+    let events = sink.take();
+    assert!(matches!(
+        &events[..],
+        [Delivery {
+            event: RoomEvent::Presence { joined: true, .. },
+            ..
+        }]
+    ));
+    assert_eq!(
+        broker.presence_add(&room, &alice, 2, None).unwrap_err(),
+        BrokerError::NameTaken
+    );
+    assert_eq!(
+        broker.presence_add(&room, &alice, 1, None).unwrap_err(),
+        BrokerError::AlreadyJoined
+    );
+    let resumed = broker
+        .presence_add(&room, &alice, 2, Some(&claim.token))
+        .unwrap();
+    assert_eq!(resumed.replaced, Some(1));
+    assert!(sink.take().is_empty(), "a resume is no presence change");
+    let list = broker.presence_list(&room, 10);
+    assert_eq!((list.count, list.names.len()), (1, 1));
+
+    // Gone without leaving: reserved until the grace ends, then one `left`.
+    let now = Instant::now();
+    broker.presence_detach(&room, &alice, 2, now + Duration::from_secs(30));
+    assert_eq!(
+        broker.presence_add(&room, &alice, 3, None).unwrap_err(),
+        BrokerError::NameTaken
+    );
+    broker.expire(now + Duration::from_secs(10));
+    assert!(sink.take().is_empty());
+    let back = broker
+        .presence_add(&room, &alice, 4, Some(&resumed.token))
+        .unwrap();
+    assert_eq!(back.replaced, None, "nobody held it");
+    broker.expire(now + Duration::from_secs(60));
+    assert!(sink.take().is_empty(), "the resume ended the grace");
+    broker.presence_detach(&room, &alice, 4, now + Duration::from_secs(30));
+    broker.expire(now + Duration::from_secs(31));
+    let events = sink.take();
+    assert!(matches!(
+        &events[..],
+        [Delivery {
+            event: RoomEvent::Presence { joined: false, .. },
+            ..
+        }]
+    ));
+    assert_eq!(broker.presence_list(&room, 10).count, 0);
+
+    // A leave frees it at once.
+    broker.presence_add(&room, &alice, 5, None).unwrap();
+    broker.presence_remove(&room, &alice, 5);
+    assert_eq!(sink.take().len(), 2);
+    broker.presence_add(&room, &alice, 6, None).unwrap();
+}
+
+/// Runs every contract test, each on a fresh broker from `new` (a broker delivers to the one
+/// sink it was attached to).
+fn all(new: &dyn Fn() -> MemoryBroker, durable: bool) {
+    publications_are_ordered_delivered_and_kept(&new());
+    tickets_become_durable(&new(), durable);
+    names_claims_resumes_and_graces(&new());
+}
+
+#[test]
+fn memory_broker_over_the_memory_store() {
+    all(
+        &|| MemoryBroker::new(Arc::new(MemoryStore::new(RETENTION)), 100),
+        false,
+    );
+}
+
+#[test]
+fn memory_broker_over_the_durable_store() {
+    let dirs = Mutex::new(Vec::new());
+    all(
+        &|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn HistoryStore> = DurableStore::open(dir.path(), RETENTION).unwrap();
+            dirs.lock().unwrap().push(dir);
+            MemoryBroker::new(store, 100)
+        },
+        true,
+    );
+}
