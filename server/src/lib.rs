@@ -143,6 +143,13 @@ impl Server {
         })
     }
 
+    /// A server for `config` that keeps history in `store` (an embedder's own store).
+    pub fn with_store(config: Config, store: Arc<dyn hub::store::HistoryStore>) -> Self {
+        Self {
+            state: Arc::new(State::with_store(config, store)),
+        }
+    }
+
     pub fn state(&self) -> Arc<State> {
         self.state.clone()
     }

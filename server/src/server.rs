@@ -115,18 +115,12 @@ impl State {
     /// The state for `config`, with its history store opened (which can fail: a damaged or
     /// unreadable data directory).
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let hello = protocol::to_text(&ServerFrame::Hello {
-            protocol: PROTOCOL_VERSION,
-            limits: &config.limits(),
-        });
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(WS_WRITE_BUFFER)
-            // The buffer holds at most write_buffer_size plus one message before it is flushed.
-            .max_write_buffer_size(WS_WRITE_BUFFER + 2 * config.max_message_bytes)
-            // Checked from the frame header, before the payload is buffered.
-            .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
+        let store = Self::store(&config)?;
+        Ok(Self::with_store(config, store))
+    }
+
+    /// The history store `config` names, opened (and its recovery logged).
+    fn store(config: &Config) -> anyhow::Result<Arc<dyn HistoryStore>> {
         let store: Arc<dyn HistoryStore> = match &config.data_dir {
             None => Arc::new(MemoryStore::new(config.retention())),
             Some(dir) => {
@@ -158,6 +152,16 @@ impl State {
                 store
             }
         };
+        Ok(store)
+    }
+
+    /// The state for `config` over `store` (an embedder's or a test's own).
+    pub fn with_store(config: Config, store: Arc<dyn HistoryStore>) -> Self {
+        let hello = protocol::to_text(&ServerFrame::Hello {
+            protocol: PROTOCOL_VERSION,
+            limits: &config.limits(),
+        });
+        let ws_config = ws_config(&config);
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(store, config.presence_cap));
         let hub = Hub::new(
             HubConfig {
@@ -172,7 +176,7 @@ impl State {
             broker,
         );
         let per_ip = Arc::new(PerIp::new(config.per_ip));
-        Ok(Self {
+        Self {
             per_ip,
             limits: conn::Limits::from(&config),
             config,
@@ -184,7 +188,7 @@ impl State {
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Event::new(),
-        })
+        }
     }
 
     /// What a connection gets to work with.
@@ -254,6 +258,18 @@ impl State {
             listener.await;
         }
     }
+}
+
+/// tungstenite's settings for `config`.
+fn ws_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        // The buffer holds at most write_buffer_size plus one message before it is flushed.
+        .max_write_buffer_size(WS_WRITE_BUFFER + 2 * config.max_message_bytes)
+        // Checked from the frame header, before the payload is buffered.
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
 }
 
 /// Starts async-io 1.x's reactor now, while file descriptors are free. async-h1 times each

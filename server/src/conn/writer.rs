@@ -241,6 +241,9 @@ impl<'a> Writer<'a> {
                 // message events rather than copies of them.
                 if self.mode == Mode::V1 {
                     batch.push(Frame::text(protocol::v1::joined(&joined).into()));
+                    // Its history may hold this client's own last messages: what a client is
+                    // shown as its own is on disk.
+                    self.ack = self.ack.max(joined.ticket);
                 }
                 let joined = *joined;
                 self.subs.push(Sub {

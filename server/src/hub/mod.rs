@@ -90,6 +90,8 @@ pub struct Joined {
     pub recovered: bool,
     /// The caps cut `history`.
     pub more: bool,
+    /// The newest commit ticket when the history was read: the frame waits until it is durable.
+    pub ticket: u64,
 }
 
 impl Joined {
@@ -289,6 +291,7 @@ impl Hub {
         };
         // After the receiver exists: every message is in the history read or in `rx`.
         match self.snapshot(room, &req) {
+            // Read after the history: it covers every message in it.
             Ok((state, read, recovered, members)) => Ok(Joined {
                 room: room.name.clone(),
                 rx,
@@ -300,6 +303,7 @@ impl Hub {
                 history: read.messages,
                 recovered,
                 more: read.more,
+                ticket: self.broker.commits().latest(),
             }),
             Err(e) => {
                 self.depart(&room.name, &name, req.conn, Departure::Leave);

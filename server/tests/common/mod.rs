@@ -29,9 +29,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        Self::serve(Server::new(config).expect("server")).await
+    }
+
+    /// Serves an already built server (e.g. one over a test's own history store).
+    pub async fn serve(server: Server) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(config).expect("server");
         let state = server.state();
         let (stop, stopped) = async_channel::bounded::<()>(1);
         let task = async_std::task::spawn(server.run(listener, async move {

@@ -42,6 +42,11 @@ impl Commits {
         t
     }
 
+    /// The newest ticket handed out (durable once everything appended so far is).
+    pub fn latest(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
     /// Whether the append with ticket `t` is durable (0: nothing to wait for).
     pub fn is_durable(&self, t: u64) -> bool {
         t <= self.durable.load(Ordering::Acquire)
