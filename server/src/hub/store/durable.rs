@@ -45,6 +45,8 @@ const RUNNING: &str = "tidechat.running";
 /// How often rooms that are not in memory are checked for `--history-age`.
 const AGE_SWEEP: Duration = Duration::from_secs(60);
 const META_VERSION: u8 = 1;
+/// Metadata length: version, id, epoch, lost-through, last offset at the last clean close.
+const META_LEN: usize = 29;
 
 /// What one kept message costs, for retention.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +67,8 @@ struct RoomMeta {
     /// What is kept, oldest first; loaded while the room is open on this node.
     kept: Option<VecDeque<Kept>>,
     bytes: usize,
+    /// Appended to since the store was opened (its `last` is written at a clean close).
+    dirty: bool,
 }
 
 impl RoomMeta {
@@ -77,22 +81,25 @@ impl RoomMeta {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(21);
+        let mut v = Vec::with_capacity(META_LEN);
         v.push(META_VERSION);
         v.extend_from_slice(&self.id.to_le_bytes());
         v.extend_from_slice(&self.epoch.0.to_le_bytes());
         v.extend_from_slice(&self.lost_through.to_le_bytes());
+        v.extend_from_slice(&self.last.to_le_bytes());
         v
     }
 
-    fn decode(v: &[u8]) -> Option<(u32, Epoch, u64)> {
-        if v.len() != 21 || v[0] != META_VERSION {
+    /// `(id, epoch, lost_through, last offset recorded)`.
+    fn decode(v: &[u8]) -> Option<(u32, Epoch, u64, u64)> {
+        if v.len() != META_LEN || v[0] != META_VERSION {
             return None;
         }
         let id = u32::from_le_bytes(v[1..5].try_into().ok()?);
         let epoch = u64::from_le_bytes(v[5..13].try_into().ok()?);
         let lost = u64::from_le_bytes(v[13..21].try_into().ok()?);
-        Some((id, Epoch(epoch), lost))
+        let last = u64::from_le_bytes(v[21..29].try_into().ok()?);
+        Some((id, Epoch(epoch), lost, last))
     }
 }
 
@@ -271,9 +278,9 @@ impl DurableStore {
             let (k, v) = item.into_inner().map_err(|e| self.damaged("rooms", e))?;
             let name = String::from_utf8_lossy(&k).into_owned();
             match RoomMeta::decode(&v) {
-                Some((id, epoch, lost)) => {
-                    next_id = next_id.max(id.saturating_add(1));
-                    metas.push((name, Some((id, epoch, lost))));
+                Some(meta) => {
+                    next_id = next_id.max(meta.0.saturating_add(1));
+                    metas.push((name, Some(meta)));
                 }
                 None => metas.push((name, None)),
             }
@@ -286,13 +293,26 @@ impl DurableStore {
             let room: Arc<str> = name.as_str().into();
             let checked = meta
                 .ok_or_else(|| "its metadata is malformed".to_owned())
-                .and_then(|(id, epoch, lost)| {
+                .and_then(|(id, epoch, lost, recorded)| {
                     self.check_room(&room, id)
-                        .map(|(first, last, count)| (id, epoch, lost, first, last, count))
+                        .map(|(first, last, count)| (id, epoch, lost, recorded, first, last, count))
                 });
             let mut meta = match checked {
-                Ok((id, epoch, lost, first, last, count)) => {
+                Ok((id, epoch, mut lost, recorded, first, last, count)) => {
                     self.recovery.messages += count;
+                    if last < recorded {
+                        // The store held more at its last clean close: its tail was cut (a
+                        // damaged journal). Those ids stay used, and nobody recovers past them.
+                        log::error!(
+                            "history store {}: room {room:?}: messages {}..={recorded} are \
+                             missing (the store held them at its last clean stop); ids continue \
+                             after {recorded}",
+                            self.dir.display(),
+                            last + 1
+                        );
+                        self.recovery.damaged_rooms.push(room.to_string());
+                        lost = lost.max(recorded);
+                    }
                     RoomMeta {
                         id,
                         epoch,
@@ -301,6 +321,7 @@ impl DurableStore {
                         first,
                         kept: None,
                         bytes: 0,
+                        dirty: false,
                     }
                 }
                 Err(why) => {
@@ -324,6 +345,7 @@ impl DurableStore {
                         first: 1,
                         kept: None,
                         bytes: 0,
+                        dirty: false,
                     }
                 }
             };
@@ -561,6 +583,7 @@ impl HistoryStore for DurableStore {
             first: 1,
             kept: Some(VecDeque::new()),
             bytes: 0,
+            dirty: false,
         };
         // In the journal before any message of the room, so no message outlives its room.
         self.rooms
@@ -592,6 +615,7 @@ impl HistoryStore for DurableStore {
             .insert(key(meta.id, p.pos.offset), value.as_slice())
             .map_err(|e| self.failed(e))?;
         meta.last = p.pos.offset;
+        meta.dirty = true;
         if meta.kept.is_none() {
             // Appends come after `open`, which loads it; this is only a safety net.
             meta.kept = Some(VecDeque::new());
@@ -684,6 +708,15 @@ impl HistoryStore for DurableStore {
         let _ = lock(&self.jobs).send(Job::Stop);
         if let Some(worker) = lock(&self.worker).take() {
             let _ = worker.join();
+        }
+        // Each room's last offset, so that a store that later loses its tail (a damaged
+        // journal) still never hands out an id twice.
+        for (room, meta) in lock(&self.index).rooms.iter_mut() {
+            if std::mem::take(&mut meta.dirty) {
+                self.rooms
+                    .insert(&**room, meta.encode())
+                    .map_err(|e| self.failed(e))?;
+            }
         }
         self.sync()?;
         fs::remove_file(self.dir.join(RUNNING)).map_err(|e| self.failed(e))?;
@@ -849,6 +882,28 @@ mod tests {
             .is_empty());
         let g = store.open(&good).unwrap();
         assert_eq!((g.epoch, g.last), (good_epoch, 3));
+    }
+
+    #[test]
+    fn a_tail_lost_after_a_clean_close_never_gives_its_ids_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), RETENTION);
+        let room: Arc<str> = "r".into();
+        let epoch = store.open(&room).unwrap().epoch;
+        fill(&*store, &room, 5, 1);
+        store.close().unwrap();
+        // What a cut journal does: the newest messages are gone, the room's record is not.
+        let id = lock(&store.index).rooms[&room].id;
+        for offset in [4, 5] {
+            store.msgs.remove(key(id, offset)).unwrap();
+        }
+        store.sync().unwrap();
+        let store = reopen(dir.path(), store, false);
+        assert_eq!(store.recovery().damaged_rooms, vec!["r".to_owned()]);
+        let s = store.open(&room).unwrap();
+        assert_eq!((s.epoch, s.last, s.lost_through), (epoch, 5, 5));
+        assert!(!s.recovers(3, epoch, None));
+        assert_eq!(fill(&*store, &room, 1, 2)[0].pos.offset, 6);
     }
 
     #[test]
