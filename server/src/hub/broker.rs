@@ -152,7 +152,12 @@ pub struct MemoryBroker {
     /// Each subscribed room's stream, behind the lock that orders its publications.
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<StreamState>>>>,
     presence: Mutex<Presence>,
+    /// When the store's age retention is applied next.
+    next_expiry: Mutex<Instant>,
 }
+
+/// How often the store's `--history-age` is applied to the rooms in memory.
+const STORE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,6 +195,7 @@ impl MemoryBroker {
             sink: OnceLock::new(),
             streams: Mutex::default(),
             presence: Mutex::default(),
+            next_expiry: Mutex::new(Instant::now()),
         }
     }
 
@@ -399,6 +405,15 @@ impl Broker for MemoryBroker {
     }
 
     fn expire(&self, now: Instant) {
+        {
+            let mut next = lock(&self.next_expiry);
+            if now >= *next {
+                *next = now + STORE_EXPIRY;
+                if let Err(e) = self.store.expire(unix_millis()) {
+                    log::warn!("history retention: {e}");
+                }
+            }
+        }
         loop {
             let mut guard = lock(&self.presence);
             let Some(((until, room, name), conn)) = guard.graces.first_key_value() else {

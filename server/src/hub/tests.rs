@@ -266,3 +266,34 @@ fn joins_racing_evictions_never_strand_a_member() {
     assert!(stats.rooms <= 3, "{stats:?}");
     assert_eq!((stats.members, stats.receivers), (0, 0), "{stats:?}");
 }
+
+/// `--history-age` reaches the store through the hub's housekeeping tick.
+#[test]
+fn old_messages_leave_the_history_on_the_tick() {
+    let store = Arc::new(MemoryStore::new(Retention {
+        messages: 100,
+        bytes: 1 << 20,
+        age: Some(Duration::from_millis(300)),
+    }));
+    let hub = Hub::new(
+        HubConfig {
+            max_rooms: 10,
+            room_buffer: 64,
+            room_buffer_bytes: 1 << 20,
+            presence_cap: 100,
+            page_messages: 50,
+            page_bytes: 1 << 20,
+            name_grace: GRACE,
+        },
+        Arc::new(MemoryBroker::new(store, 100)),
+    );
+    let _a = join(&hub, "r", "alice", 1).unwrap();
+    hub.say("r", "alice", 1, "old", None).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    hub.say("r", "alice", 1, "new", None).unwrap();
+    hub.tick(Instant::now());
+    let b = join(&hub, "r", "bob", 2).unwrap();
+    let texts: Vec<&str> = b.history.iter().map(|p| &*p.text).collect();
+    assert_eq!(texts, ["new"]);
+    assert_eq!(b.state.last, 2);
+}
