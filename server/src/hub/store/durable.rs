@@ -217,8 +217,16 @@ impl DurableStore {
         let crashed = previous_boot.is_some();
         let power_loss = crashed && (this_boot.is_none() || previous_boot != this_boot);
 
-        let db = Database::builder(dir)
-            .open()
+        // fjall 3.1 panics on some damaged journal entries (an assertion in its decoder)
+        // instead of failing: that is a damaged journal too, refused the same way.
+        let db = std::panic::catch_unwind(|| Database::builder(dir).open())
+            .map_err(|_| {
+                StoreError::Failed(format!(
+                    "history store {}: {}",
+                    dir.display(),
+                    journal_damaged(dir, "the store panicked replaying it")
+                ))
+            })?
             .map_err(|e| open_error(dir, e))?;
         let rooms = db
             .keyspace("rooms", KeyspaceCreateOptions::default)
@@ -542,12 +550,7 @@ impl Drop for DurableStore {
 /// An open error, with what an operator can do about it.
 fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
     let what = match &e {
-        fjall::Error::JournalRecovery(_) => format!(
-            "the journal (the *.jnl files in {}) is damaged and cannot be replayed: {e:?}. \
-             Nothing was changed. Restore the directory from a backup, or move it away to \
-             start with empty history",
-            dir.display()
-        ),
+        fjall::Error::JournalRecovery(_) => journal_damaged(dir, &format!("{e:?}")),
         fjall::Error::Locked => format!(
             "another process is using {} (each tidechat needs its own --data-dir)",
             dir.display()
@@ -555,6 +558,16 @@ fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
         _ => format!("{e:?}"),
     };
     StoreError::Failed(format!("history store {}: {what}", dir.display()))
+}
+
+/// What a journal that cannot be replayed means, and what to do.
+fn journal_damaged(dir: &Path, why: &str) -> String {
+    format!(
+        "the journal (the *.jnl files in {}) is damaged and cannot be replayed: {why}. \
+         Nothing was changed. Restore the directory from a backup, or move it away to start \
+         with empty history",
+        dir.display()
+    )
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
