@@ -1,0 +1,1335 @@
+//! The history store's crash contract (the module doc of `hub/store/durable.rs`), driven through
+//! the real `tidechat` binary and real sockets: what a clean stop, a SIGKILL, a possible power
+//! loss and a damaged directory each do to messages, ids, epochs and `recovered`; retention and
+//! eviction through the server; and that a sender still gets its echo with the durable store.
+//! Every test starts its own server(s) on a fresh temporary data directory.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_std::net::TcpStream;
+use async_std::task;
+use async_tungstenite::tungstenite::Message;
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tidechat::hub::store::durable::LOST_JUMP;
+use tidechat::Config;
+
+/// The store's running marker, which holds the boot id of the machine it runs on.
+const MARKER: &str = "tidechat.running";
+
+/// The real binary on a data directory, with its stderr collected.
+struct Tidechat {
+    proc: Proc,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+/// Starts the binary on `dir` (rate limits lifted) with `extra` options, and waits until it
+/// listens and has opened its store.
+fn start(dir: &Path, extra: &[&str]) -> Tidechat {
+    launch(dir, extra, &[])
+        .unwrap_or_else(|(status, log)| panic!("tidechat exited ({status}): {log}"))
+}
+
+/// Starts the binary and waits until its store is open (`Ok`) or it has exited (`Err`: its
+/// status and stderr). It listens before it opens the store, so the listening line alone
+/// does not say that it started.
+fn launch(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Tidechat, (ExitStatus, String)> {
+    let (mut proc, log) = spawn(dir, extra, env);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let open = listening_and_open(&log.lock().unwrap());
+        if let Some(addr) = open {
+            return Ok(Tidechat { proc, addr, log });
+        }
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            // stderr is closed by now; the reader thread finishes with it.
+            while !log.lock().unwrap().ends_with("<end>") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let log = log.lock().unwrap().clone();
+            return Err((status, log));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tidechat neither started nor exited: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the binary on `dir` expecting it to refuse to start: its exit status and stderr.
+fn refused(dir: &Path) -> (ExitStatus, String) {
+    match launch(dir, &[], &[]) {
+        Ok(server) => panic!("tidechat started: {}", server.log()),
+        Err(refusal) => refusal,
+    }
+}
+
+/// The address, once the log says both where it listens and that the store is open.
+fn listening_and_open(log: &str) -> Option<SocketAddr> {
+    let msgs: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect();
+    if !msgs
+        .iter()
+        .any(|m| m.starts_with("history store") && m.contains(" opened in "))
+    {
+        return None;
+    }
+    msgs.iter().find_map(|m| {
+        m.strip_prefix("tidechat listening on http://")?
+            .parse()
+            .ok()
+    })
+}
+
+fn spawn(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Proc, Arc<Mutex<String>>) {
+    let static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
+    let mut proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tidechat"))
+            .args(["--bind", "127.0.0.1:0", "--static-dir", static_dir])
+            .args([
+                "--log-format",
+                "json",
+                "--rate",
+                "1000000",
+                "--burst",
+                "1000000",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = proc.0.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[tidechat] {line}");
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+        sink.lock().unwrap().push_str("<end>");
+    });
+    (proc, log)
+}
+
+impl Tidechat {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a log line containing `needle`; the store logs what it found after
+    /// the listening line.
+    fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn sigterm(&self) {
+        let pid = self.proc.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the process to exit (bounded) and reaps it.
+    async fn exit_status(self) -> ExitStatus {
+        let mut proc = self.proc;
+        let status = task::spawn_blocking(move || {
+            let status = proc.0.wait().unwrap();
+            drop(proc);
+            status
+        });
+        async_std::future::timeout(PATIENCE, status)
+            .await
+            .expect("tidechat did not exit")
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(mut self) {
+        self.proc.0.kill().unwrap();
+        let status = self.proc.0.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status}");
+    }
+}
+
+/// Opens `/ws` at `addr` and reads the hello.
+async fn connect(addr: SocketAddr) -> Client {
+    let std = std::net::TcpStream::connect(addr).unwrap();
+    let raw = std.try_clone().unwrap();
+    let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
+        .await
+        .unwrap();
+    let mut c = Client { ws, raw };
+    assert_eq!(c.recv().await["type"], "hello");
+    c
+}
+
+/// Joins `room` as `name`, resuming from `(since, epoch)` if given; returns the `joined` frame.
+async fn join(c: &mut Client, room: &str, name: &str, resume: Option<(u64, u64)>) -> Value {
+    let mut frame = json!({"type": "join", "room": room, "name": name});
+    if let Some((since, epoch)) = resume {
+        frame["since"] = since.into();
+        frame["epoch"] = epoch.into();
+    }
+    c.send(frame).await;
+    loop {
+        let v = c.recv().await;
+        match v["type"].as_str() {
+            Some("joined") => return v,
+            Some("error") => panic!("join refused: {v}"),
+            _ => {}
+        }
+    }
+}
+
+/// Connects to `addr` and joins.
+async fn joined_at(
+    addr: SocketAddr,
+    room: &str,
+    name: &str,
+    resume: Option<(u64, u64)>,
+) -> (Client, Value) {
+    let mut c = connect(addr).await;
+    let j = join(&mut c, room, name, resume).await;
+    (c, j)
+}
+
+/// A chat message as a client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Msg {
+    id: u64,
+    from: String,
+    text: String,
+    /// Server time: stored with the message, so it comes back the same after a restart.
+    ts: u64,
+}
+
+impl Msg {
+    fn of(v: &Value) -> Self {
+        assert_eq!(v["type"], "message", "{v}");
+        Msg {
+            id: v["id"].as_u64().unwrap(),
+            from: v["from"].as_str().unwrap().to_owned(),
+            text: v["text"].as_str().unwrap().to_owned(),
+            ts: v["ts"].as_u64().unwrap(),
+        }
+    }
+}
+
+fn ids(msgs: &[Msg]) -> Vec<u64> {
+    msgs.iter().map(|m| m.id).collect()
+}
+
+fn u64_of(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field}: {v}"))
+}
+
+/// Every message after the `joined` frame's page too: `history` requests with `since` = the
+/// last id received, until `more` is false (the way the README tells a client to page).
+async fn page_all(c: &mut Client, room: &str, joined: &Value) -> Vec<Msg> {
+    let mut all: Vec<Msg> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Msg::of)
+        .collect();
+    let mut more = joined["more"].as_bool().unwrap();
+    // Bounded: a page holds at least one message, and no test keeps more than 10,000.
+    for _ in 0..10_000 {
+        if !more {
+            return all;
+        }
+        let since = all.last().map_or(0, |m| m.id);
+        c.send(json!({"type": "history", "room": room, "since": since}))
+            .await;
+        let page = loop {
+            let v = c.recv().await;
+            match v["type"].as_str() {
+                Some("history") => break v,
+                Some("error") => panic!("history refused: {v}"),
+                _ => {}
+            }
+        };
+        let messages = page["messages"].as_array().unwrap();
+        assert!(!messages.is_empty() || page["more"] == false, "{page}");
+        all.extend(messages.iter().map(Msg::of));
+        more = page["more"].as_bool().unwrap();
+    }
+    panic!("history paging did not end");
+}
+
+/// Says `text` with `reference` and waits for the echo (reading whatever comes first).
+async fn say_acked(c: &mut Client, room: &str, text: &str, reference: &str) -> Msg {
+    c.send(json!({"type": "say", "room": room, "text": text, "ref": reference}))
+        .await;
+    loop {
+        let v = c.recv().await;
+        match v["type"].as_str() {
+            Some("message") if v["ref"] == reference => return Msg::of(&v),
+            Some("error") => panic!("say refused: {v}"),
+            _ => {}
+        }
+    }
+}
+
+/// `n` messages from `name`, each sent only after the previous one's echo; the echoes.
+async fn send_acked(mut c: Client, room: String, name: String, n: usize) -> (Client, Vec<Msg>) {
+    let mut acked = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = say_acked(
+            &mut c,
+            &room,
+            &format!("{name} says {i}"),
+            &format!("{name}-{i}"),
+        )
+        .await;
+        assert_eq!(m.from, name);
+        acked.push(m);
+    }
+    (c, acked)
+}
+
+/// Messages by id; two different messages under one id fail the test.
+fn by_id(msgs: impl IntoIterator<Item = Msg>) -> BTreeMap<u64, Msg> {
+    let mut map = BTreeMap::new();
+    for m in msgs {
+        if let Some(old) = map.insert(m.id, m.clone()) {
+            assert_eq!(old, m, "two messages under one id");
+        }
+    }
+    map
+}
+
+/// A random number in `range` from the OS (each run kills at other moments; it is printed so
+/// that a failure can be retraced).
+fn random_in(range: std::ops::RangeInclusive<u64>) -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    range.start() + u64::from_le_bytes(b) % (range.end() - range.start() + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A clean restart loses nothing.
+
+#[async_std::test]
+async fn a_clean_restart_keeps_every_message_its_id_and_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default keeps 500 per room; all 1,000 are to come back.
+    let keep = ["--history", "2000"];
+    let server = start(dir.path(), &keep);
+    let (alice, joined) = joined_at(server.addr, "r", "alice", None).await;
+    let epoch = u64_of(&joined, "epoch");
+    let (bob, _) = joined_at(server.addr, "r", "bob", None).await;
+    // Two senders at once, each waiting for its own echo before its next message.
+    let a = task::spawn(send_acked(alice, "r".into(), "alice".into(), 500));
+    let b = task::spawn(send_acked(bob, "r".into(), "bob".into(), 500));
+    let (mut alice, from_alice) = a.await;
+    let (mut bob, from_bob) = b.await;
+    let acked = by_id(from_alice.into_iter().chain(from_bob));
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1..=1000).collect::<Vec<_>>()
+    );
+
+    server.sigterm();
+    assert_eq!(alice.closed().await, Some(1001));
+    assert_eq!(bob.closed().await, Some(1001));
+    let status = server.exit_status().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        !dir.path().join(MARKER).exists(),
+        "a clean stop removes the running marker"
+    );
+
+    let server = start(dir.path(), &keep);
+    server.wait_log("after a clean stop");
+    let (mut carol, joined) = joined_at(server.addr, "r", "carol", Some((0, epoch))).await;
+    assert_eq!(u64_of(&joined, "epoch"), epoch, "the same life of the room");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(u64_of(&joined, "last_id"), 1000);
+    assert_eq!(joined["history"].as_array().unwrap().len(), 50, "one page");
+    assert_eq!(joined["more"], true);
+    let all = page_all(&mut carol, "r", &joined).await;
+    assert_eq!(all, acked.into_values().collect::<Vec<_>>());
+    let next = say_acked(&mut carol, "r", "after the restart", "c-1").await;
+    assert_eq!(next.id, 1001);
+    server.sigterm();
+    assert_eq!(carol.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A SIGKILL mid-stream loses nothing anyone saw.
+
+/// What one streaming client saw before its server died.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Its own messages, acknowledged by their echo.
+    acked: Vec<Msg>,
+    /// Every message it received, its own echoes included, in arrival order.
+    received: Vec<Msg>,
+}
+
+/// Sends message after message to `room` as `name`, each only after the previous one's echo,
+/// until the connection dies (the server was killed); counts acknowledgements in `acks`.
+async fn stream_until_killed(
+    mut c: Client,
+    room: String,
+    name: String,
+    round: usize,
+    acks: Arc<AtomicUsize>,
+) -> Seen {
+    let mut seen = Seen::default();
+    // Bounded: the test kills the server long before this.
+    for i in 0..100_000 {
+        let reference = format!("{name}-{round}-{i}");
+        let say = json!({
+            "type": "say", "room": room, "ref": reference,
+            "text": format!("{name} round {round} message {i}"),
+        });
+        if c.ws
+            .send(Message::Text(say.to_string().into()))
+            .await
+            .is_err()
+        {
+            return seen;
+        }
+        loop {
+            let frame = async_std::future::timeout(PATIENCE, c.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: neither a frame nor the end"));
+            let text = match frame {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return seen,
+                Some(Ok(_)) => continue,
+            };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            match v["type"].as_str() {
+                Some("message") => {
+                    let m = Msg::of(&v);
+                    seen.received.push(m.clone());
+                    if v["ref"] == reference.as_str() {
+                        seen.acked.push(m);
+                        acks.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                Some("error") => panic!("{name}: {v}"),
+                _ => {}
+            }
+        }
+    }
+    panic!("{name}: the server was never killed");
+}
+
+#[async_std::test]
+async fn a_sigkill_mid_stream_loses_nothing_anyone_saw_and_reuses_no_id() {
+    const CLIENTS: usize = 4;
+    const KILLS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    // Everything is kept, so that every id ever seen can be looked up after each restart.
+    let keep = ["--history", "1000000", "--history-bytes", "1073741824"];
+    let names: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
+    let mut epoch: Option<u64> = None;
+    // Every message any client saw (acknowledged or only received), by id.
+    let mut seen: BTreeMap<u64, Msg> = BTreeMap::new();
+    let mut acked = 0;
+    // The last id each client saw before the kill.
+    let mut last_seen = [0u64; CLIENTS];
+    for round in 0..=KILLS {
+        let server = start(dir.path(), &keep);
+        if round > 0 {
+            server.wait_log("after a crash of the process (nothing lost)");
+        }
+        let resume = epoch.map(|e| (0, e));
+        let (mut checker, j) =
+            joined_at(server.addr, "s", &format!("checker{round}"), resume).await;
+        let e = u64_of(&j, "epoch");
+        if let Some(old) = epoch {
+            assert_eq!(e, old, "round {round}: a SIGKILL changed the epoch");
+            assert_eq!(j["recovered"], true, "round {round}: {j}");
+        }
+        epoch = Some(e);
+        let last = u64_of(&j, "last_id");
+        let stored = page_all(&mut checker, "s", &j).await;
+        assert_eq!(
+            ids(&stored),
+            (1..=last).collect::<Vec<_>>(),
+            "round {round}: a hole in the history"
+        );
+        let max_seen = seen.keys().next_back().copied().unwrap_or(0);
+        assert!(
+            last >= max_seen,
+            "round {round}: id {max_seen} was seen, the store ends at {last}"
+        );
+        let stored = by_id(stored);
+        for m in seen.values() {
+            assert_eq!(
+                stored.get(&m.id),
+                Some(m),
+                "round {round}: id {} was seen as another message (or is gone)",
+                m.id
+            );
+        }
+        let texts: HashSet<&str> = stored.values().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts.len(), stored.len(), "a message stored twice");
+
+        if round == KILLS {
+            let next = say_acked(&mut checker, "s", "after the last kill", "end").await;
+            assert_eq!(next.id, last + 1);
+            assert!(next.id > max_seen);
+            eprintln!("{acked} acknowledged, {} seen, {last} stored", seen.len());
+            server.sigterm();
+            assert_eq!(checker.closed().await, Some(1001));
+            assert!(server.exit_status().await.success());
+            return;
+        }
+        drop(checker);
+
+        // Each client resumes from the last id it saw. Nothing is lost on the same boot, so
+        // the contract says every one of them recovers, and gets exactly the gap.
+        let mut clients = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let resume = epoch.filter(|_| round > 0).map(|e| (last_seen[i], e));
+            let (mut c, j) = joined_at(server.addr, "s", name, resume).await;
+            if round > 0 {
+                assert_eq!(j["recovered"], true, "{name} from {}: {j}", last_seen[i]);
+                let gap = page_all(&mut c, "s", &j).await;
+                assert_eq!(ids(&gap), (last_seen[i] + 1..=last).collect::<Vec<_>>());
+                for m in &gap {
+                    assert_eq!(&stored[&m.id], m);
+                }
+            }
+            assert_eq!(u64_of(&j, "last_id"), last);
+            clients.push(c);
+        }
+        let acks = Arc::new(AtomicUsize::new(0));
+        let kill_at = random_in(20..=1500) as usize;
+        eprintln!("round {round}: SIGKILL after {kill_at} acknowledgements");
+        let streams: Vec<_> = clients
+            .into_iter()
+            .zip(&names)
+            .map(|(c, name)| {
+                task::spawn(stream_until_killed(
+                    c,
+                    "s".into(),
+                    name.clone(),
+                    round,
+                    acks.clone(),
+                ))
+            })
+            .collect();
+        let deadline = Instant::now() + PATIENCE;
+        while acks.load(Ordering::SeqCst) < kill_at {
+            assert!(Instant::now() < deadline, "the stream stalled");
+            task::sleep(Duration::from_millis(1)).await;
+        }
+        server.kill();
+        for (i, stream) in streams.into_iter().enumerate() {
+            let s = stream.await;
+            // Live messages follow the joined frame without gap or duplicate.
+            let got = ids(&s.received);
+            assert_eq!(
+                got,
+                (last + 1..last + 1 + got.len() as u64).collect::<Vec<_>>(),
+                "{}",
+                names[i]
+            );
+            last_seen[i] = got.last().copied().unwrap_or(last);
+            acked += s.acked.len();
+            for m in s.received {
+                if let Some(old) = seen.insert(m.id, m.clone()) {
+                    assert_eq!(old, m, "two clients saw different messages under one id");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A possible power loss.
+
+#[async_std::test]
+async fn after_a_possible_power_loss_ids_jump_and_old_resumes_are_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let (alice, j) = joined_at(server.addr, "p", "alice", None).await;
+    let epoch = u64_of(&j, "epoch");
+    let (_alice, acked) = send_acked(alice, "p".into(), "alice".into(), 20).await;
+    assert_eq!(ids(&acked), (1..=20).collect::<Vec<_>>());
+    let marker = dir.path().join(MARKER);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        boot.trim(),
+        "the running marker holds this boot's id"
+    );
+    server.kill();
+
+    // This simulates a reboot after a power loss (or an OS crash): a test cannot cut the power,
+    // and the store tells a crash of the process from one of the machine only by the boot id
+    // in its running marker. Another boot's id there is what the store finds after a reboot.
+    std::fs::write(&marker, "00000000-0000-4000-8000-000000000000").unwrap();
+    let server = start(dir.path(), &[]);
+    server.wait_log("after a machine restart without a clean stop");
+    let jump = 20 + LOST_JUMP;
+
+    // A client that saw up to 10: the epoch is the same, what survived is there, but it may
+    // have missed messages the power loss took, so not recovered.
+    let (mut bob, j) = joined_at(server.addr, "p", "bob", Some((10, epoch))).await;
+    assert_eq!(
+        u64_of(&j, "epoch"),
+        epoch,
+        "what survived is still this life's history"
+    );
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_eq!(u64_of(&j, "last_id"), jump);
+    let history: Vec<Msg> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Msg::of)
+        .collect();
+    assert_eq!(history, acked[10..].to_vec(), "its history: 11..20");
+    // The last id before the loss is not "nothing missed" either: 21.. may have been seen.
+    let (mut carol, j) = joined_at(server.addr, "p", "carol", Some((20, epoch))).await;
+    assert_eq!(j["recovered"], false, "{j}");
+    // A client that is already past the jump missed nothing.
+    let (mut dave, j) = joined_at(server.addr, "p", "dave", Some((jump, epoch))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    let next = say_acked(&mut dave, "p", "after the reboot", "d-1").await;
+    assert_eq!(next.id, jump + 1, "ids continue above last + LOST_JUMP");
+
+    // The possibly lost range is remembered across a clean restart, which jumps no further.
+    server.sigterm();
+    for c in [&mut bob, &mut carol, &mut dave] {
+        assert_eq!(c.closed().await, Some(1001));
+    }
+    assert!(server.exit_status().await.success());
+    let server = start(dir.path(), &[]);
+    server.wait_log("after a clean stop");
+    let (mut erin, j) = joined_at(server.addr, "p", "erin", Some((20, epoch))).await;
+    assert_eq!(u64_of(&j, "epoch"), epoch);
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_eq!(u64_of(&j, "last_id"), jump + 1);
+    let next = say_acked(&mut erin, "p", "after a clean restart", "e-1").await;
+    assert_eq!(next.id, jump + 2);
+    server.sigterm();
+    assert_eq!(erin.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Damage.
+
+/// Every file under `dir` and its contents.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    // Bounded by the directory's size; a store holds a few dozen files.
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The journal files (`*.jnl`, where fjall keeps them: the top of the data directory).
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let all = snapshot(dir);
+    let found: Vec<PathBuf> = all
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .collect();
+    assert!(!found.is_empty(), "no journal in {}", dir.display());
+    found
+}
+
+/// A data directory holding room `r` with 100 acknowledged messages from alice, stopped
+/// cleanly; its epoch.
+async fn stopped_store(dir: &Path) -> u64 {
+    let server = start(dir, &[]);
+    let (alice, j) = joined_at(server.addr, "r", "alice", None).await;
+    let (mut alice, acked) = send_acked(alice, "r".into(), "alice".into(), 100).await;
+    assert_eq!(acked.len(), 100);
+    server.sigterm();
+    assert_eq!(alice.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+    u64_of(&j, "epoch")
+}
+
+/// The files under `dir` that differ from `before`: changed, and removed.
+fn changed_files(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>) -> (Vec<String>, Vec<String>) {
+    let after = snapshot(dir);
+    let name = |p: &Path| p.strip_prefix(dir).unwrap().display().to_string();
+    let changed = after
+        .iter()
+        .filter(|(p, bytes)| before.get(*p) != Some(*bytes))
+        .map(|(p, _)| name(p))
+        .collect();
+    let removed = before
+        .keys()
+        .filter(|p| !after.contains_key(*p))
+        .map(|p| name(p))
+        .collect();
+    (changed, removed)
+}
+
+/// What is wrong with a refusal to start: it must exit 1, name the data directory, say what
+/// to do, and leave every file it did not remove as it was.
+fn refusal_problems(
+    dir: &Path,
+    before: &BTreeMap<PathBuf, Vec<u8>>,
+    (status, stderr): &(ExitStatus, String),
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if status.code() != Some(1) {
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("panicked") || l.contains("Error"));
+        wrong.push(format!("{status} ({last:?})"));
+    }
+    if !stderr.contains(&dir.display().to_string()) {
+        wrong.push("the message does not name the data directory".into());
+    }
+    if !(stderr.contains("Restore the directory from a backup") && stderr.contains("move it away"))
+    {
+        wrong.push("the message does not say what to do".into());
+    }
+    let (changed, _) = changed_files(dir, before);
+    if !changed.is_empty() {
+        wrong.push(format!("it changed {changed:?}"));
+    }
+    wrong
+}
+
+/// Overwrites one message's text (found by its bytes) in the journal with garbage of the same
+/// length: its batch no longer matches its checksum. Returns the journal and its bytes before.
+fn damage_one_message(dir: &Path, text: &[u8]) -> (PathBuf, Vec<u8>) {
+    let mut found = None;
+    for journal in journals(dir) {
+        let mut bytes = std::fs::read(&journal).unwrap();
+        let Some(at) = bytes.windows(text.len()).position(|w| w == text) else {
+            continue;
+        };
+        assert!(found.is_none(), "the message is in one journal");
+        let original = bytes.clone();
+        for b in &mut bytes[at..at + text.len()] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&journal, bytes).unwrap();
+        found = Some((journal, original));
+    }
+    found.expect("the message is in a journal")
+}
+
+#[async_std::test]
+async fn garbage_in_the_journal_refuses_to_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = stopped_store(dir.path()).await;
+    let (journal, original) = damage_one_message(dir.path(), b"alice says 50");
+    let before = snapshot(dir.path());
+    let refusal = refused(dir.path());
+    let wrong = refusal_problems(dir.path(), &before, &refusal);
+    assert!(wrong.is_empty(), "{wrong:?}: {}", refusal.1);
+    assert!(refusal.1.contains("journal"), "{}", refusal.1);
+    // The attempt destroyed nothing: with the damage undone, everything is back.
+    std::fs::write(&journal, original).unwrap();
+    let server = start(dir.path(), &[]);
+    let (mut bob, j) = joined_at(server.addr, "r", "bob", Some((0, epoch))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(page_all(&mut bob, "r", &j).await.len(), 100);
+    server.sigterm();
+    assert_eq!(bob.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+}
+
+/// The refusal says "Nothing was changed", but fjall's open removes the superseded version
+/// files of its own keyspace (`keyspaces/0/v0..`) before it replays the journal and fails.
+/// Harmless to the data (the test above restores everything), but not "nothing".
+#[async_std::test]
+#[ignore = "fails: a refused start removes fjall's superseded version files"]
+async fn a_refused_start_removes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    stopped_store(dir.path()).await;
+    damage_one_message(dir.path(), b"alice says 50");
+    let before = snapshot(dir.path());
+    refused(dir.path());
+    let (changed, removed) = changed_files(dir.path(), &before);
+    assert!(
+        changed.is_empty() && removed.is_empty(),
+        "changed {changed:?}, removed {removed:?}"
+    );
+}
+
+/// Copies the store in `from` to `to`, keeping the journal's preallocated tail a hole.
+fn copy_store(from: &Path, to: &Path) {
+    for (path, bytes) in snapshot(from) {
+        let dest = to.join(path.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let f = std::fs::File::create(&dest).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes[..used]).unwrap();
+        f.set_len(bytes.len() as u64).unwrap();
+    }
+}
+
+/// How a start went on a damaged store.
+#[derive(Debug)]
+enum Outcome {
+    /// Refused; what is wrong with the refusal (nothing, when it is as documented).
+    Refused(Vec<String>),
+    /// Started: the messages it has in room `r` and its last id.
+    Started { messages: usize, last_id: u64 },
+}
+
+/// Starts a copy of a stopped store (100 messages) with 8 bytes of garbage at each of 12 places
+/// spread over its journal.
+async fn damage_anywhere() -> Vec<(usize, Outcome)> {
+    let base = tempfile::tempdir().unwrap();
+    let epoch = stopped_store(base.path()).await;
+    let journal = journals(base.path()).remove(0);
+    let name = journal.strip_prefix(base.path()).unwrap().to_owned();
+    let bytes = std::fs::read(&journal).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let mut outcomes = Vec::new();
+    for k in 1..=12 {
+        let at = used * k / 13;
+        let dir = tempfile::tempdir().unwrap();
+        copy_store(base.path(), dir.path());
+        let mut damaged = std::fs::read(dir.path().join(&name)).unwrap();
+        damaged[at..at + 8].copy_from_slice(&[0xff; 8]);
+        std::fs::write(dir.path().join(&name), damaged).unwrap();
+        let before = snapshot(dir.path());
+        let outcome = match launch(dir.path(), &[], &[]) {
+            Err(refusal) => Outcome::Refused(refusal_problems(dir.path(), &before, &refusal)),
+            Ok(server) => {
+                let (mut c, j) = joined_at(server.addr, "r", "bob", Some((0, epoch))).await;
+                let messages = page_all(&mut c, "r", &j).await.len();
+                server.sigterm();
+                c.closed().await;
+                server.exit_status().await;
+                Outcome::Started {
+                    messages,
+                    last_id: u64_of(&j, "last_id"),
+                }
+            }
+        };
+        outcomes.push((at, outcome));
+    }
+    outcomes
+}
+
+/// Damage anywhere in the journal never crashes the start-up: a refusal is always the
+/// documented one. (fjall 3.1.13 panics on some damaged lengths, in journal/entry.rs; the
+/// store turns that into the same refusal.)
+#[async_std::test]
+async fn damage_anywhere_in_the_journal_is_refused_as_documented_when_refused() {
+    let outcomes = damage_anywhere().await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Refused(_))),
+        "no damage was refused: {outcomes:?}"
+    );
+    let wrong: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Refused(p) if !p.is_empty()))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+/// Damage anywhere in the journal must not make a server that silently has less (and hands
+/// out the lost ids again): it either refuses as documented, or starts with every
+/// acknowledged message.
+///
+/// Fails with fjall 3.1.13: its journal replay takes any entry it cannot parse for a torn
+/// tail and cuts the journal there, so the store opens "after a clean stop" with only the
+/// messages before the damage, and the ids after it are used again. Only damage inside an
+/// entry's bytes is refused (checksum mismatch).
+#[async_std::test]
+#[ignore = "fails: fjall cuts a journal at damage it cannot parse (see the doc comment)"]
+async fn damage_anywhere_in_the_journal_never_starts_with_less() {
+    let outcomes = damage_anywhere().await;
+    let wrong: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, o)| match o {
+            Outcome::Refused(problems) => !problems.is_empty(),
+            Outcome::Started { messages, last_id } => *messages < 100 || *last_id < 100,
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{} of 12: {wrong:#?}", wrong.len());
+}
+
+/// A journal cut short after a clean stop (a half-written or truncated file): fjall replays
+/// what is left as if it were all, so the store starts with fewer messages and gives their ids
+/// out again. It should refuse, or at least never reuse an id nor claim `recovered`.
+#[async_std::test]
+#[ignore = "fails: a truncated journal opens as a clean store with fewer messages"]
+async fn a_journal_cut_short_is_not_taken_for_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = stopped_store(dir.path()).await;
+    let journal = journals(dir.path()).remove(0);
+    let bytes = std::fs::read(&journal).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    std::fs::write(&journal, &bytes[..used / 2]).unwrap();
+    let before = snapshot(dir.path());
+    match launch(dir.path(), &[], &[]) {
+        Err(refusal) => {
+            let wrong = refusal_problems(dir.path(), &before, &refusal);
+            assert!(wrong.is_empty(), "{wrong:?}: {}", refusal.1);
+        }
+        Ok(server) => {
+            let (mut c, j) = joined_at(server.addr, "r", "bob", Some((100, epoch))).await;
+            assert!(
+                u64_of(&j, "last_id") >= 100,
+                "ids after the cut are free again: {j}"
+            );
+            assert_eq!(j["recovered"], false, "{j}");
+            let next = say_acked(&mut c, "r", "after the cut", "b-1").await;
+            assert!(next.id > 100);
+            server.sigterm();
+            c.closed().await;
+            server.exit_status().await;
+        }
+    }
+}
+
+#[async_std::test]
+async fn a_second_tidechat_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]);
+    let (alice, _) = joined_at(first.addr, "r", "alice", None).await;
+    let (mut alice, _) = send_acked(alice, "r".into(), "alice".into(), 3).await;
+    let marker = std::fs::read(dir.path().join(MARKER)).unwrap();
+
+    let (status, stderr) = refused(dir.path());
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another process is using {}",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(MARKER)).unwrap(),
+        marker,
+        "the refused one touched the running marker"
+    );
+
+    // The first one is unharmed: it still takes messages, and they survive its clean stop.
+    let m = say_acked(&mut alice, "r", "still here", "a-x").await;
+    assert_eq!(m.id, 4);
+    first.sigterm();
+    assert_eq!(alice.closed().await, Some(1001));
+    assert!(first.exit_status().await.success());
+    let server = start(dir.path(), &[]);
+    server.wait_log("after a clean stop");
+    let (mut bob, j) = joined_at(server.addr, "r", "bob", None).await;
+    assert_eq!(u64_of(&j, "last_id"), 4);
+    server.sigterm();
+    assert_eq!(bob.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Retention and eviction through the server.
+
+/// The binary's defaults with history in `data_dir` (`None`: memory), rate limits lifted.
+fn config_in(data_dir: Option<&Path>) -> Config {
+    Config {
+        data_dir: data_dir.map(Path::to_owned),
+        rate: 1e6,
+        burst: 1_000_000,
+        ..Config::default()
+    }
+}
+
+fn history_of(joined: &Value) -> Vec<Msg> {
+    joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Msg::of)
+        .collect()
+}
+
+#[async_std::test]
+async fn history_by_count_keeps_the_newest_and_still_does_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config {
+        history: 10,
+        ..config_in(Some(dir.path()))
+    };
+    let s = TestServer::start(config()).await;
+    let (mut alice, j) = s.join("r", "alice").await;
+    let epoch = u64_of(&j, "epoch");
+    for i in 1..=25 {
+        say_acked(&mut alice, "r", &format!("m{i}"), &format!("a{i}")).await;
+    }
+    let (bob, j) = s.join("r", "bob").await;
+    let kept = history_of(&j);
+    assert_eq!(ids(&kept), (16..=25).collect::<Vec<_>>());
+    drop((alice, bob));
+    s.stop().await;
+
+    let s = TestServer::start(config()).await;
+    let (_carol, j) = s.join("r", "carol").await;
+    assert_eq!(history_of(&j), kept);
+    let mut dave = s.connect().await;
+    let j = join(&mut dave, "r", "dave", Some((0, epoch))).await;
+    assert_eq!(j["recovered"], false, "1..15 are gone: {j}");
+    assert_eq!(history_of(&j), kept);
+    let next = say_acked(&mut dave, "r", "m26", "d26").await;
+    assert_eq!(next.id, 26);
+    let (_erin, j) = s.join("r", "erin").await;
+    assert_eq!(ids(&history_of(&j)), (17..=26).collect::<Vec<_>>());
+}
+
+#[async_std::test]
+async fn history_by_bytes_drops_the_oldest_and_counts_the_same_after_a_restart() {
+    use tidechat::hub::position::{Epoch, StreamPosition};
+    use tidechat::hub::record::Publication;
+    let text = "x".repeat(200);
+    // Every message below costs the same (refs of one length): room for three and a half.
+    let per = Publication {
+        room: "r".into(),
+        pos: StreamPosition::new(1, Epoch(1)),
+        from: "alice".into(),
+        text: text.as_str().into(),
+        ts: 0,
+        reference: Some("a-001".into()),
+    }
+    .bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config {
+        history_bytes: per * 7 / 2,
+        ..config_in(Some(dir.path()))
+    };
+    let s = TestServer::start(config()).await;
+    let (mut alice, _) = s.join("r", "alice").await;
+    for i in 1..=10 {
+        say_acked(&mut alice, "r", &text, &format!("a-{i:03}")).await;
+    }
+    let (bob, j) = s.join("r", "bob").await;
+    let kept = history_of(&j);
+    assert_eq!(ids(&kept), vec![8, 9, 10]);
+    drop((alice, bob));
+    s.stop().await;
+
+    // Reopened, the store counts the bytes from what it reads back: the same three.
+    let s = TestServer::start(config()).await;
+    let (mut carol, j) = s.join("r", "carol").await;
+    assert_eq!(history_of(&j), kept);
+    say_acked(&mut carol, "r", &text, "c-011").await;
+    let (_dave, j) = s.join("r", "dave").await;
+    assert_eq!(ids(&history_of(&j)), vec![9, 10, 11]);
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// With `--history-age 1s`, the old messages go while someone keeps talking, and no message
+/// younger than the age goes with them.
+async fn history_by_age(data_dir: Option<&Path>) {
+    const AGE: Duration = Duration::from_secs(1);
+    let s = TestServer::start(Config {
+        history_age: Some(AGE),
+        ..config_in(data_dir)
+    })
+    .await;
+    let (mut alice, _) = s.join("r", "alice").await;
+    let mut said = Vec::new();
+    for i in 0..3 {
+        said.push(say_acked(&mut alice, "r", &format!("old {i}"), &format!("o{i}")).await);
+    }
+    let old_last = said.last().unwrap().id;
+    // A message every 100 ms or slower: at least 4 s, four times the age, and never more
+    // messages than one page (50) holds, so the page shows everything kept.
+    for i in 0..40 {
+        said.push(say_acked(&mut alice, "r", &format!("new {i}"), &format!("n{i}")).await);
+        let mut c = s.connect().await;
+        let j = join(&mut c, "r", &format!("w{i}"), None).await;
+        // The history was read before this, so every message younger than AGE by now was
+        // younger than AGE then, and must be there.
+        let cutoff = unix_millis() - AGE.as_millis() as u64;
+        let kept = history_of(&j);
+        for m in said.iter().filter(|m| m.ts >= cutoff) {
+            assert!(kept.contains(m), "{m:?} is younger than the age and gone");
+        }
+        assert_eq!(j["more"], false, "one page holds everything kept");
+        if kept.iter().all(|m| m.id > old_last) {
+            assert!(!kept.is_empty());
+            return;
+        }
+        task::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("messages older than {AGE:?} are still kept after 4 s");
+}
+
+#[async_std::test]
+async fn history_by_age_with_the_durable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    history_by_age(Some(dir.path())).await;
+}
+
+#[async_std::test]
+async fn history_by_age_in_memory() {
+    history_by_age(None).await;
+}
+
+/// Leaves `room` and waits for the `left` reply.
+async fn leave(c: &mut Client, room: &str) {
+    c.send(json!({"type": "leave", "room": room})).await;
+    let v = c.recv_type("left").await;
+    assert_eq!(v["room"], room);
+}
+
+/// Room A gets five messages and goes idle; B and C are used at `--max-rooms 2`, which evicts A
+/// (the longest idle) from memory; then A is joined again with `since: 0` and its old epoch.
+/// Returns A's first epoch, the rejoin's `joined` and the id the next message gets.
+async fn evict_and_rejoin(data_dir: Option<&Path>) -> (u64, Value, u64) {
+    let s = TestServer::start(Config {
+        max_rooms: 2,
+        ..config_in(data_dir)
+    })
+    .await;
+    let (mut alice, j) = s.join("A", "alice").await;
+    let epoch = u64_of(&j, "epoch");
+    for i in 1..=5 {
+        say_acked(&mut alice, "A", &format!("a{i}"), &format!("a{i}")).await;
+    }
+    leave(&mut alice, "A").await;
+    alice.join("B", "alice").await;
+    leave(&mut alice, "B").await;
+    alice.join("C", "alice").await;
+    assert_eq!(s.state.stats().hub.rooms, 2, "one room was evicted");
+    leave(&mut alice, "C").await;
+    let j = join(&mut alice, "A", "alice", Some((0, epoch))).await;
+    let next = say_acked(&mut alice, "A", "a6", "a6").await;
+    (epoch, j, next.id)
+}
+
+#[async_std::test]
+async fn an_evicted_room_gets_its_history_back_from_the_durable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (epoch, j, next) = evict_and_rejoin(Some(dir.path())).await;
+    assert_eq!(u64_of(&j, "epoch"), epoch, "{j}");
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(ids(&history_of(&j)), vec![1, 2, 3, 4, 5]);
+    assert_eq!(next, 6);
+}
+
+#[async_std::test]
+async fn an_evicted_room_in_memory_starts_a_new_epoch() {
+    let (epoch, j, next) = evict_and_rejoin(None).await;
+    assert_ne!(u64_of(&j, "epoch"), epoch, "{j}");
+    assert_eq!(j["recovered"], false, "{j}");
+    assert!(history_of(&j).is_empty(), "{j}");
+    assert_eq!(next, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The sender's acknowledgement.
+
+async fn sender_and_others_get_the_message(data_dir: Option<&Path>) {
+    let s = TestServer::start(config_in(data_dir)).await;
+    let (mut alice, _) = s.join("r", "alice").await;
+    let (mut bob, _) = s.join("r", "bob").await;
+    assert_eq!(alice.recv_type("presence").await["name"], "bob");
+    let echo = say_acked(&mut alice, "r", "hello", "h1").await;
+    assert_eq!(
+        (echo.id, echo.from.as_str(), echo.text.as_str()),
+        (1, "alice", "hello")
+    );
+    let got = bob.recv_type("message").await;
+    assert_eq!(Msg::of(&got), echo);
+}
+
+#[async_std::test]
+async fn with_the_durable_store_the_sender_and_the_others_get_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    sender_and_others_get_the_message(Some(dir.path())).await;
+}
+
+#[async_std::test]
+async fn in_memory_the_sender_and_the_others_get_the_message() {
+    sender_and_others_get_the_message(None).await;
+}
+
+/// A preload library that holds every `fsync` and `fdatasync` of the process while the file
+/// named by `FSYNC_GATE` exists (at most 30 s each): the disk looks busy, with no hook in the
+/// server.
+const FSYNC_GATE_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void wait_for_gate(void) {
+    const char *gate = getenv("FSYNC_GATE");
+    if (gate == NULL) return;
+    for (int i = 0; i < 30000 && access(gate, F_OK) == 0; i++) usleep(1000);
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    wait_for_gate();
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    wait_for_gate();
+    return real(fd);
+}
+"#;
+
+/// Builds [`FSYNC_GATE_C`] in `dir` with the system C compiler (the one Rust links with).
+fn build_fsync_gate(dir: &Path) -> PathBuf {
+    let source = dir.join("fsync_gate.c");
+    let library = dir.join("fsync_gate.so");
+    std::fs::write(&source, FSYNC_GATE_C).unwrap();
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("this test needs a C compiler (cc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    library
+}
+
+/// Whether `c` gets a `message` within `wait` (a message that must not come yet: when it is
+/// wrongly sent at once it comes within milliseconds).
+async fn message_within(c: &mut Client, wait: Duration) -> Option<Value> {
+    async_std::future::timeout(wait, c.recv_type("message"))
+        .await
+        .ok()
+}
+
+/// While the disk holds every sync, the others get the message and the sender's echo waits;
+/// when the disk is back the echo comes. A SIGKILL while a message is delivered but not yet
+/// synced loses nothing either: it was in the OS before anyone got it.
+#[async_std::test]
+async fn the_echo_waits_for_the_disk_and_the_others_do_not() {
+    let work = tempfile::tempdir().unwrap();
+    let library = build_fsync_gate(work.path());
+    let gate = work.path().join("gate");
+    let dir = work.path().join("data");
+    let env = [
+        ("LD_PRELOAD", library.as_os_str()),
+        ("FSYNC_GATE", gate.as_os_str()),
+    ];
+    let server = launch(&dir, &[], &env).unwrap_or_else(|(s, log)| panic!("{s}: {log}"));
+    let (mut alice, j) = joined_at(server.addr, "r", "alice", None).await;
+    let epoch = u64_of(&j, "epoch");
+    let (mut bob, _) = joined_at(server.addr, "r", "bob", None).await;
+    assert_eq!(alice.recv_type("presence").await["name"], "bob");
+
+    let say = |text: &str, r: &str| json!({"type": "say", "room": "r", "text": text, "ref": r});
+    std::fs::write(&gate, b"").unwrap();
+    alice.send(say("first", "a1")).await;
+    let got = Msg::of(&bob.recv_type("message").await);
+    assert_eq!(
+        (got.id, got.text.as_str()),
+        (1, "first"),
+        "bob waited for the disk"
+    );
+    assert!(
+        message_within(&mut alice, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "alice's echo came before the sync"
+    );
+    std::fs::remove_file(&gate).unwrap();
+    let echo = alice.recv_type("message").await;
+    assert_eq!(
+        (echo["id"].as_u64(), echo["ref"].as_str()),
+        (Some(1), Some("a1"))
+    );
+
+    std::fs::write(&gate, b"").unwrap();
+    alice.send(say("second", "a2")).await;
+    let second = Msg::of(&bob.recv_type("message").await);
+    assert_eq!(second.id, 2);
+    assert!(message_within(&mut alice, Duration::from_millis(200))
+        .await
+        .is_none());
+    server.kill();
+    std::fs::remove_file(&gate).unwrap();
+
+    let server = start(&dir, &[]);
+    let (mut carol, j) = joined_at(server.addr, "r", "carol", Some((0, epoch))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    let kept = history_of(&j);
+    assert_eq!(
+        kept,
+        vec![got, second],
+        "the unsynced message is there after the SIGKILL"
+    );
+    assert_eq!(say_acked(&mut carol, "r", "third", "c3").await.id, 3);
+    server.sigterm();
+    assert_eq!(carol.closed().await, Some(1001));
+    assert!(server.exit_status().await.success());
+}
