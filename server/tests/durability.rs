@@ -843,7 +843,7 @@ enum Outcome {
     Started { messages: usize, last_id: u64 },
 }
 
-/// Starts a copy of a stopped store (100 messages) with 8 bytes of garbage at each of 12 places
+/// Starts a copy of a stopped store (100 messages) with 8 bytes of garbage at each of 24 places
 /// spread over its journal.
 async fn damage_anywhere() -> Vec<(usize, Outcome)> {
     let base = tempfile::tempdir().unwrap();
@@ -853,8 +853,8 @@ async fn damage_anywhere() -> Vec<(usize, Outcome)> {
     let bytes = std::fs::read(&journal).unwrap();
     let used = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
     let mut outcomes = Vec::new();
-    for k in 1..=12 {
-        let at = used * k / 13;
+    for k in 1..=24 {
+        let at = used * k / 25;
         let dir = tempfile::tempdir().unwrap();
         copy_store(base.path(), dir.path());
         let mut damaged = std::fs::read(dir.path().join(&name)).unwrap();
@@ -918,12 +918,17 @@ async fn damage_anywhere_in_the_journal_never_starts_with_less() {
             Outcome::Started { messages, last_id } => *messages < 100 || *last_id < 100,
         })
         .collect();
-    assert!(wrong.is_empty(), "{} of 12: {wrong:#?}", wrong.len());
+    assert!(wrong.is_empty(), "{} of 24: {wrong:#?}", wrong.len());
 }
 
 /// A journal cut short after a clean stop (a half-written or truncated file): fjall replays
 /// what is left as if it were all, so the store starts with fewer messages and gives their ids
 /// out again. It should refuse, or at least never reuse an id nor claim `recovered`.
+///
+/// Fails: the last offsets a clean close records per room (`rooms` keyspace) are written to the
+/// same journal, as its last batches, so a cut takes them too. (The unit test
+/// `a_tail_lost_after_a_clean_close_never_gives_its_ids_again` removes messages but keeps
+/// the room's record, which a real cut does not.)
 #[async_std::test]
 #[ignore = "fails: a truncated journal opens as a clean store with fewer messages"]
 async fn a_journal_cut_short_is_not_taken_for_the_whole_history() {
