@@ -39,15 +39,19 @@ async fn serve(bind: std::net::SocketAddr, config: tidechat::Config) -> anyhow::
         .spawn(move || on_signals(signals, stop_tx))
         .context("starting the signal thread")?;
 
+    // The history store first: a store that cannot be opened refuses the start before the port
+    // is taken.
+    let server = tidechat::Server::new(config)?;
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
     log::info!("tidechat listening on http://{addr}");
-    tidechat::run(listener, config, async move {
-        let _ = stop_rx.recv().await;
-    })
-    .await?;
+    server
+        .run(listener, async move {
+            let _ = stop_rx.recv().await;
+        })
+        .await?;
     log::info!("tidechat stopped");
     Ok(())
 }

@@ -42,6 +42,11 @@ pub const LOST_JUMP: u64 = 1 << 20;
 
 /// The marker a running store keeps in its directory; it holds the boot id.
 const RUNNING: &str = "tidechat.running";
+/// Each room's last offset at the last clean close, outside fjall's files: a journal that is
+/// later cut or damaged (fjall replays up to the first entry it cannot parse and drops the rest
+/// silently) cannot take these with it.
+const WATERMARKS: &str = "tidechat.watermarks";
+const WATERMARKS_HEADER: &str = "tidechat watermarks 1";
 /// How often rooms that are not in memory are checked for `--history-age`.
 const AGE_SWEEP: Duration = Duration::from_secs(60);
 const META_VERSION: u8 = 1;
@@ -67,8 +72,6 @@ struct RoomMeta {
     /// What is kept, oldest first; loaded while the room is open on this node.
     kept: Option<VecDeque<Kept>>,
     bytes: usize,
-    /// Appended to since the store was opened (its `last` is written at a clean close).
-    dirty: bool,
 }
 
 impl RoomMeta {
@@ -143,6 +146,8 @@ pub struct DurableStore {
     jobs: Mutex<Sender<Job>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     recovery: Recovery,
+    /// The active journal, open for syncing (see `sync`).
+    journal: Mutex<Option<(PathBuf, fs::File)>>,
 }
 
 impl std::fmt::Debug for DurableStore {
@@ -244,6 +249,7 @@ impl DurableStore {
             index: Mutex::default(),
             jobs: Mutex::new(tx),
             worker: Mutex::new(None),
+            journal: Mutex::new(None),
             recovery: Recovery {
                 crashed,
                 power_loss,
@@ -277,21 +283,86 @@ impl DurableStore {
         &self.recovery
     }
 
+    /// `room -> (id, epoch, last)` from the last clean close (empty when there is none).
+    fn watermarks(&self) -> Result<HashMap<String, (u32, Epoch, u64)>, StoreError> {
+        let text = match fs::read_to_string(self.dir.join(WATERMARKS)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(self.failed(format!("{WATERMARKS}: {e}"))),
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(WATERMARKS_HEADER) {
+            return Err(self.damaged(WATERMARKS, "not a watermarks file"));
+        }
+        let mut marks = HashMap::new();
+        for line in lines {
+            let f: Vec<&str> = line.split(' ').collect();
+            let parsed = match f[..] {
+                [name, id, epoch, last] => id
+                    .parse()
+                    .ok()
+                    .zip(epoch.parse().ok())
+                    .zip(last.parse().ok())
+                    .map(|((id, epoch), last)| (name.to_owned(), (id, Epoch(epoch), last))),
+                _ => None,
+            };
+            let (name, mark) = parsed.ok_or_else(|| self.damaged(WATERMARKS, line))?;
+            marks.insert(name, mark);
+        }
+        Ok(marks)
+    }
+
+    /// Writes every room's last offset next to the store (at a clean close).
+    fn write_watermarks(&self) -> Result<(), StoreError> {
+        let mut text = String::from(WATERMARKS_HEADER);
+        for (room, m) in lock(&self.index).rooms.iter() {
+            // Room names have no spaces or line breaks (`limits::valid_room`).
+            text.push_str(&format!("\n{room} {} {} {}", m.id, m.epoch.0, m.last));
+        }
+        text.push('\n');
+        let tmp = self.dir.join(format!("{WATERMARKS}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(WATERMARKS))?;
+            sync_dir(&self.dir)
+        };
+        write().map_err(|e| self.failed(format!("{WATERMARKS}: {e}")))
+    }
+
     /// Reads every room's metadata and checks every message; rooms whose data cannot be read
     /// start over with a new epoch.
     fn load(&mut self, power_loss: bool) -> Result<(), StoreError> {
+        let mut marks = self.watermarks()?;
         let mut metas = Vec::new();
         let mut next_id = 1u32;
         for item in self.rooms.iter() {
             let (k, v) = item.into_inner().map_err(|e| self.damaged("rooms", e))?;
             let name = String::from_utf8_lossy(&k).into_owned();
             match RoomMeta::decode(&v) {
-                Some(meta) => {
-                    next_id = next_id.max(meta.0.saturating_add(1));
-                    metas.push((name, Some(meta)));
+                Some((id, epoch, lost, recorded)) => {
+                    next_id = next_id.max(id.saturating_add(1));
+                    let recorded = match marks.remove(&name) {
+                        Some((i, e, last)) if i == id && e == epoch => recorded.max(last),
+                        _ => recorded,
+                    };
+                    metas.push((name, Some((id, epoch, lost, recorded))));
                 }
                 None => metas.push((name, None)),
             }
+        }
+        // Rooms the last clean close knew and the store no longer does: their record went with
+        // a damaged journal. Their messages may still be there, under their old id.
+        for (name, (id, epoch, last)) in marks {
+            log::error!(
+                "history store {}: room {name:?} was lost from the store since its last clean \
+                 stop (it had {last} messages); what is left of it is kept",
+                self.dir.display()
+            );
+            self.recovery.damaged_rooms.push(name.clone());
+            next_id = next_id.max(id.saturating_add(1));
+            metas.push((name, Some((id, epoch, 0, last))));
         }
         let mut index = Index {
             rooms: HashMap::new(),
@@ -329,7 +400,6 @@ impl DurableStore {
                         first,
                         kept: None,
                         bytes: 0,
-                        dirty: false,
                     }
                 }
                 Err(why) => {
@@ -353,7 +423,6 @@ impl DurableStore {
                         first: 1,
                         kept: None,
                         bytes: 0,
-                        dirty: false,
                     }
                 }
             };
@@ -564,10 +633,30 @@ fn open_error(dir: &Path, e: fjall::Error) -> StoreError {
 fn journal_damaged(dir: &Path, why: &str) -> String {
     format!(
         "the journal (the *.jnl files in {}) is damaged and cannot be replayed: {why}. \
-         Nothing was changed. Restore the directory from a backup, or move it away to start \
-         with empty history",
+         No data file was changed (fjall may have dropped superseded version files). Restore \
+         the directory from a backup, or move it away to start with empty history",
         dir.display()
     )
+}
+
+/// The journal fjall appends to now: the highest-numbered `N.jnl` in the store's directory
+/// (fjall 3's layout; `None` if it has none, and then fjall's own sync is used).
+fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let n = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".jnl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            if best.as_ref().is_none_or(|(b, _)| n > *b) {
+                best = Some((n, path));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -596,7 +685,6 @@ impl HistoryStore for DurableStore {
             first: 1,
             kept: Some(VecDeque::new()),
             bytes: 0,
-            dirty: false,
         };
         // In the journal before any message of the room, so no message outlives its room.
         self.rooms
@@ -628,7 +716,6 @@ impl HistoryStore for DurableStore {
             .insert(key(meta.id, p.pos.offset), value.as_slice())
             .map_err(|e| self.failed(e))?;
         meta.last = p.pos.offset;
-        meta.dirty = true;
         if meta.kept.is_none() {
             // Appends come after `open`, which loads it; this is only a safety net.
             meta.kept = Some(VecDeque::new());
@@ -712,9 +799,29 @@ impl HistoryStore for DurableStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.failed(e))
+        // fjall's own `persist(SyncAll)` holds its journal lock through the fsync, so every
+        // append (and so every delivery, in every room) would wait for the disk. Inserts have
+        // already written their entries to the OS; an fsync of the active journal through a
+        // descriptor of our own makes them durable without that lock. fjall syncs a journal
+        // itself when it seals it, so the newest one (highest number) is the only one to sync:
+        // every entry that took a ticket before this call is in it or in a sealed one.
+        let Some(path) = active_journal(&self.dir).map_err(|e| self.failed(e))? else {
+            return self
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| self.failed(e));
+        };
+        let mut cached = lock(&self.journal);
+        let file = match cached.take() {
+            Some((p, f)) if p == path => (p, f),
+            _ => {
+                let f = fs::File::open(&path).map_err(|e| self.failed(e))?;
+                (path, f)
+            }
+        };
+        let synced = file.1.sync_data();
+        *cached = Some(file);
+        synced.map_err(|e| self.failed(format!("syncing the journal: {e}")))
     }
 
     fn close(&self) -> Result<(), StoreError> {
@@ -722,16 +829,10 @@ impl HistoryStore for DurableStore {
         if let Some(worker) = lock(&self.worker).take() {
             let _ = worker.join();
         }
-        // Each room's last offset, so that a store that later loses its tail (a damaged
-        // journal) still never hands out an id twice.
-        for (room, meta) in lock(&self.index).rooms.iter_mut() {
-            if std::mem::take(&mut meta.dirty) {
-                self.rooms
-                    .insert(&**room, meta.encode())
-                    .map_err(|e| self.failed(e))?;
-            }
-        }
         self.sync()?;
+        // After the sync: a store that later loses its tail (a damaged journal) still never
+        // hands out an id twice.
+        self.write_watermarks()?;
         fs::remove_file(self.dir.join(RUNNING)).map_err(|e| self.failed(e))?;
         sync_dir(&self.dir).map_err(|e| self.failed(e))
     }
