@@ -135,7 +135,9 @@ pub struct Cli {
     /// Print two fan-out reports (JSON) side by side with ratios B/A, then exit.
     #[arg(long, num_args = 2, value_names = ["A.json", "B.json"], help_heading = "Chat")]
     pub compare: Option<Vec<PathBuf>>,
-    /// Option for the embedded tidechat (repeatable), e.g. --server-arg=--presence-cap=100.
+    /// Option for the embedded tidechat (repeatable), e.g. --server-arg=--presence-cap=100. Its
+    /// history goes to a fresh temporary directory, removed at the end, unless one is given:
+    /// --server-arg=--data-dir=none keeps it in memory.
     #[arg(long, allow_hyphen_values = true, help_heading = "Chat")]
     pub server_arg: Vec<String>,
     #[command(flatten)]
