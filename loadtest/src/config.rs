@@ -91,7 +91,8 @@ pub struct Options {
     /// Source addresses 127.0.0.1..N for client sockets [default: one per 25,000 clients].
     #[arg(long, help_heading = "Chat")]
     pub source_addrs: Option<u8>,
-    /// Time allowed after the senders stop for messages in flight to arrive.
+    /// Time allowed after the senders stop for messages in flight to arrive (senders' own
+    /// echoes too).
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Chat")]
     pub drain: Duration,
     /// Longest wait for every client to join before senders start anyway.
