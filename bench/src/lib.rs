@@ -7,8 +7,10 @@
 //! candidate, baseline, baseline, candidate, ...; see [`order`]), so only the server differs and
 //! linear drift of the machine hits both sides alike. Each tidechat gets a free 127.0.0.1 port and
 //! the load-test settings (rate limit and connection caps raised) through `TIDECHAT_*`
-//! environment variables, which older revisions without a given flag simply ignore; a side's
-//! `--baseline-env` / `--candidate-env` come after them. The gate ([`gate`]) then decides.
+//! environment variables, which older revisions without a given flag simply ignore, and a fresh
+//! data directory of the run's own (`TIDECHAT_DATA_DIR`, removed after the run, so runs never
+//! share history); a side's `--baseline-env` / `--candidate-env` come after them. The gate
+//! ([`gate`]) then decides.
 //!
 //! # The decision rule and why
 //!
@@ -412,8 +414,9 @@ fn run_line(r: &Run, t: &Thresholds) -> String {
     s
 }
 
-/// The command that starts `side`'s server on `addr`.
-fn server_command(side: &Side, addr: SocketAddr, static_dir: &Path) -> Command {
+/// The command that starts `side`'s server on `addr`, keeping its history in `data_dir` (a
+/// fresh directory of this run's own) unless the side's env names another.
+fn server_command(side: &Side, addr: SocketAddr, static_dir: &Path, data_dir: &Path) -> Command {
     let mut cmd = match &side.server {
         Server::Tidechat(exe) => {
             let mut cmd = Command::new(exe);
@@ -432,6 +435,10 @@ fn server_command(side: &Side, addr: SocketAddr, static_dir: &Path) -> Command {
             cmd
         }
     };
+    // Its default (`./data`) would be shared by every run, so history would pile up from run to
+    // run (and a leftover server would hold the lock). A command that starts a tidechat gets it
+    // too; other servers ignore it, and so do revisions from before the durable store.
+    cmd.env("TIDECHAT_DATA_DIR", data_dir);
     cmd.env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE");
     for (k, v) in &side.env {
@@ -449,9 +456,53 @@ fn one_run(
     reports: &Path,
     timeout: Duration,
 ) -> anyhow::Result<Run> {
+    let data = FreshDir::new(reports.join(format!("{label}-data")))?;
+    let run = measured_run(label, static_dir, side, loadtest, reports, timeout, &data.0);
+    drop(data);
+    run
+}
+
+/// A directory that does not exist yet (whatever a crashed earlier bench left there is removed)
+/// and is removed on drop, once the server that used it has stopped.
+struct FreshDir(PathBuf);
+
+impl FreshDir {
+    fn new(path: PathBuf) -> anyhow::Result<Self> {
+        remove_dir(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_dir(&self.0) {
+            eprintln!("bench: {e:#}");
+        }
+    }
+}
+
+fn remove_dir(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`one_run`] with the server's data directory chosen.
+fn measured_run(
+    label: &str,
+    static_dir: &Path,
+    side: &Side,
+    loadtest: &Path,
+    reports: &Path,
+    timeout: Duration,
+    data_dir: &Path,
+) -> anyhow::Result<Run> {
     let port = proc::free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let cmd = server_command(side, addr, static_dir);
+    let cmd = server_command(side, addr, static_dir, data_dir);
     let server_log = reports.join(format!("{label}-server.log"));
     let mut server = Proc::spawn(&format!("{label} server"), cmd, &server_log)?;
     if let Err(e) = proc::wait_listening(&mut server, addr) {
@@ -569,11 +620,21 @@ mod tests {
             loadtest_args: vec![],
             description: String::new(),
         };
-        let c = server_command(&side, addr, Path::new("/static"));
+        let data = Path::new("/reports/candidate-1-data");
+        let c = server_command(&side, addr, Path::new("/static"), data);
         assert_eq!(c.get_program(), "/bin/tidechat");
         // The side's setting overrides the load defaults.
         assert_eq!(env(&c, "TIDECHAT_MAX_CONNECTIONS").as_deref(), Some("5"));
         assert_eq!(env(&c, "TIDECHAT_BIND").as_deref(), Some("127.0.0.1:4567"));
+        // Each run's own data directory, unless the side names one (or `none`).
+        assert_eq!(
+            env(&c, "TIDECHAT_DATA_DIR").as_deref(),
+            Some("/reports/candidate-1-data")
+        );
+        let mut own = side.clone();
+        own.env.push(("TIDECHAT_DATA_DIR".into(), "none".into()));
+        let c = server_command(&own, addr, Path::new("/static"), data);
+        assert_eq!(env(&c, "TIDECHAT_DATA_DIR").as_deref(), Some("none"));
         let side = Side {
             which: Which::Baseline,
             server: Server::Command("exec node server.js".into()),
@@ -581,12 +642,17 @@ mod tests {
             loadtest_args: vec![],
             description: String::new(),
         };
-        let c = server_command(&side, addr, Path::new("/static"));
+        let c = server_command(&side, addr, Path::new("/static"), data);
         assert_eq!(c.get_program(), "sh");
         let args: Vec<_> = c.get_args().collect();
         assert_eq!(args, ["-c", "exec node server.js"]);
         assert_eq!(env(&c, "PORT").as_deref(), Some("4567"));
         assert_eq!(env(&c, "X").as_deref(), Some("1"));
         assert_eq!(env(&c, "TIDECHAT_BIND"), None);
+        // A command that runs a tidechat does not fall back to a shared ./data either.
+        assert_eq!(
+            env(&c, "TIDECHAT_DATA_DIR").as_deref(),
+            Some("/reports/candidate-1-data")
+        );
     }
 }

@@ -117,9 +117,31 @@ fn a_against_a_with_two_runs_a_side_is_inconclusive_by_the_rate_rule() {
             "2",
             "--max-other-cpu",
             "64",
+            // For the store's opening line in each server's log.
+            "--baseline-env",
+            "TIDECHAT_LOG_LEVEL=info",
+            "--candidate-env",
+            "TIDECHAT_LOG_LEVEL=info",
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{text}");
+    // Every run's server had a data directory of its own, empty at its start (the second run
+    // of a side does not see the first one's messages), removed after the run.
+    let reports = out.join("reports");
+    for label in ["baseline-1", "candidate-1", "candidate-2", "baseline-2"] {
+        let log = std::fs::read_to_string(reports.join(format!("{label}-server.log"))).unwrap();
+        let own = format!(
+            "history store {}: 0 rooms, 0 messages,",
+            reports.join(format!("{label}-data")).display()
+        );
+        assert!(log.contains(&own), "{label}: no {own:?} in:\n{log}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-data"))
+        .collect();
+    assert!(left.is_empty(), "data directories left behind: {left:?}");
     let line = verdict_line(&text);
     assert!(line.starts_with("bench: INCONCLUSIVE: "), "{line}");
     assert!(
@@ -248,7 +270,8 @@ fn the_real_report_has_every_field_the_gate_reads() {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut cmd = Command::new(tidechat());
     cmd.env("TIDECHAT_BIND", addr.to_string())
-        .env("TIDECHAT_STATIC_DIR", root().join("static"));
+        .env("TIDECHAT_STATIC_DIR", root().join("static"))
+        .env("TIDECHAT_DATA_DIR", dir.join("tidechat-data"));
     for (k, v) in bench::SERVER_ENV {
         cmd.env(k, v);
     }

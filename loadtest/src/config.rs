@@ -91,7 +91,8 @@ pub struct Options {
     /// Source addresses 127.0.0.1..N for client sockets [default: one per 25,000 clients].
     #[arg(long, help_heading = "Chat")]
     pub source_addrs: Option<u8>,
-    /// Time allowed after the senders stop for messages in flight to arrive.
+    /// Time allowed after the senders stop for messages in flight to arrive (senders' own
+    /// echoes too).
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Chat")]
     pub drain: Duration,
     /// Longest wait for every client to join before senders start anyway.
@@ -135,7 +136,9 @@ pub struct Cli {
     /// Print two fan-out reports (JSON) side by side with ratios B/A, then exit.
     #[arg(long, num_args = 2, value_names = ["A.json", "B.json"], help_heading = "Chat")]
     pub compare: Option<Vec<PathBuf>>,
-    /// Option for the embedded tidechat (repeatable), e.g. --server-arg=--presence-cap=100.
+    /// Option for the embedded tidechat (repeatable), e.g. --server-arg=--presence-cap=100. Its
+    /// history goes to a fresh temporary directory, removed at the end, unless one is given:
+    /// --server-arg=--data-dir=none keeps it in memory.
     #[arg(long, allow_hyphen_values = true, help_heading = "Chat")]
     pub server_arg: Vec<String>,
     #[command(flatten)]

@@ -1,6 +1,8 @@
 //! The tidechat server the load test starts itself when no `--host` is given: in a child process
 //! (this program's `serve` subcommand; default, so its CPU and memory are measured apart) or on
-//! threads of this process (tests).
+//! threads of this process (tests). Like the binary it keeps history in the durable store by
+//! default, but in a fresh temporary directory of its own, removed when it stops, so runs never
+//! share or accumulate history; `--server-arg --data-dir --server-arg DIR|none` chooses.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -47,19 +49,53 @@ pub fn load_config(extra: &[String]) -> anyhow::Result<tidechat::Config> {
     Ok(args.into_config()?)
 }
 
+/// Whether `extra` (tidechat options) says where history goes.
+fn names_data_dir(extra: &[String]) -> bool {
+    extra
+        .iter()
+        .any(|a| a == "--data-dir" || a.starts_with("--data-dir="))
+}
+
+/// `extra` plus `--data-dir` = a fresh temporary directory (and that directory, removed when
+/// dropped), unless `extra` names one. The directory beats `TIDECHAT_DATA_DIR` in the
+/// environment, which may name a real server's data.
+pub fn with_own_data_dir(
+    extra: &[String],
+) -> anyhow::Result<(Vec<String>, Option<tempfile::TempDir>)> {
+    let mut args = extra.to_vec();
+    if names_data_dir(extra) {
+        return Ok((args, None));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tidechat-loadtest-")
+        .tempdir()
+        .context("creating the embedded server's data directory")?;
+    args.push("--data-dir".into());
+    args.push(dir.path().to_string_lossy().into_owned());
+    Ok((args, Some(dir)))
+}
+
 /// A running embedded server; stopped on drop.
 pub struct Embedded {
     pub addr: SocketAddr,
     /// The child's PID in process mode.
     pub pid: Option<u32>,
+    /// Where its history is, when this program chose it.
+    pub data_dir: Option<std::path::PathBuf>,
     child: Option<Child>,
     stop: Option<futures::channel::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Removed on drop, after the server has stopped (fields drop after [`Drop::drop`]).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Embedded {
-    /// Serves on threads of this process.
-    pub fn start_thread(config: tidechat::Config) -> anyhow::Result<Self> {
+    /// Serves on threads of this process, with [`LOAD_ARGS`] and `extra` (plus a data directory
+    /// of its own unless `extra` names one).
+    pub fn start_thread(extra: &[String]) -> anyhow::Result<Self> {
+        let (args, data) = with_own_data_dir(extra)?;
+        // Opened here, so a store that cannot be opened is this call's error.
+        let server = tidechat::Server::new(load_config(&args)?)?;
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = std_listener.local_addr()?;
         let listener = async_std::net::TcpListener::from(std_listener);
@@ -67,7 +103,6 @@ impl Embedded {
         let thread = std::thread::Builder::new()
             .name(SERVER_THREAD.into())
             .spawn(move || {
-                let server = tidechat::Server::new(config).expect("tidechat server");
                 let shutdown = async move {
                     let _ = rx.await;
                 };
@@ -78,17 +113,21 @@ impl Embedded {
         Ok(Self {
             addr,
             pid: None,
+            data_dir: data.as_ref().map(|d| d.path().to_owned()),
             child: None,
             stop: Some(tx),
             thread: Some(thread),
+            _data: data,
         })
     }
 
-    /// Runs `exe serve [extra]` and waits for the address it prints.
+    /// Runs `exe serve [extra]` (plus a data directory of its own unless `extra` names one) and
+    /// waits for the address it prints.
     pub fn start_process(exe: &Path, extra: &[String]) -> anyhow::Result<Self> {
+        let (args, data) = with_own_data_dir(extra)?;
         let mut child = Command::new(exe)
             .arg("serve")
-            .args(extra)
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -110,9 +149,11 @@ impl Embedded {
         Ok(Self {
             addr,
             pid: Some(pid),
+            data_dir: data.as_ref().map(|d| d.path().to_owned()),
             child: Some(child),
             stop: None,
             thread: None,
+            _data: data,
         })
     }
 
@@ -161,6 +202,8 @@ pub fn serve(extra: &[String]) -> anyhow::Result<()> {
         .chain(extra.iter().cloned());
     let threads = tidechat::config::Args::try_parse_from(argv)?.executor_threads();
     std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
+    // Before the address is printed: the parent then knows the store is open (or sees why not).
+    let server = tidechat::Server::new(config)?;
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("listening {}", std_listener.local_addr()?);
     let listener = async_std::net::TcpListener::from(std_listener);
@@ -171,7 +214,6 @@ pub fn serve(extra: &[String]) -> anyhow::Result<()> {
         while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
-    let server = tidechat::Server::new(config).expect("tidechat server");
     async_std::task::block_on(server.run(listener, async move {
         let _ = rx.await;
     }))?;

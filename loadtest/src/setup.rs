@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use goose::config::GooseConfiguration;
 
 use crate::config::{Options, Protocol, ServerMode};
-use crate::embedded::{self, Embedded};
+use crate::embedded::Embedded;
 use crate::report::Target;
 
 /// The servers under test for one run.
@@ -61,7 +61,7 @@ pub fn prepare(
         );
         let embedded = match (options.server_mode, exe) {
             (ServerMode::Process, Some(exe)) => Embedded::start_process(&exe, server_args)?,
-            _ => Embedded::start_thread(embedded::load_config(server_args)?)?,
+            _ => Embedded::start_thread(server_args)?,
         };
         let server = if embedded.pid.is_some() {
             "process"

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{load, test_server};
+use common::{faulty_server, load, test_server, Faults};
 use loadtest::Report;
 
 /// What every clean run must show: every expected delivery counted, nothing lost or repeated.
@@ -173,6 +173,40 @@ async fn lossy_server_loss_is_counted_exactly() {
         "{:?}",
         r.warnings
     );
+}
+
+/// A sender's own copy (its acknowledgement) may come well after everyone else's: tidechat's
+/// durable store holds it until the message is on disk. The sender's drain waits for it instead
+/// of counting it missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_echo_is_waited_for() {
+    let server = faulty_server(Faults {
+        delay_echo: Duration::from_millis(400),
+        ..Faults::default()
+    })
+    .await;
+    let r = load(&[
+        "--host",
+        &server.url,
+        "--protocol",
+        "seed",
+        "--users",
+        "5",
+        "--increase-rate",
+        "1000",
+        "--run-time",
+        "2",
+        "--senders",
+        "1",
+        "--msg-rate",
+        "20",
+    ])
+    .await;
+    let t = &r.deliveries.tally;
+    assert_eq!((t.lost, t.received), (0, t.expected), "{t:?}");
+    assert!(r.sends.messages >= 20, "{:?}", r.sends);
+    assert_eq!(t.acks, r.sends.messages, "every echo counted");
+    assert!(r.ack_latency.min_ms >= 400.0, "{:?}", r.ack_latency);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

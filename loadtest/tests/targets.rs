@@ -4,10 +4,10 @@
 mod common;
 
 use common::{faulty_server, load, roomless_v1_server, Faults};
-use loadtest::embedded::{load_config, Embedded};
+use loadtest::embedded::Embedded;
 
 fn tidechat() -> Embedded {
-    Embedded::start_thread(load_config(&[]).unwrap()).unwrap()
+    Embedded::start_thread(&[]).unwrap()
 }
 
 /// 20 clients in one room dealt over targets `a` and `b`, 4 senders x 10 msg/s for 2 s.

@@ -123,9 +123,10 @@ pub struct Args {
     /// `none` keeps them until --history or --history-bytes pushes them out.
     #[arg(long, env = "TIDECHAT_HISTORY_AGE", default_value = "none", value_parser = parse_optional_duration)]
     pub history_age: MaybeDuration,
-    /// Where history is kept on disk so that a restart loses nothing; `none` keeps it in
-    /// memory only (lost on restart, and when a room is evicted at --max-rooms).
-    #[arg(long, env = "TIDECHAT_DATA_DIR", default_value = "none")]
+    /// Where history is kept on disk so that a restart loses nothing (relative to the working
+    /// directory; created if missing; one server per directory); `none` keeps it in memory only
+    /// (lost on restart, and when a room is evicted at --max-rooms).
+    #[arg(long, env = "TIDECHAT_DATA_DIR", default_value = "data")]
     pub data_dir: String,
     /// How long a name stays reserved for its resume token after its connection dropped without
     /// `leave`; the others see `left` only when it runs out. 0s frees names at once.
@@ -478,6 +479,18 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert!(c.allowed_origins.is_empty() && !c.any_origin);
+    }
+
+    #[test]
+    fn history_is_on_disk_by_default_except_for_embedders() {
+        let parse = |argv: &[&str]| Args::try_parse_from(argv).unwrap().into_config().unwrap();
+        assert_eq!(parse(&["tidechat"]).data_dir, Some(PathBuf::from("data")));
+        assert_eq!(parse(&["tidechat", "--data-dir", "none"]).data_dir, None);
+        assert_eq!(
+            parse(&["tidechat", "--data-dir", "/srv/chat"]).data_dir,
+            Some(PathBuf::from("/srv/chat"))
+        );
+        assert_eq!(Config::default().data_dir, None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Tests of the real `tidechat` binary: it serves; SIGTERM closes every socket with 1001 and
-//! exits 0; a second SIGINT/SIGTERM during the shutdown exits at once (130/143); SIGHUP does not
+//! Tests of the real `tidechat` binary: it serves; history kept in `./data` by default survives
+//! a restart; SIGTERM closes every socket with 1001 and exits 0; a second SIGINT/SIGTERM during the shutdown exits at once (130/143); SIGHUP does not
 //! stop it; a stderr nobody reads does not stop it either (log lines are dropped, counted); and
 //! nonsense options exit 2 naming the flag.
 
@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ChildStderr, Command, ExitStatus, Stdio};
 
 use async_std::io::{ReadExt, WriteExt};
@@ -34,9 +35,11 @@ impl Proc {
     }
 }
 
-/// Starts the binary with JSON logs plus `extra`, and reads its stderr up to the line that
-/// gives its address. The rest of stderr is left to the caller, unread.
-fn spawn(extra: &[&str]) -> (Proc, SocketAddr, BufReader<ChildStderr>) {
+/// Starts the binary in the working directory `cwd` with JSON logs plus `extra`, and reads its
+/// stderr up to the line that gives its address. The rest of stderr is left to the caller,
+/// unread. Without `--data-dir` in `extra` its history is in `cwd/data`, the default, so each
+/// test gives it a fresh temporary `cwd`.
+fn spawn(cwd: &Path, extra: &[&str]) -> (Proc, SocketAddr, BufReader<ChildStderr>) {
     let static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
     let mut args = vec![
         "--bind",
@@ -50,6 +53,7 @@ fn spawn(extra: &[&str]) -> (Proc, SocketAddr, BufReader<ChildStderr>) {
     let mut child = Proc(
         Command::new(env!("CARGO_BIN_EXE_tidechat"))
             .args(args)
+            .current_dir(cwd)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -110,9 +114,58 @@ async fn chat_works(from: &mut Client, to: &mut Client, n: usize, tag: &str) {
     }
 }
 
+/// The default `--data-dir` is `data` in the working directory: what was said before a clean
+/// stop is there after a start in the same directory, same ids, same epoch, `recovered: true`.
+#[async_std::test]
+async fn history_in_the_default_data_dir_survives_a_restart() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, stderr) = spawn(cwd.path(), &[]);
+    let _lines = follow(stderr);
+    let mut alice = join_lobby_at(addr, "alice").await;
+    let joined = alice.join("kept", "alice").await;
+    let epoch = joined["epoch"].clone();
+    for i in 1..=3 {
+        alice.say("kept", &format!("m{i}")).await;
+        assert_eq!(alice.recv_type("message").await["id"], i);
+    }
+    child.signal("TERM");
+    assert_eq!(alice.closed().await, Some(1001));
+    assert!(child.exit_status().await.success());
+    assert!(cwd.path().join("data").is_dir(), "no ./data after a run");
+
+    let (child, addr, stderr) = spawn(cwd.path(), &[]);
+    let _lines = follow(stderr);
+    let mut bob = join_lobby_at(addr, "bob").await;
+    bob.send(serde_json::json!({"type": "join", "room": "kept", "name": "bob", "since": 0, "epoch": epoch}))
+        .await;
+    let joined = bob.recv_type("joined").await;
+    assert_eq!(joined["epoch"], epoch, "{joined}");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    let history: Vec<(u64, String)> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [(1, "m1".into()), (2, "m2".into()), (3, "m3".into())]
+    );
+    bob.say("kept", "m4").await;
+    assert_eq!(bob.recv_type("message").await["id"], 4);
+    child.signal("TERM");
+    assert!(child.exit_status().await.success());
+}
+
 #[async_std::test]
 async fn sigterm_closes_sockets_with_1001_and_exits_0() {
-    let (child, addr, stderr) = spawn(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, stderr) = spawn(cwd.path(), &[]);
     let _lines = follow(stderr);
     let mut clients = Vec::new();
     for name in ["alice", "bob"] {
@@ -128,7 +181,8 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
 
 #[async_std::test]
 async fn sighup_does_not_stop_the_server() {
-    let (child, addr, stderr) = spawn(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, stderr) = spawn(cwd.path(), &[]);
     let lines = follow(stderr);
     let mut alice = join_lobby_at(addr, "alice").await;
     let mut bob = join_lobby_at(addr, "bob").await;
@@ -145,7 +199,8 @@ async fn sighup_does_not_stop_the_server() {
 /// A client that never answers the server's close holds the graceful shutdown (up to the close
 /// bound); a second signal then ends the process at once with 128 + the signal's number.
 async fn second_signal_exits_at_once(signal: &str, code: i32) {
-    let (child, addr, stderr) = spawn(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, stderr) = spawn(cwd.path(), &[]);
     let lines = follow(stderr);
     let mut mute = raw_upgrade(addr, "/ws").await;
     let mut upgraded = [0u8; 12];
@@ -174,7 +229,8 @@ async fn second_sigint_exits_130() {
 /// the whole server stopped once the pipe (64 KiB) was full.
 #[async_std::test]
 async fn unread_stderr_does_not_stop_the_server() {
-    let (child, addr, stderr) = spawn(&["--log-level", "debug"]);
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, stderr) = spawn(cwd.path(), &["--log-level", "debug"]);
     // Refused handshakes log a line each at debug (with the Origin, cut to 100 characters):
     // 6,000 of them write ~1.2 MiB, far more than the pipe and the log queue hold.
     let origin = format!("http://{}.example", "o".repeat(90));

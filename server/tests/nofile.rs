@@ -35,6 +35,8 @@ async fn next_msg(lines: &async_channel::Receiver<String>) -> String {
 #[async_std::test]
 async fn out_of_descriptors_backs_off_logs_once_and_recovers() {
     let static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
+    // Its default `./data` (the durable store's files take descriptors too) is its own.
+    let cwd = tempfile::tempdir().unwrap();
     let mut child = Proc(
         Command::new("sh")
             .args([
@@ -55,6 +57,7 @@ async fn out_of_descriptors_backs_off_logs_once_and_recovers() {
                 "--max-http-connections-per-ip",
                 "1000",
             ])
+            .current_dir(cwd.path())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),

@@ -24,10 +24,14 @@ fn config(args: &[&str]) -> Config {
     use clap::Parser;
     let mut argv = vec!["tidechat"];
     argv.extend_from_slice(args);
-    tidechat::config::Args::try_parse_from(argv)
+    let mut config = tidechat::config::Args::try_parse_from(argv)
         .unwrap()
         .into_config()
-        .unwrap()
+        .unwrap();
+    // History in memory, as with `Config::default`: the binary's default `./data` would be one
+    // directory for every server of these parallel tests, and only the first could open it.
+    config.data_dir = None;
+    config
 }
 
 /// A TCP connection to `server` from the loopback address `from`.

@@ -4,6 +4,7 @@
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -21,21 +22,40 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 /** Generous: a cold debug build on a busy 2-core machine is slow, and nothing here is timed. */
 export const WAIT = 20_000;
 
-/**
- * Starts tidechat on `bind` (a free loopback port by default) and resolves once it listens.
- * Its log goes to target/browser-screenshots/<label>.log for post-mortems.
- */
 /** Every server this process started, killed if the suite dies before its cleanup runs. */
 const running = new Set();
+/** The data directories startServer made, removed then too. */
+const ownDirs = new Set();
 process.on("exit", () => {
   for (const proc of running) proc.kill("SIGKILL");
+  for (const dir of ownDirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
+/** A fresh data directory for one server (the default `./data` would be shared by all). */
+export function makeDataDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "tidechat-browser-"));
+}
+
+/**
+ * Starts tidechat on `bind` (a free loopback port by default) and resolves once it listens.
+ * Its log goes to target/browser-screenshots/<label>.log for post-mortems. Its history is in a
+ * fresh temporary directory, removed when it stops, unless `args` has `--data-dir` (a test that
+ * restarts a server on the same history passes its own, from makeDataDir, and removes it).
+ */
 export async function startServer({ bind = "127.0.0.1:0", args = [], label = "tidechat" } = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`tidechat binary not found at ${BIN}: run cargo build -p server`);
   fs.mkdirSync(SHOTS, { recursive: true });
+  const named = args.some((a) => a === "--data-dir" || a.startsWith("--data-dir="));
+  const dataDir = named ? null : makeDataDir();
+  if (dataDir) ownDirs.add(dataDir);
+  const removeDataDir = () => {
+    if (!dataDir) return;
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    ownDirs.delete(dataDir);
+  };
   const log = fs.createWriteStream(path.join(SHOTS, `${label}.log`), { flags: "a" });
-  const proc = spawn(BIN, ["--bind", bind, "--static-dir", STATIC_DIR, ...args], {
+  const dataArgs = dataDir ? ["--data-dir", dataDir] : [];
+  const proc = spawn(BIN, ["--bind", bind, "--static-dir", STATIC_DIR, ...dataArgs, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" },
   });
@@ -43,6 +63,8 @@ export async function startServer({ bind = "127.0.0.1:0", args = [], label = "ti
   proc.once("exit", () => running.delete(proc));
   proc.stdout.pipe(log);
   const exited = new Promise((resolve) => proc.once("exit", (code, signal) => resolve({ code, signal })));
+  // Once it is gone, whichever way: nothing writes there any more.
+  exited.then(removeDataDir);
   const port = await new Promise((resolve, reject) => {
     let buf = "";
     const timer = setTimeout(() => reject(new Error(`tidechat did not start within ${WAIT} ms:\n${buf}`)), WAIT);
@@ -64,6 +86,8 @@ export async function startServer({ bind = "127.0.0.1:0", args = [], label = "ti
     port,
     url: `http://127.0.0.1:${port}`,
     proc,
+    /** Where its history is, when startServer chose it. */
+    dataDir,
     /** Stops it (SIGTERM, or SIGKILL to die without closing anything) and waits for the exit. */
     async stop(signal = "SIGTERM") {
       if (proc.exitCode !== null || proc.signalCode !== null) return;

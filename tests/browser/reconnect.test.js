@@ -1,11 +1,14 @@
-// The connection dies under the page: it says so, reconnects, resumes with `since`, and every
-// message (including those typed while offline) shows up exactly once.
+// The connection dies under the page (or the server restarts, with its history or without): it
+// says so, reconnects, resumes with `since`, and every message (including those typed while
+// offline) shows up exactly once.
 
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import { after, before, test } from "node:test";
 import {
   joinAs,
   launchBrowser,
+  makeDataDir,
   messages,
   openSession,
   say,
@@ -79,6 +82,56 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
   assert.deepEqual(alice.errors.filter((e) => !/WebSocket/.test(e)), []);
   await screenshot(alice, "restart-alice");
   await screenshot(bob, "restart-bob");
+});
+
+test("server crash and restart on the same data: history kept, ids go on, nothing reported lost", async (t) => {
+  const dataDir = makeDataDir();
+  const args = ["--data-dir", dataDir];
+  let server = await startServer({ label: "restart-kept-1", args });
+  const port = server.port;
+  t.after(async () => {
+    await server.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await say(alice, "before the crash");
+  await waitMessage(bob, "lobby", "before the crash");
+
+  // A process crash on the same machine loses nothing that was acknowledged.
+  await server.stop("SIGKILL");
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="reconnecting"]').waitFor();
+  }
+  await say(bob, "typed while the server was down");
+
+  server = await startServer({ bind: `127.0.0.1:${port}`, label: "restart-kept-2", args });
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  }
+  await waitMessage(alice, "lobby", "typed while the server was down");
+  await bob.locator("li.msg[data-state=pending]").waitFor({ state: "detached" });
+  await say(alice, "after the restart");
+  await waitMessage(bob, "lobby", "after the restart");
+
+  const expected = ["before the crash", "typed while the server was down", "after the restart"];
+  for (const page of [alice, bob]) {
+    const got = await messages(page, "lobby");
+    assert.deepEqual(texts(got), expected);
+    assert.deepEqual(got.map((m) => Number(m.id)), [1, 2, 3], "ids go on from before the crash");
+    assert.equal(await page.locator(".notice.warn").count(), 0, "nothing reported lost");
+  }
+  // Someone who comes only now sees what was said before the crash.
+  const carol = await openSession(browser);
+  t.after(() => carol.context().close());
+  await joinAs(carol, `${server.url}/#room=lobby`, "carol", "lobby");
+  await waitMessage(carol, "lobby", "after the restart");
+  assert.deepEqual(texts(await messages(carol, "lobby")), expected);
 });
 
 test("dropped connection: resume with since and token recovers missed messages exactly once", async (t) => {

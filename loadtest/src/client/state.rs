@@ -245,10 +245,12 @@ impl State {
         run.sender_done(self.room, slot);
     }
 
-    /// Deliveries still owed to this client by senders that have stopped.
+    /// Deliveries still owed to this client by senders that have stopped, and the echoes of its
+    /// own messages.
     pub(super) fn owed(&self, run: &Run) -> u64 {
         let room = &run.rooms[self.room];
-        self.tracks
+        let others: u64 = self
+            .tracks
             .iter()
             .enumerate()
             .filter(|(s, _)| Some(*s) != self.slot)
@@ -256,7 +258,10 @@ impl State {
                 let end = room.senders[s].sent.load(Ordering::Acquire);
                 end.saturating_sub(t.start).saturating_sub(t.in_window)
             })
-            .sum()
+            .sum();
+        // Its own messages not yet echoed: a server may acknowledge later than it delivers to
+        // the others (tidechat's durable store waits for the disk).
+        others + self.sent.saturating_sub(self.acks)
     }
 
     pub(super) fn on_text(&mut self, run: &Run, frame: &[u8]) {

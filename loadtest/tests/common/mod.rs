@@ -33,6 +33,9 @@ pub struct Faults {
     pub delay_first: Duration,
     /// Delay everything sent to every connection by this much.
     pub delay_all: Duration,
+    /// Delay a sender's own copy of its message by this much (as tidechat's durable store does
+    /// until the message is on disk), and so what follows it to that sender.
+    pub delay_echo: Duration,
     /// Drop every message that arrives while more than this many messages per second (over the
     /// last [`RATE_WINDOW`]) are coming in.
     pub lossy_above: Option<f64>,
@@ -71,7 +74,7 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
     let url = format!("ws://{}/{path}", listener.local_addr().unwrap());
     let received = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
-    type Peers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, String)>>>>;
+    type Peers = Arc<Mutex<Vec<(u64, tokio::sync::mpsc::UnboundedSender<(Instant, String)>)>>>;
     let peers: Peers = Arc::default();
     let arrivals: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let (rx_count, drop_count) = (received.clone(), dropped.clone());
@@ -101,7 +104,7 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
                 };
                 let (mut sink, mut stream) = ws.split();
                 let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
-                peers.lock().unwrap().push(tx);
+                peers.lock().unwrap().push((conn, tx));
                 tokio::spawn(async move {
                     // Every frame waits until its time: a constant delay keeps the order.
                     while let Some((at, text)) = out.recv().await {
@@ -132,8 +135,13 @@ pub async fn faulty_server(faults: Faults) -> TestServer {
                     } else {
                         format!("{conn}: {}", text.as_str())
                     };
-                    for p in peers.lock().unwrap().iter() {
-                        let _ = p.send((now, line.clone()));
+                    for (to, p) in peers.lock().unwrap().iter() {
+                        let at = if *to == conn {
+                            now + faults.delay_echo
+                        } else {
+                            now
+                        };
+                        let _ = p.send((at, line.clone()));
                     }
                 }
             });
