@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_std::net::TcpStream;
 use async_std::task;
 use async_tungstenite::tungstenite::Message;
 use common::*;
@@ -201,14 +200,7 @@ impl Tidechat {
 
 /// Opens `/ws` at `addr` and reads the hello.
 async fn connect(addr: SocketAddr) -> Client {
-    let std = std::net::TcpStream::connect(addr).unwrap();
-    let raw = std.try_clone().unwrap();
-    let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
-        .await
-        .unwrap();
-    let mut c = Client { ws, raw };
-    assert_eq!(c.recv().await["type"], "hello");
-    c
+    connect_at(addr).await
 }
 
 /// Joins `room` as `name`, resuming from `(since, epoch)` if given; returns the `joined` frame.

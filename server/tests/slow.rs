@@ -6,7 +6,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::Message;
 use common::*;
 use futures::SinkExt;
@@ -36,14 +35,7 @@ async fn tiny_buffer_client_at(addr: SocketAddr) -> Client {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&addr.into()).unwrap();
-    let std: std::net::TcpStream = socket.into();
-    let raw = std.try_clone().unwrap();
-    let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
-        .await
-        .unwrap();
-    let mut c = Client { ws, raw };
-    assert_eq!(c.recv().await["type"], "hello");
-    c
+    ws_over(socket.into(), addr).await
 }
 
 /// A reader task that counts the room's messages until it has `n`; returns their ids and the

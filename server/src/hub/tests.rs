@@ -20,10 +20,15 @@ impl Evict for Evictions {
 const GRACE: Duration = Duration::from_secs(30);
 
 fn hub(max_rooms: usize) -> Arc<Hub> {
+    hub_with(max_rooms, None)
+}
+
+/// A hub over a memory store keeping 100 messages (none older than `age`).
+fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
     let store = Arc::new(MemoryStore::new(Retention {
         messages: 100,
         bytes: 1 << 20,
-        age: None,
+        age,
     }));
     Hub::new(
         HubConfig {
@@ -270,23 +275,7 @@ fn joins_racing_evictions_never_strand_a_member() {
 /// `--history-age` reaches the store through the hub's housekeeping tick.
 #[test]
 fn old_messages_leave_the_history_on_the_tick() {
-    let store = Arc::new(MemoryStore::new(Retention {
-        messages: 100,
-        bytes: 1 << 20,
-        age: Some(Duration::from_millis(300)),
-    }));
-    let hub = Hub::new(
-        HubConfig {
-            max_rooms: 10,
-            room_buffer: 64,
-            room_buffer_bytes: 1 << 20,
-            presence_cap: 100,
-            page_messages: 50,
-            page_bytes: 1 << 20,
-            name_grace: GRACE,
-        },
-        Arc::new(MemoryBroker::new(store, 100)),
-    );
+    let hub = hub_with(10, Some(Duration::from_millis(300)));
     let _a = join(&hub, "r", "alice", 1).unwrap();
     hub.say("r", "alice", 1, "old", None).unwrap();
     std::thread::sleep(Duration::from_millis(600));

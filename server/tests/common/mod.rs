@@ -213,16 +213,25 @@ impl Drop for Proc {
     }
 }
 
-/// Connects to `/ws` of a server at `addr` (e.g. the real binary), reads the hello and joins
-/// `lobby` as `name`.
-pub async fn join_lobby_at(addr: std::net::SocketAddr, name: &str) -> Client {
-    let std = std::net::TcpStream::connect(addr).unwrap();
+/// Opens `/ws` of a server at `addr` over `std` (a socket connected to it) and reads the hello.
+pub async fn ws_over(std: std::net::TcpStream, addr: std::net::SocketAddr) -> Client {
     let raw = std.try_clone().unwrap();
     let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), TcpStream::from(std))
         .await
         .unwrap();
     let mut c = Client { ws, raw };
     assert_eq!(c.recv().await["type"], "hello");
+    c
+}
+
+/// Opens `/ws` of a server at `addr` (e.g. the real binary) and reads the hello.
+pub async fn connect_at(addr: std::net::SocketAddr) -> Client {
+    ws_over(std::net::TcpStream::connect(addr).unwrap(), addr).await
+}
+
+/// Connects to `/ws` of a server at `addr`, reads the hello and joins `lobby` as `name`.
+pub async fn join_lobby_at(addr: std::net::SocketAddr, name: &str) -> Client {
+    let mut c = connect_at(addr).await;
     c.join("lobby", name).await;
     c
 }
