@@ -113,5 +113,20 @@ async fn others_get_a_message_before_the_disk_and_the_sender_only_after() {
     store.set(true);
     let joined = carol.recv_type("joined").await;
     assert_eq!(joined["last_id"], 2);
+
+    // So does a `history` page.
+    store.set(false);
+    alice.say("r", "third").await;
+    assert_eq!(bob.recv_type("message").await["text"], "third");
+    bob.send(serde_json::json!({"type": "history", "room": "r", "since": 0}))
+        .await;
+    let early = async_std::future::timeout(Duration::from_millis(300), bob.next()).await;
+    assert!(
+        early.is_err(),
+        "bob's history page came before the sync: {early:?}"
+    );
+    store.set(true);
+    let page = bob.recv_type("history").await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
     s.stop().await;
 }

@@ -91,6 +91,12 @@ pub struct Ctx<'a> {
 #[derive(Debug)]
 pub(crate) enum Out {
     Text(Utf8Bytes),
+    /// A `history` reply: sent once commit `ticket` is durable (it may show the client's own
+    /// last messages).
+    Page {
+        frame: Utf8Bytes,
+        ticket: u64,
+    },
     /// Answer to a client's ping.
     Pong(Bytes),
     /// Send the `joined` frame (rendered by the writer, so a seed connection never builds it),
@@ -110,7 +116,7 @@ impl Cost for Out {
     /// Bytes this item becomes on the wire (what the inbox's byte bound counts).
     fn cost(&self) -> usize {
         match self {
-            Out::Text(t) => t.len(),
+            Out::Text(t) | Out::Page { frame: t, .. } => t.len(),
             Out::Pong(b) => b.len(),
             Out::Subscribe(j) => j.frame_bytes(),
             Out::Unsubscribe { .. } | Out::Close(..) | Out::Finish => 0,

@@ -346,7 +346,10 @@ impl Reader<'_> {
                     .ctx
                     .hub
                     .history(&room, &name, self.conn, page, limit.unwrap_or(usize::MAX))
-                    .map(|page| Out::Text(protocol::v1::history(&page).into()))
+                    .map(|page| Out::Page {
+                        frame: protocol::v1::history(&page).into(),
+                        ticket: page.ticket,
+                    })
                     .map_err(Refusal::from);
                 self.answer(result, echo, None).await
             }

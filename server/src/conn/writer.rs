@@ -233,6 +233,10 @@ impl<'a> Writer<'a> {
                 self.subs.swap_remove(i);
             }
             Input::Ctl(Out::Text(text)) => batch.push(Frame::text(text)),
+            Input::Ctl(Out::Page { frame, ticket }) => {
+                self.ack = self.ack.max(ticket);
+                batch.push(Frame::text(frame));
+            }
             Input::Ctl(Out::Pong(data)) => {
                 batch.push(Frame::new(OpCode::Control(Control::Pong), data))
             }

@@ -118,6 +118,8 @@ pub struct HistoryPage {
     pub room: Arc<str>,
     pub messages: Vec<Arc<Publication>>,
     pub more: bool,
+    /// The newest commit ticket when it was read: the frame waits until it is durable.
+    pub ticket: u64,
 }
 
 impl HistoryPage {
@@ -426,6 +428,8 @@ impl Hub {
             room: room.name.clone(),
             messages: read.messages,
             more: read.more,
+            // Read after the history: it covers every message in it.
+            ticket: self.broker.commits().latest(),
         })
     }
 
