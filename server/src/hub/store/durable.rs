@@ -566,13 +566,13 @@ impl DurableStore {
 
     /// Age retention for the rooms not in memory (theirs is checked as they are used).
     fn sweep_age(&self, cutoff: u64) -> Result<(), StoreError> {
-        let rooms: Vec<(u32, u64)> = lock(&self.index)
+        let rooms: Vec<(Arc<str>, u32, u64)> = lock(&self.index)
             .rooms
-            .values()
-            .filter(|m| m.kept.is_none())
-            .map(|m| (m.id, m.first))
+            .iter()
+            .filter(|(_, m)| m.kept.is_none())
+            .map(|(name, m)| (name.clone(), m.id, m.first))
             .collect();
-        for (id, first) in rooms {
+        for (room, id, first) in rooms {
             let mut through = None;
             for item in self.msgs.range(key(id, first)..=key(id, u64::MAX)) {
                 let (k, v) = item.into_inner().map_err(|e| self.failed(e))?;
@@ -582,17 +582,21 @@ impl DurableStore {
                 through = offset_of(&k);
             }
             let Some(through) = through else { continue };
-            {
+            let from = {
                 let mut index = lock(&self.index);
-                if let Some(meta) = index.rooms.values_mut().find(|m| m.id == id) {
-                    if meta.kept.is_some() {
-                        // Opened meanwhile: its own checks take over.
-                        continue;
-                    }
-                    meta.first = meta.first.max(through + 1);
+                let Some(meta) = index.rooms.get_mut(&room) else {
+                    continue;
+                };
+                if meta.kept.is_some() {
+                    // Opened meanwhile: its own checks take over.
+                    continue;
                 }
-            }
-            self.trim(id, first, through)?;
+                meta.first = meta.first.max(through + 1);
+                let from = meta.trimmed + 1;
+                meta.trimmed = meta.trimmed.max(through);
+                from
+            };
+            self.trim(id, from, through)?;
         }
         Ok(())
     }
@@ -1034,6 +1038,32 @@ mod tests {
         assert_eq!((s.epoch, s.last, s.lost_through), (epoch, 5, 5));
         assert!(!s.recovers(3, epoch, None));
         assert_eq!(fill(&*store, &room, 1, 2)[0].pos.offset, 6);
+    }
+
+    /// Rooms not in memory get `--history-age` from the background sweep.
+    #[test]
+    fn the_age_sweep_reaches_rooms_out_of_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), age_retention());
+        let (old, kept): (Arc<str>, Arc<str>) = ("old".into(), "kept".into());
+        fill(&*store, &old, 3, 1_000);
+        fill(&*store, &old, 2, 5_000);
+        fill(&*store, &kept, 2, 1_000);
+        store.forget(&old);
+        store.sweep_age(4_000).unwrap();
+        let offsets = |room: &Arc<str>| -> Vec<u64> {
+            let read = store.read(room, Page::Since(0), 100, 1 << 20).unwrap();
+            read.messages.iter().map(|p| p.pos.offset).collect()
+        };
+        assert_eq!(offsets(&old), vec![4, 5]);
+        assert_eq!(
+            offsets(&kept),
+            vec![1, 2],
+            "a room in memory is left to its own checks"
+        );
+        // Deleted, not only hidden: a reopen finds the same.
+        let store = reopen(dir.path(), store, true);
+        assert_eq!(store.recovery().messages, 4);
     }
 
     #[test]
