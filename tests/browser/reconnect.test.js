@@ -19,6 +19,17 @@ import {
   waitMessage,
 } from "./helpers.js";
 
+/** Alice (at `aliceUrl`) and Bob (at `bobUrl`) in the lobby; their browsers close after the test. */
+async function aliceAndBob(t, aliceUrl, bobUrl = aliceUrl) {
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+  await joinAs(alice, `${aliceUrl}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${bobUrl}/#room=lobby`, "bob", "lobby");
+  return { alice, bob };
+}
+
 /** Backoff can reach several seconds after a few failed attempts; nothing here is timed. */
 const RECONNECT_WAIT = 60_000;
 
@@ -38,13 +49,7 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
   let server = await startServer({ label: "restart-1" });
   const port = server.port;
   t.after(() => server.stop());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
-
-  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
-  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  const { alice, bob } = await aliceAndBob(t, server.url);
   await say(alice, "before the restart");
   await waitMessage(bob, "lobby", "before the restart");
 
@@ -93,13 +98,7 @@ test("server crash and restart on the same data: history kept, ids go on, nothin
     await server.stop();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
-
-  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
-  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  const { alice, bob } = await aliceAndBob(t, server.url);
   await say(alice, "before the crash");
   await waitMessage(bob, "lobby", "before the crash");
 
@@ -140,14 +139,8 @@ test("dropped connection: resume with since and token recovers missed messages e
   t.after(() => server.stop());
   const proxy = await startProxy(server.port);
   t.after(() => proxy.close());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
-
   // Alice goes through the proxy (a flaky network); Bob connects directly.
-  await joinAs(alice, `${proxy.url}/#room=lobby`, "alice", "lobby");
-  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  const { alice, bob } = await aliceAndBob(t, proxy.url, server.url);
   await alice.locator(".member-list li", { hasText: "bob" }).waitFor();
   await say(bob, "one");
   await waitMessage(alice, "lobby", "one");
@@ -216,13 +209,7 @@ test("a gap longer than one join page is paged in: every message once, in order"
   t.after(() => server.stop());
   const proxy = await startProxy(server.port);
   t.after(() => proxy.close());
-  const alice = await openSession(browser);
-  const bob = await openSession(browser);
-  t.after(() => alice.context().close());
-  t.after(() => bob.context().close());
-
-  await joinAs(alice, `${proxy.url}/#room=lobby`, "alice", "lobby");
-  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  const { alice, bob } = await aliceAndBob(t, proxy.url, server.url);
   await alice.locator(".member-list li", { hasText: "bob" }).waitFor();
   await say(bob, "before");
   await waitMessage(alice, "lobby", "before");
