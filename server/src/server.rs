@@ -324,7 +324,7 @@ pub async fn serve(
             let mut ticks = async_io::Timer::interval(TICK);
             loop {
                 futures::StreamExt::next(&mut ticks).await;
-                state.hub.tick(Instant::now());
+                state.hub.tick(Instant::now()).await;
             }
         };
         futures::pin_mut!(accept, housekeeping, shutdown);
@@ -344,7 +344,7 @@ pub async fn serve(
     }
     // Every acknowledged message is durable already; this syncs the rest and marks the store
     // as closed cleanly.
-    if let Err(e) = state.hub.broker().close() {
+    if let Err(e) = state.hub.broker().close().await {
         log::error!("closing the history store: {e}");
     }
     Ok(())

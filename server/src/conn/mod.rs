@@ -220,8 +220,8 @@ pub async fn run<S, W>(
     // users cannot resume.
     for m in &memberships {
         match mode {
-            Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn),
-            Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn),
+            Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn).await,
+            Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn).await,
         }
     }
     if let Ending::Closed(..) = ending {

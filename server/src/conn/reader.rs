@@ -167,7 +167,7 @@ impl Reader<'_> {
             Mode::V1 => self.send(Out::Text(self.ctx.hello.clone())).await,
             Mode::Seed => {
                 let name = self.conn.to_string();
-                match self.join(SEED_ROOM, &name, None, None, None) {
+                match self.join(SEED_ROOM, &name, None, None, None).await {
                     Ok(joined) => self.send(Out::Subscribe(Box::new(joined))).await,
                     Err(e) => Err(Ending::Gone(format!("cannot enter {SEED_ROOM}: {e}"))),
                 }
@@ -214,7 +214,7 @@ impl Reader<'_> {
                 self.ctx.hub.broker().commits().room().await;
                 match self.mode {
                     Mode::V1 => self.request(text.as_str()).await,
-                    Mode::Seed => self.seed_text(text.as_str()),
+                    Mode::Seed => self.seed_text(text.as_str()).await,
                 }
             }
             // tungstenite only reads here, so the writer answers pings.
@@ -324,6 +324,7 @@ impl Reader<'_> {
                 }
                 let result = self
                     .join(&room, &name, since, epoch, token.as_deref())
+                    .await
                     .map(|joined| Out::Subscribe(Box::new(joined)))
                     .map_err(Refusal::from);
                 self.answer(result, echo, None).await
@@ -346,6 +347,7 @@ impl Reader<'_> {
                     .ctx
                     .hub
                     .history(&room, &name, self.conn, page, limit.unwrap_or(usize::MAX))
+                    .await
                     .map(|page| Out::Page {
                         frame: protocol::v1::history(&page).into(),
                         ticket: page.ticket,
@@ -354,7 +356,7 @@ impl Reader<'_> {
                 self.answer(result, echo, None).await
             }
             ClientFrame::Leave { room } => {
-                let result = self.leave(&room);
+                let result = self.leave(&room).await;
                 self.answer(result, Some(&room), None).await
             }
             ClientFrame::Say {
@@ -363,7 +365,7 @@ impl Reader<'_> {
                 reference,
             } => {
                 let reference = reference.as_deref();
-                if let Err(refusal) = self.say(&room, &text, reference) {
+                if let Err(refusal) = self.say(&room, &text, reference).await {
                     // A too-long ref is not echoed back.
                     let reference = reference.filter(|r| ref_ok(r));
                     return self.refuse(refusal, Some(&room), reference).await;
@@ -439,7 +441,7 @@ impl Reader<'_> {
             .ok_or(HubError::NotInRoom)
     }
 
-    fn join(
+    async fn join(
         &mut self,
         room: &str,
         name: &str,
@@ -447,16 +449,20 @@ impl Reader<'_> {
         epoch: Option<u64>,
         token: Option<&str>,
     ) -> Result<Joined, HubError> {
-        let joined = self.ctx.hub.join(JoinRequest {
-            room,
-            name,
-            since,
-            epoch,
-            token,
-            conn: self.conn,
-            evictor: self.inbox.clone(),
-            snapshot: self.mode == Mode::V1,
-        })?;
+        let joined = self
+            .ctx
+            .hub
+            .join(JoinRequest {
+                room,
+                name,
+                since,
+                epoch,
+                token,
+                conn: self.conn,
+                evictor: self.inbox.clone(),
+                snapshot: self.mode == Mode::V1,
+            })
+            .await?;
         self.memberships.push(Membership {
             room: joined.room.clone(),
             name: name.into(),
@@ -464,14 +470,14 @@ impl Reader<'_> {
         Ok(joined)
     }
 
-    fn leave(&mut self, room: &str) -> Result<Out, Refusal> {
+    async fn leave(&mut self, room: &str) -> Result<Out, Refusal> {
         let i = self
             .memberships
             .iter()
             .position(|m| &*m.room == room)
             .ok_or(HubError::NotInRoom)?;
         let m = self.memberships.swap_remove(i);
-        self.ctx.hub.leave(&m.room, &m.name, self.conn);
+        self.ctx.hub.leave(&m.room, &m.name, self.conn).await;
         Ok(Out::Unsubscribe {
             room: m.room,
             reason: "left",
@@ -479,7 +485,12 @@ impl Reader<'_> {
     }
 
     /// Publishes a message; its echo (from the room) is the sender's acknowledgement.
-    fn say(&mut self, room: &str, text: &str, reference: Option<&str>) -> Result<(), Refusal> {
+    async fn say(
+        &mut self,
+        room: &str,
+        text: &str,
+        reference: Option<&str>,
+    ) -> Result<(), Refusal> {
         if reference.is_some_and(|r| !ref_ok(r)) {
             return Err(ref_too_long());
         }
@@ -500,19 +511,27 @@ impl Reader<'_> {
             ));
         }
         let name = &self.membership(room)?.name;
-        self.ctx.hub.say(room, name, self.conn, text, reference)?;
+        self.ctx
+            .hub
+            .say(room, name, self.conn, text, reference)
+            .await?;
         Ok(())
     }
 
     /// A line from a `/chatSocket` client: relayed to the lobby like the original demo did.
-    fn seed_text(&mut self, text: &str) -> Step {
+    async fn seed_text(&mut self, text: &str) -> Step {
         if protocol::json_str_len(text) > self.ctx.limits.max_text_bytes {
             log::debug!("#{}: seed message over the text limit dropped", self.conn);
             return Ok(());
         }
         if let Some(m) = self.memberships.first() {
             // A seed connection is only ever in the lobby; a failure means it was removed.
-            if let Err(e) = self.ctx.hub.say(&m.room, &m.name, self.conn, text, None) {
+            if let Err(e) = self
+                .ctx
+                .hub
+                .say(&m.room, &m.name, self.conn, text, None)
+                .await
+            {
                 return Err(Ending::Gone(format!("lobby: {e}")));
             }
         }

@@ -79,21 +79,22 @@ pub struct Names {
     pub count: usize,
 }
 
+#[async_trait::async_trait]
 pub trait Broker: Send + Sync + fmt::Debug {
     /// Where deliveries go from now on.
     fn attach(&self, sink: Weak<dyn Deliver>);
 
     /// This node has members in `room` (again); deliveries for it start.
-    fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError>;
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError>;
 
     /// This node has no members left in `room`.
     fn unsubscribe(&self, room: &str);
 
     /// Publishes `msg` and returns its position; it has been handed to [`Deliver`] by then.
-    fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError>;
+    async fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError>;
 
     /// A page of `room`'s history and the stream's state when it was read.
-    fn history(
+    async fn history(
         &self,
         room: &Arc<str>,
         page: Page,
@@ -103,7 +104,7 @@ pub trait Broker: Send + Sync + fmt::Debug {
 
     /// Claims `name` in `room` for connection `conn`: a free name, or one whose `token` is
     /// presented (a resume, which takes it from the connection holding it, or ends its grace).
-    fn presence_add(
+    async fn presence_add(
         &self,
         room: &Arc<str>,
         name: &Arc<str>,
@@ -112,23 +113,23 @@ pub trait Broker: Send + Sync + fmt::Debug {
     ) -> Result<Claim, BrokerError>;
 
     /// `conn` left `room` on purpose: the name is free at once (`left` goes out).
-    fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64);
+    async fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64);
 
     /// `conn` went away without leaving: the name stays reserved for its token until `until`,
     /// and `left` goes out only if nobody resumed it by then.
-    fn presence_detach(&self, room: &Arc<str>, name: &str, conn: u64, until: Instant);
+    async fn presence_detach(&self, room: &Arc<str>, name: &str, conn: u64, until: Instant);
 
     /// The names in `room`.
-    fn presence_list(&self, room: &str, max: usize) -> Names;
+    async fn presence_list(&self, room: &str, max: usize) -> Names;
 
     /// Ends the graces that ran out by `now`.
-    fn expire(&self, now: Instant);
+    async fn expire(&self, now: Instant);
 
     /// Commit tickets (what a sender's echo waits for).
     fn commits(&self) -> &Commits;
 
     /// A clean stop: everything durable, nothing more accepted.
-    fn close(&self) -> Result<(), BrokerError>;
+    async fn close(&self) -> Result<(), BrokerError>;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,12 +241,13 @@ impl Drop for MemoryBroker {
     }
 }
 
+#[async_trait::async_trait]
 impl Broker for MemoryBroker {
     fn attach(&self, sink: Weak<dyn Deliver>) {
         let _ = self.sink.set(sink);
     }
 
-    fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
         self.stream(room)?;
         Ok(())
     }
@@ -255,7 +257,7 @@ impl Broker for MemoryBroker {
         self.store.forget(room);
     }
 
-    fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError> {
+    async fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError> {
         if self.commits.failing() {
             // After a failed fsync the OS may have dropped the unsynced pages: nothing new is
             // accepted (and acknowledged as durable) until a sync works again.
@@ -288,7 +290,7 @@ impl Broker for MemoryBroker {
         Ok(pos)
     }
 
-    fn history(
+    async fn history(
         &self,
         room: &Arc<str>,
         page: Page,
@@ -304,7 +306,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn presence_add(
+    async fn presence_add(
         &self,
         room: &Arc<str>,
         name: &Arc<str>,
@@ -354,7 +356,7 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64) {
+    async fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64) {
         let mut guard = lock(&self.presence);
         let Some(names) = guard.rooms.get_mut(room) else {
             return;
@@ -376,7 +378,7 @@ impl Broker for MemoryBroker {
         self.presence_event(room, &name, false, count);
     }
 
-    fn presence_detach(&self, room: &Arc<str>, name: &str, conn: u64, until: Instant) {
+    async fn presence_detach(&self, room: &Arc<str>, name: &str, conn: u64, until: Instant) {
         let mut guard = lock(&self.presence);
         let Presence { rooms, graces } = &mut *guard;
         let Some(names) = rooms.get_mut(room) else {
@@ -393,7 +395,7 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn presence_list(&self, room: &str, max: usize) -> Names {
+    async fn presence_list(&self, room: &str, max: usize) -> Names {
         let guard = lock(&self.presence);
         let Some(names) = guard.rooms.get(room) else {
             return Names::default();
@@ -404,7 +406,7 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn expire(&self, now: Instant) {
+    async fn expire(&self, now: Instant) {
         {
             let mut next = lock(&self.next_expiry);
             if now >= *next {
@@ -448,7 +450,7 @@ impl Broker for MemoryBroker {
         &self.commits
     }
 
-    fn close(&self) -> Result<(), BrokerError> {
+    async fn close(&self) -> Result<(), BrokerError> {
         self.commits.stop();
         self.store.close()?;
         Ok(())

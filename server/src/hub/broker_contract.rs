@@ -11,6 +11,7 @@ use super::store::durable::DurableStore;
 use super::store::memory::MemoryStore;
 use super::store::{HistoryStore, Retention};
 use super::Page;
+use async_std::task::block_on;
 
 const RETENTION: Retention = Retention {
     messages: 100,
@@ -56,16 +57,13 @@ fn say<'a>(room: &'a Arc<str>, from: &'a Arc<str>, text: &'a str, origin: u64) -
 pub fn publications_are_ordered_delivered_and_kept(broker: &dyn Broker) {
     let sink = attach(broker);
     let (room, bob): (Arc<str>, Arc<str>) = ("r".into(), "bob".into());
-    broker.subscribe(&room).unwrap();
-    let epoch = broker
-        .history(&room, Page::Before(u64::MAX), 0, 0)
+    block_on(broker.subscribe(&room)).unwrap();
+    let epoch = block_on(broker.history(&room, Page::Before(u64::MAX), 0, 0))
         .unwrap()
         .state
         .epoch;
     for i in 1..=5 {
-        let pos = broker
-            .publish(say(&room, &bob, &format!("m{i}"), 7))
-            .unwrap();
+        let pos = block_on(broker.publish(say(&room, &bob, &format!("m{i}"), 7))).unwrap();
         assert_eq!(pos, StreamPosition::new(i, epoch));
     }
     let delivered = sink.take();
@@ -83,7 +81,7 @@ pub fn publications_are_ordered_delivered_and_kept(broker: &dyn Broker) {
         })
         .collect();
     assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
-    let h = broker.history(&room, Page::Since(2), 10, 1 << 20).unwrap();
+    let h = block_on(broker.history(&room, Page::Since(2), 10, 1 << 20)).unwrap();
     assert_eq!(h.state.last, 5);
     let texts: Vec<&str> = h.read.messages.iter().map(|p| &*p.text).collect();
     assert_eq!(texts, ["m3", "m4", "m5"]);
@@ -94,8 +92,8 @@ pub fn publications_are_ordered_delivered_and_kept(broker: &dyn Broker) {
 pub fn tickets_become_durable(broker: &dyn Broker, durable: bool) {
     let sink = attach(broker);
     let (room, bob): (Arc<str>, Arc<str>) = ("t".into(), "bob".into());
-    broker.subscribe(&room).unwrap();
-    broker.publish(say(&room, &bob, "x", 1)).unwrap();
+    block_on(broker.subscribe(&room)).unwrap();
+    block_on(broker.publish(say(&room, &bob, "x", 1))).unwrap();
     let d = sink.take();
     let ticket = d[0].ticket;
     assert_eq!(ticket > 0, durable, "ticket {ticket}");
@@ -110,7 +108,7 @@ pub fn tickets_become_durable(broker: &dyn Broker, durable: bool) {
 pub fn names_claims_resumes_and_graces(broker: &dyn Broker) {
     let sink = attach(broker);
     let (room, alice): (Arc<str>, Arc<str>) = ("p".into(), "alice".into());
-    let claim = broker.presence_add(&room, &alice, 1, None).unwrap();
+    let claim = block_on(broker.presence_add(&room, &alice, 1, None)).unwrap();
     let events = sink.take();
     assert!(matches!(
         &events[..],
@@ -120,38 +118,34 @@ pub fn names_claims_resumes_and_graces(broker: &dyn Broker) {
         }]
     ));
     assert_eq!(
-        broker.presence_add(&room, &alice, 2, None).unwrap_err(),
+        block_on(broker.presence_add(&room, &alice, 2, None)).unwrap_err(),
         BrokerError::NameTaken
     );
     assert_eq!(
-        broker.presence_add(&room, &alice, 1, None).unwrap_err(),
+        block_on(broker.presence_add(&room, &alice, 1, None)).unwrap_err(),
         BrokerError::AlreadyJoined
     );
-    let resumed = broker
-        .presence_add(&room, &alice, 2, Some(&claim.token))
-        .unwrap();
+    let resumed = block_on(broker.presence_add(&room, &alice, 2, Some(&claim.token))).unwrap();
     assert_eq!(resumed.replaced, Some(1));
     assert!(sink.take().is_empty(), "a resume is no presence change");
-    let list = broker.presence_list(&room, 10);
+    let list = block_on(broker.presence_list(&room, 10));
     assert_eq!((list.count, list.names.len()), (1, 1));
 
     // Gone without leaving: reserved until the grace ends, then one `left`.
     let now = Instant::now();
-    broker.presence_detach(&room, &alice, 2, now + Duration::from_secs(30));
+    block_on(broker.presence_detach(&room, &alice, 2, now + Duration::from_secs(30)));
     assert_eq!(
-        broker.presence_add(&room, &alice, 3, None).unwrap_err(),
+        block_on(broker.presence_add(&room, &alice, 3, None)).unwrap_err(),
         BrokerError::NameTaken
     );
-    broker.expire(now + Duration::from_secs(10));
+    block_on(broker.expire(now + Duration::from_secs(10)));
     assert!(sink.take().is_empty());
-    let back = broker
-        .presence_add(&room, &alice, 4, Some(&resumed.token))
-        .unwrap();
+    let back = block_on(broker.presence_add(&room, &alice, 4, Some(&resumed.token))).unwrap();
     assert_eq!(back.replaced, None, "nobody held it");
-    broker.expire(now + Duration::from_secs(60));
+    block_on(broker.expire(now + Duration::from_secs(60)));
     assert!(sink.take().is_empty(), "the resume ended the grace");
-    broker.presence_detach(&room, &alice, 4, now + Duration::from_secs(30));
-    broker.expire(now + Duration::from_secs(31));
+    block_on(broker.presence_detach(&room, &alice, 4, now + Duration::from_secs(30)));
+    block_on(broker.expire(now + Duration::from_secs(31)));
     let events = sink.take();
     assert!(matches!(
         &events[..],
@@ -160,13 +154,13 @@ pub fn names_claims_resumes_and_graces(broker: &dyn Broker) {
             ..
         }]
     ));
-    assert_eq!(broker.presence_list(&room, 10).count, 0);
+    assert_eq!(block_on(broker.presence_list(&room, 10)).count, 0);
 
     // A leave frees it at once.
-    broker.presence_add(&room, &alice, 5, None).unwrap();
-    broker.presence_remove(&room, &alice, 5);
+    block_on(broker.presence_add(&room, &alice, 5, None)).unwrap();
+    block_on(broker.presence_remove(&room, &alice, 5));
     assert_eq!(sink.take().len(), 2);
-    broker.presence_add(&room, &alice, 6, None).unwrap();
+    block_on(broker.presence_add(&room, &alice, 6, None)).unwrap();
 }
 
 /// Runs every contract test, each on a fresh broker from `new` (a broker delivers to the one

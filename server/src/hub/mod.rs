@@ -257,21 +257,26 @@ impl Hub {
     }
 
     /// Enters `req.name` into `req.room`, creating the room here if needed.
-    pub fn join(&self, req: JoinRequest<'_>) -> Result<Joined, HubError> {
+    pub async fn join(&self, req: JoinRequest<'_>) -> Result<Joined, HubError> {
         let room = self.pin(req.room)?;
-        let joined = self.join_pinned(&room, req);
+        let joined = self.join_pinned(&room, req).await;
         let mut rooms = lock(&self.rooms);
         lock(&room.slot).pins -= 1;
         rooms.maybe_idle(&room, &lock(&room.members));
         joined
     }
 
-    fn join_pinned(&self, room: &Arc<Room>, req: JoinRequest<'_>) -> Result<Joined, HubError> {
-        self.broker.subscribe(&room.name)?;
+    async fn join_pinned(
+        &self,
+        room: &Arc<Room>,
+        req: JoinRequest<'_>,
+    ) -> Result<Joined, HubError> {
+        self.broker.subscribe(&room.name).await?;
         let name: Arc<str> = req.name.into();
         let claim = self
             .broker
-            .presence_add(&room.name, &name, req.conn, req.token)?;
+            .presence_add(&room.name, &name, req.conn, req.token)
+            .await?;
         let rx = {
             let mut members = lock(&room.members);
             if let Some(old) = members
@@ -292,7 +297,7 @@ impl Hub {
             room.tx.new_receiver()
         };
         // After the receiver exists: every message is in the history read or in `rx`.
-        match self.snapshot(room, &req) {
+        match self.snapshot(room, &req).await {
             // Read after the history: it covers every message in it.
             Ok((state, read, recovered, members)) => Ok(Joined {
                 room: room.name.clone(),
@@ -308,7 +313,8 @@ impl Hub {
                 ticket: self.broker.commits().latest(),
             }),
             Err(e) => {
-                self.depart(&room.name, &name, req.conn, Departure::Leave);
+                self.depart(&room.name, &name, req.conn, Departure::Leave)
+                    .await;
                 Err(e)
             }
         }
@@ -316,7 +322,7 @@ impl Hub {
 
     /// What a join shows: the stream's state, the history page, whether it recovers the
     /// client's gap, and the members.
-    fn snapshot(
+    async fn snapshot(
         &self,
         room: &Room,
         req: &JoinRequest<'_>,
@@ -327,12 +333,15 @@ impl Hub {
             (0, 0)
         };
         let latest = Page::Before(u64::MAX);
-        let first = self.broker.history(
-            &room.name,
-            req.since.map_or(latest, Page::Since),
-            max,
-            max_bytes,
-        )?;
+        let first = self
+            .broker
+            .history(
+                &room.name,
+                req.since.map_or(latest, Page::Since),
+                max,
+                max_bytes,
+            )
+            .await?;
         let (state, read, recovered) = match (req.since, req.epoch) {
             (Some(since), Some(epoch)) if first.state.epoch == Epoch(epoch) => {
                 let next = first.read.messages.first().map(|p| p.pos.offset);
@@ -340,20 +349,27 @@ impl Hub {
                 if since <= first.state.last {
                     (first.state, first.read, recovered)
                 } else {
-                    let again = self.broker.history(&room.name, latest, max, max_bytes)?;
+                    let again = self
+                        .broker
+                        .history(&room.name, latest, max, max_bytes)
+                        .await?;
                     (again.state, again.read, false)
                 }
             }
             (None, _) => (first.state, first.read, false),
             // Another life of the room (or no epoch given): the ids mean nothing here.
             _ => {
-                let again = self.broker.history(&room.name, latest, max, max_bytes)?;
+                let again = self
+                    .broker
+                    .history(&room.name, latest, max, max_bytes)
+                    .await?;
                 (again.state, again.read, false)
             }
         };
         let members = if req.snapshot {
             self.broker
                 .presence_list(&room.name, self.config.presence_cap)
+                .await
         } else {
             broker::Names::default()
         };
@@ -410,7 +426,7 @@ impl Hub {
 
     /// A page of `room`'s history for `name` (held by `conn`), at most `limit` messages and
     /// never more than the page caps.
-    pub fn history(
+    pub async fn history(
         &self,
         room: &str,
         name: &str,
@@ -422,7 +438,8 @@ impl Hub {
         let max = limit.min(self.config.page_messages);
         let read = self
             .broker
-            .history(&room.name, page, max, self.config.page_bytes)?
+            .history(&room.name, page, max, self.config.page_bytes)
+            .await?
             .read;
         Ok(HistoryPage {
             room: room.name.clone(),
@@ -452,17 +469,17 @@ impl Hub {
     }
 
     /// `conn` leaves `room` on purpose; `left` goes out at once. Idempotent.
-    pub fn leave(&self, room: &str, name: &str, conn: u64) {
-        self.depart(room, name, conn, Departure::Leave);
+    pub async fn leave(&self, room: &str, name: &str, conn: u64) {
+        self.depart(room, name, conn, Departure::Leave).await;
     }
 
     /// `conn` went away while in `room`: the name stays reserved for its token for the grace,
     /// and `left` goes out only if nobody resumes it. Idempotent.
-    pub fn disconnect(&self, room: &str, name: &str, conn: u64) {
-        self.depart(room, name, conn, Departure::Gone);
+    pub async fn disconnect(&self, room: &str, name: &str, conn: u64) {
+        self.depart(room, name, conn, Departure::Gone).await;
     }
 
-    fn depart(&self, room: &str, name: &str, conn: u64, how: Departure) {
+    async fn depart(&self, room: &str, name: &str, conn: u64, how: Departure) {
         let room = {
             let mut rooms = lock(&self.rooms);
             let Some(room) = rooms.map.get(room).cloned() else {
@@ -480,14 +497,16 @@ impl Hub {
         match how {
             Departure::Gone if !self.config.name_grace.is_zero() => {
                 let until = Instant::now() + self.config.name_grace;
-                self.broker.presence_detach(&room.name, name, conn, until);
+                self.broker
+                    .presence_detach(&room.name, name, conn, until)
+                    .await;
             }
-            _ => self.broker.presence_remove(&room.name, name, conn),
+            _ => self.broker.presence_remove(&room.name, name, conn).await,
         }
     }
 
     /// Publishes a message from `name` (held by `conn`) to everyone in `room`.
-    pub fn say(
+    pub async fn say(
         &self,
         room: &str,
         name: &str,
@@ -496,20 +515,23 @@ impl Hub {
         reference: Option<&str>,
     ) -> Result<StreamPosition, HubError> {
         let (room, from) = self.held(room, name, conn)?;
-        let pos = self.broker.publish(NewMessage {
-            room: &room.name,
-            from: &from,
-            text,
-            reference,
-            origin: conn,
-        })?;
+        let pos = self
+            .broker
+            .publish(NewMessage {
+                room: &room.name,
+                from: &from,
+                text,
+                reference,
+                origin: conn,
+            })
+            .await?;
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(pos)
     }
 
     /// Housekeeping, called a few times a second: ends name graces that ran out.
-    pub fn tick(&self, now: Instant) {
-        self.broker.expire(now);
+    pub async fn tick(&self, now: Instant) {
+        self.broker.expire(now).await;
     }
 
     /// Counts rooms, members and receivers.

@@ -7,6 +7,7 @@ use super::broker::MemoryBroker;
 use super::store::memory::MemoryStore;
 use super::store::Retention;
 use super::*;
+use async_std::task::block_on;
 
 #[derive(Debug, Default)]
 struct Evictions(Mutex<Vec<Arc<str>>>);
@@ -58,7 +59,7 @@ fn join_with(
     token: Option<&str>,
 ) -> Result<(Joined, Arc<Evictions>), HubError> {
     let evictions = Arc::new(Evictions::default());
-    let joined = hub.join(JoinRequest {
+    let joined = block_on(hub.join(JoinRequest {
         room,
         name,
         since,
@@ -67,7 +68,7 @@ fn join_with(
         conn,
         evictor: evictions.clone(),
         snapshot: true,
-    })?;
+    }))?;
     Ok((joined, evictions))
 }
 
@@ -95,7 +96,7 @@ fn a_message_reaches_every_member_in_order_with_its_sender() {
     let mut b = join(&hub, "r", "bob", 2).unwrap();
     assert_eq!(drain(&mut a.rx).len(), 1, "alice saw bob join");
     for i in 1..=3 {
-        let pos = hub.say("r", "alice", 1, &format!("m{i}"), None).unwrap();
+        let pos = block_on(hub.say("r", "alice", 1, &format!("m{i}"), None)).unwrap();
         assert_eq!(pos, StreamPosition::new(i, a.state.epoch));
     }
     for rx in [&mut a.rx, &mut b.rx] {
@@ -107,9 +108,12 @@ fn a_message_reaches_every_member_in_order_with_its_sender() {
             got[0].1
         );
     }
-    assert_eq!(hub.say("r", "bob", 1, "x", None), Err(HubError::NotInRoom));
     assert_eq!(
-        hub.say("nowhere", "bob", 2, "x", None),
+        block_on(hub.say("r", "bob", 1, "x", None)),
+        Err(HubError::NotInRoom)
+    );
+    assert_eq!(
+        block_on(hub.say("nowhere", "bob", 2, "x", None)),
         Err(HubError::NotInRoom)
     );
     let stats = hub.stats();
@@ -124,7 +128,7 @@ fn a_join_sees_history_and_a_resume_gets_exactly_its_gap() {
     let hub = hub(10);
     let a = join(&hub, "r", "alice", 1).unwrap();
     for i in 1..=5 {
-        hub.say("r", "alice", 1, &format!("m{i}"), None).unwrap();
+        block_on(hub.say("r", "alice", 1, &format!("m{i}"), None)).unwrap();
     }
     let b = join(&hub, "r", "bob", 2).unwrap();
     assert_eq!(b.state.last, 5);
@@ -166,7 +170,7 @@ fn names_are_unique_and_a_token_takes_one_back_quietly() {
     );
     assert!(presence(&drain(&mut bob.rx)).is_empty(), "no flicker");
     // The old connection's late leave does not remove the new holder.
-    hub.leave("r", "alice", 1);
+    block_on(hub.leave("r", "alice", 1));
     assert_eq!(join(&hub, "r", "alice", 4).err(), Some(HubError::NameTaken));
 }
 
@@ -176,31 +180,31 @@ fn a_dropped_name_waits_out_its_grace_for_its_token() {
     let a = join(&hub, "r", "alice", 1).unwrap();
     let mut bob = join(&hub, "r", "bob", 2).unwrap();
     drain(&mut bob.rx);
-    hub.disconnect("r", "alice", 1);
+    block_on(hub.disconnect("r", "alice", 1));
     assert_eq!(
         join(&hub, "r", "alice", 3).err(),
         Some(HubError::NameTaken),
         "a stranger"
     );
-    hub.tick(Instant::now() + GRACE / 2);
+    block_on(hub.tick(Instant::now() + GRACE / 2));
     assert!(drain(&mut bob.rx).is_empty(), "no left within the grace");
     let (back, _) = join_with(&hub, "r", "alice", 4, None, None, Some(&a.token)).unwrap();
     assert!(drain(&mut bob.rx).is_empty(), "no joined either");
-    hub.tick(Instant::now() + 2 * GRACE);
+    block_on(hub.tick(Instant::now() + 2 * GRACE));
     assert!(
         drain(&mut bob.rx).is_empty(),
         "the resumed name's old grace is void"
     );
 
-    hub.disconnect("r", "alice", 4);
-    hub.tick(Instant::now() + GRACE + Duration::from_secs(1));
+    block_on(hub.disconnect("r", "alice", 4));
+    block_on(hub.tick(Instant::now() + GRACE + Duration::from_secs(1)));
     let events = drain(&mut bob.rx);
     assert_eq!(presence(&events).len(), 1, "{events:?}");
     assert!(events[0].1.contains(r#""name":"alice","event":"left""#));
     assert!(join_with(&hub, "r", "alice", 5, None, None, Some(&back.token)).is_ok());
 
     // An explicit leave frees the name at once.
-    hub.leave("r", "alice", 5);
+    block_on(hub.leave("r", "alice", 5));
     assert!(presence(&drain(&mut bob.rx))[1].contains("left"));
     assert!(join(&hub, "r", "alice", 6).is_ok());
 }
@@ -210,10 +214,10 @@ fn the_longest_idle_room_is_evicted_and_a_busy_one_never() {
     let hub = hub(2);
     // A connection drops its receiver when it leaves.
     drop(join(&hub, "a", "x", 1).unwrap());
-    hub.say("a", "x", 1, "old", None).unwrap();
-    hub.leave("a", "x", 1);
+    block_on(hub.say("a", "x", 1, "old", None)).unwrap();
+    block_on(hub.leave("a", "x", 1));
     drop(join(&hub, "b", "x", 2).unwrap());
-    hub.leave("b", "x", 2);
+    block_on(hub.leave("b", "x", 2));
     let _b2 = join(&hub, "b", "y", 3).unwrap();
     // `a` went idle first and `b` is busy again: `c` takes `a`'s place.
     let c = join(&hub, "c", "x", 4).unwrap();
@@ -224,7 +228,7 @@ fn the_longest_idle_room_is_evicted_and_a_busy_one_never() {
     assert_eq!(join(&hub, "d", "x", 5).err(), Some(HubError::ServerFull));
     assert_eq!(hub.stats().rooms, 2);
     // In memory, `a` lost its history with its place; it comes back as a new life.
-    hub.leave("c", "x", 4);
+    block_on(hub.leave("c", "x", 4));
     let a2 = join(&hub, "a", "x", 6).unwrap();
     assert_eq!(a2.state.last, 0);
     assert!(a2.history.is_empty());
@@ -251,10 +255,10 @@ fn joins_racing_evictions_never_strand_a_member() {
                     let conn = t * 1_000_000 + i + 1;
                     match join(&hub, &room, "n", conn) {
                         Ok(joined) => {
-                            hub.say(&room, "n", conn, "x", None)
+                            block_on(hub.say(&room, "n", conn, "x", None))
                                 .expect("a member's room is in the map");
                             drop(joined);
-                            hub.leave(&room, "n", conn);
+                            block_on(hub.leave(&room, "n", conn));
                         }
                         Err(HubError::ServerFull | HubError::NameTaken) => full += 1,
                         Err(e) => panic!("{e}"),
@@ -277,10 +281,10 @@ fn joins_racing_evictions_never_strand_a_member() {
 fn old_messages_leave_the_history_on_the_tick() {
     let hub = hub_with(10, Some(Duration::from_millis(300)));
     let _a = join(&hub, "r", "alice", 1).unwrap();
-    hub.say("r", "alice", 1, "old", None).unwrap();
+    block_on(hub.say("r", "alice", 1, "old", None)).unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    hub.say("r", "alice", 1, "new", None).unwrap();
-    hub.tick(Instant::now());
+    block_on(hub.say("r", "alice", 1, "new", None)).unwrap();
+    block_on(hub.tick(Instant::now()));
     let b = join(&hub, "r", "bob", 2).unwrap();
     let texts: Vec<&str> = b.history.iter().map(|p| &*p.text).collect();
     assert_eq!(texts, ["new"]);
