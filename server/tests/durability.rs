@@ -15,17 +15,18 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_std::task;
 use async_tungstenite::tungstenite::Message;
+use common::msg::*;
+use common::node::{listening, Tidechat};
 use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -35,13 +36,6 @@ use tidechat::Config;
 /// The store's running marker, which holds the boot id of the machine it runs on.
 const MARKER: &str = "tidechat.running";
 
-/// The real binary on a data directory, with its stderr collected.
-struct Tidechat {
-    proc: Proc,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 /// Starts the binary on `dir` (rate limits lifted) with `extra` options, and waits until it
 /// listens and has opened its store.
 fn start(dir: &Path, extra: &[&str]) -> Tidechat {
@@ -49,36 +43,16 @@ fn start(dir: &Path, extra: &[&str]) -> Tidechat {
         .unwrap_or_else(|(status, log)| panic!("tidechat exited ({status}): {log}"))
 }
 
-/// Starts the binary and waits until its store is open (`Ok`) or it has exited (`Err`: its
-/// status and stderr). It listens before it opens the store, so the listening line alone
-/// does not say that it started.
+/// Starts the binary on `dir` and waits until its store is open (`Ok`) or it has exited
+/// (`Err`: its status and stderr).
 fn launch(
     dir: &Path,
     extra: &[&str],
-    env: &[(&str, &std::ffi::OsStr)],
+    env: &[(&str, &OsStr)],
 ) -> Result<Tidechat, (ExitStatus, String)> {
-    let (mut proc, log) = spawn(dir, extra, env);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let open = listening_and_open(&log.lock().unwrap());
-        if let Some(addr) = open {
-            return Ok(Tidechat { proc, addr, log });
-        }
-        if let Some(status) = proc.0.try_wait().unwrap() {
-            // stderr is closed by now; the reader thread finishes with it.
-            while !log.lock().unwrap().ends_with("<end>") && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let log = log.lock().unwrap().clone();
-            return Err((status, log));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tidechat neither started nor exited: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut args = vec![OsStr::new("--data-dir"), dir.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    Tidechat::launch("tidechat", &args, env, listening_and_open)
 }
 
 /// Runs the binary on `dir` expecting it to refuse to start: its exit status and stderr.
@@ -90,255 +64,14 @@ fn refused(dir: &Path) -> (ExitStatus, String) {
 }
 
 /// The address, once the log says both where it listens and that the store is open.
-fn listening_and_open(log: &str) -> Option<SocketAddr> {
-    let msgs: Vec<String> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
-        .collect();
+fn listening_and_open(msgs: &[String]) -> Option<SocketAddr> {
     if !msgs
         .iter()
         .any(|m| m.starts_with("history store") && m.contains(" opened in "))
     {
         return None;
     }
-    msgs.iter().find_map(|m| {
-        m.strip_prefix("tidechat listening on http://")?
-            .parse()
-            .ok()
-    })
-}
-
-fn spawn(
-    dir: &Path,
-    extra: &[&str],
-    env: &[(&str, &std::ffi::OsStr)],
-) -> (Proc, Arc<Mutex<String>>) {
-    let static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
-    let mut proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_tidechat"))
-            .args(["--bind", "127.0.0.1:0", "--static-dir", static_dir])
-            .args([
-                "--log-format",
-                "json",
-                "--rate",
-                "1000000",
-                "--burst",
-                "1000000",
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = proc.0.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[tidechat] {line}");
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-        sink.lock().unwrap().push_str("<end>");
-    });
-    (proc, log)
-}
-
-impl Tidechat {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) for a log line containing `needle`; the store logs what it found after
-    /// the listening line.
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.log.lock().unwrap().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}: {}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn sigterm(&self) {
-        let pid = self.proc.0.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    /// Waits for the process to exit (bounded) and reaps it.
-    async fn exit_status(self) -> ExitStatus {
-        let mut proc = self.proc;
-        let status = task::spawn_blocking(move || {
-            let status = proc.0.wait().unwrap();
-            drop(proc);
-            status
-        });
-        async_std::future::timeout(PATIENCE, status)
-            .await
-            .expect("tidechat did not exit")
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(mut self) {
-        self.proc.0.kill().unwrap();
-        let status = self.proc.0.wait().unwrap();
-        assert_eq!(status.signal(), Some(9), "{status}");
-    }
-}
-
-/// Opens `/ws` at `addr` and reads the hello.
-async fn connect(addr: SocketAddr) -> Client {
-    connect_at(addr).await
-}
-
-/// Joins `room` as `name`, resuming from `(since, epoch)` if given; returns the `joined` frame.
-async fn join(c: &mut Client, room: &str, name: &str, resume: Option<(u64, u64)>) -> Value {
-    let mut frame = json!({"type": "join", "room": room, "name": name});
-    if let Some((since, epoch)) = resume {
-        frame["since"] = since.into();
-        frame["epoch"] = epoch.into();
-    }
-    c.send(frame).await;
-    loop {
-        let v = c.recv().await;
-        match v["type"].as_str() {
-            Some("joined") => return v,
-            Some("error") => panic!("join refused: {v}"),
-            _ => {}
-        }
-    }
-}
-
-/// Connects to `addr` and joins.
-async fn joined_at(
-    addr: SocketAddr,
-    room: &str,
-    name: &str,
-    resume: Option<(u64, u64)>,
-) -> (Client, Value) {
-    let mut c = connect(addr).await;
-    let j = join(&mut c, room, name, resume).await;
-    (c, j)
-}
-
-/// A chat message as a client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Msg {
-    id: u64,
-    from: String,
-    text: String,
-    /// Server time: stored with the message, so it comes back the same after a restart.
-    ts: u64,
-}
-
-impl Msg {
-    fn of(v: &Value) -> Self {
-        assert_eq!(v["type"], "message", "{v}");
-        Msg {
-            id: v["id"].as_u64().unwrap(),
-            from: v["from"].as_str().unwrap().to_owned(),
-            text: v["text"].as_str().unwrap().to_owned(),
-            ts: v["ts"].as_u64().unwrap(),
-        }
-    }
-}
-
-fn ids(msgs: &[Msg]) -> Vec<u64> {
-    msgs.iter().map(|m| m.id).collect()
-}
-
-fn u64_of(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {field}: {v}"))
-}
-
-/// Every message after the `joined` frame's page too: `history` requests with `since` = the
-/// last id received, until `more` is false (the way the README tells a client to page).
-async fn page_all(c: &mut Client, room: &str, joined: &Value) -> Vec<Msg> {
-    let mut all: Vec<Msg> = joined["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Msg::of)
-        .collect();
-    let mut more = joined["more"].as_bool().unwrap();
-    // Bounded: a page holds at least one message, and no test keeps more than 10,000.
-    for _ in 0..10_000 {
-        if !more {
-            return all;
-        }
-        let since = all.last().map_or(0, |m| m.id);
-        c.send(json!({"type": "history", "room": room, "since": since}))
-            .await;
-        let page = loop {
-            let v = c.recv().await;
-            match v["type"].as_str() {
-                Some("history") => break v,
-                Some("error") => panic!("history refused: {v}"),
-                _ => {}
-            }
-        };
-        let messages = page["messages"].as_array().unwrap();
-        assert!(!messages.is_empty() || page["more"] == false, "{page}");
-        all.extend(messages.iter().map(Msg::of));
-        more = page["more"].as_bool().unwrap();
-    }
-    panic!("history paging did not end");
-}
-
-/// Says `text` with `reference` and waits for the echo (reading whatever comes first).
-async fn say_acked(c: &mut Client, room: &str, text: &str, reference: &str) -> Msg {
-    c.send(json!({"type": "say", "room": room, "text": text, "ref": reference}))
-        .await;
-    loop {
-        let v = c.recv().await;
-        match v["type"].as_str() {
-            Some("message") if v["ref"] == reference => return Msg::of(&v),
-            Some("error") => panic!("say refused: {v}"),
-            _ => {}
-        }
-    }
-}
-
-/// `n` messages from `name`, each sent only after the previous one's echo; the echoes.
-async fn send_acked(mut c: Client, room: String, name: String, n: usize) -> (Client, Vec<Msg>) {
-    let mut acked = Vec::with_capacity(n);
-    for i in 0..n {
-        let m = say_acked(
-            &mut c,
-            &room,
-            &format!("{name} says {i}"),
-            &format!("{name}-{i}"),
-        )
-        .await;
-        assert_eq!(m.from, name);
-        acked.push(m);
-    }
-    (c, acked)
-}
-
-/// Messages by id; two different messages under one id fail the test.
-fn by_id(msgs: impl IntoIterator<Item = Msg>) -> BTreeMap<u64, Msg> {
-    let mut map = BTreeMap::new();
-    for m in msgs {
-        if let Some(old) = map.insert(m.id, m.clone()) {
-            assert_eq!(old, m, "two messages under one id");
-        }
-    }
-    map
+    listening(msgs)
 }
 
 /// A random number in `range` from the OS (each run kills at other moments; it is printed so
@@ -1010,15 +743,6 @@ fn config_in(data_dir: Option<&Path>) -> Config {
         burst: 1_000_000,
         ..Config::default()
     }
-}
-
-fn history_of(joined: &Value) -> Vec<Msg> {
-    joined["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Msg::of)
-        .collect()
 }
 
 #[async_std::test]

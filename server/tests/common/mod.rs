@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 use tidechat::server::State;
 use tidechat::{Config, Server};
 
+pub mod msg;
+pub mod node;
+pub mod redis;
+
 /// Generous bound for anything a test waits on; never a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
