@@ -132,6 +132,20 @@ pub struct Args {
     /// `leave`; the others see `left` only when it runs out. 0s frees names at once.
     #[arg(long, env = "TIDECHAT_NAME_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub name_grace: Duration,
+    /// Share rooms with other nodes through Redis: `redis://HOST:PORT/DB` or
+    /// `unix:///path/redis.sock`. Repeat it (or give a comma list) to spread rooms over several
+    /// instances; every node must list the same instances in the same order. History then lives
+    /// in Redis (not in --data-dir).
+    #[arg(long, env = "TIDECHAT_REDIS", value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// With --redis: a node refreshes its members every third of this; the members of a node
+    /// that died leave within it (plus a second).
+    #[arg(long, env = "TIDECHAT_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+    /// With --redis: a command, or the PING sent every second, with no reply within this marks
+    /// Redis unavailable (messages are refused with `unavailable`) and the node reconnects.
+    #[arg(long, env = "TIDECHAT_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
     /// Most messages a `joined` or `history` frame holds; a resume across a longer gap pages
     /// with `history` requests.
     #[arg(long, env = "TIDECHAT_JOIN_HISTORY", default_value_t = 50)]
@@ -241,6 +255,8 @@ pub enum ConfigError {
     HandshakeRate(f64),
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleBelowPing { idle: Duration, ping: Duration },
+    #[error("--redis {0:?}: {1} (e.g. redis://127.0.0.1:6379/0 or unix:///run/redis.sock)")]
+    Redis(String, String),
 }
 
 /// Everything the server needs to run, validated.
@@ -270,6 +286,10 @@ pub struct Config {
     /// `None`: history in memory only.
     pub data_dir: Option<PathBuf>,
     pub name_grace: Duration,
+    /// `--redis`: empty for the single-node broker.
+    pub redis: Vec<String>,
+    pub presence_ttl: Duration,
+    pub redis_timeout: Duration,
     pub join_history: usize,
     pub join_history_bytes: usize,
     pub room_buffer: usize,
@@ -360,9 +380,19 @@ impl Args {
             ("--shutdown-timeout", self.shutdown_timeout),
             ("--history-age", self.history_age.0.unwrap_or(Duration::MAX)),
             ("--http-deadline", self.http_deadline),
+            ("--presence-ttl", self.presence_ttl),
+            ("--redis-timeout", self.redis_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for url in &self.redis {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(ConfigError::Redis(url.clone(), e.to_string()));
+            }
+            if self.redis.iter().filter(|u| *u == url).count() > 1 {
+                return Err(ConfigError::Redis(url.clone(), "given twice".into()));
             }
         }
         if self.max_text_bytes >= self.max_message_bytes {
@@ -427,6 +457,9 @@ impl Args {
             history_age: self.history_age.0,
             data_dir: (self.data_dir != "none").then(|| PathBuf::from(self.data_dir)),
             name_grace: self.name_grace,
+            redis: self.redis,
+            presence_ttl: self.presence_ttl,
+            redis_timeout: self.redis_timeout,
             join_history: self.join_history,
             join_history_bytes: self.join_history_bytes,
             room_buffer: self.room_buffer,

@@ -136,10 +136,30 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `config`; fails when its history store cannot be opened.
+    /// A server for `config`; fails when its history store cannot be opened. With `--redis`,
+    /// use [`Server::open`], which connects to Redis.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         Ok(Self {
             state: Arc::new(State::new(config)?),
+        })
+    }
+
+    /// A server for `config`, with its history store opened or, with `--redis`, its Redis
+    /// instances connected (each must answer and agree on the instance list).
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        if config.redis.is_empty() {
+            return Self::new(config);
+        }
+        let broker = hub::redis::RedisBroker::connect(hub::redis::RedisSettings {
+            urls: config.redis.clone(),
+            retention: config.retention(),
+            presence_cap: config.presence_cap,
+            presence_ttl: config.presence_ttl,
+            timeout: config.redis_timeout,
+        })
+        .await?;
+        Ok(Self {
+            state: Arc::new(State::with_broker(config, broker)),
         })
     }
 

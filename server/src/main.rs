@@ -39,9 +39,9 @@ async fn serve(bind: std::net::SocketAddr, config: tidechat::Config) -> anyhow::
         .spawn(move || on_signals(signals, stop_tx))
         .context("starting the signal thread")?;
 
-    // The history store first: a store that cannot be opened refuses the start before the port
-    // is taken.
-    let server = tidechat::Server::new(config)?;
+    // The history store (or Redis) first: one that cannot be opened refuses the start before
+    // the port is taken.
+    let server = tidechat::Server::open(config).await?;
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;

@@ -115,6 +115,10 @@ impl State {
     /// The state for `config`, with its history store opened (which can fail: a damaged or
     /// unreadable data directory).
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.redis.is_empty(),
+            "--redis needs Server::open, which connects to Redis"
+        );
         let store = Self::store(&config)?;
         Ok(Self::with_store(config, store))
     }
@@ -157,12 +161,17 @@ impl State {
 
     /// The state for `config` over `store` (an embedder's or a test's own).
     pub fn with_store(config: Config, store: Arc<dyn HistoryStore>) -> Self {
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(store, config.presence_cap));
+        Self::with_broker(config, broker)
+    }
+
+    /// The state for `config` over `broker` (e.g. the Redis broker).
+    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
         let hello = protocol::to_text(&ServerFrame::Hello {
             protocol: PROTOCOL_VERSION,
             limits: &config.limits(),
         });
         let ws_config = ws_config(&config);
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(store, config.presence_cap));
         let hub = Hub::new(
             HubConfig {
                 max_rooms: config.max_rooms,

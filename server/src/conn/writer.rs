@@ -224,6 +224,13 @@ impl<'a> Writer<'a> {
 
     fn apply(&mut self, input: Input, batch: &mut Vec<Frame>) -> Then {
         match input {
+            Input::Event(_, Some(Ok(ev))) if ev.reset => {
+                return close(
+                    batch,
+                    close::RESYNC,
+                    "resync: reconnect and join with since",
+                );
+            }
             Input::Event(i, Some(Ok(ev))) => self.event(i, &ev, batch),
             Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
                 log::debug!("receiver lagged by {n} events");
@@ -281,6 +288,10 @@ impl<'a> Writer<'a> {
 
     /// Adds room event `ev` of subscription `i` to the batch, unless the `joined` frame had it.
     fn event(&mut self, i: usize, ev: &EventRef, batch: &mut Vec<Frame>) {
+        if ev.reset {
+            // Only while closing anyway (see `apply`): nothing to show.
+            return;
+        }
         if ev.offset != 0 && ev.offset <= self.subs[i].after {
             return;
         }

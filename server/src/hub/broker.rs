@@ -22,6 +22,13 @@ use super::Page;
 /// Where a broker hands publications and presence changes for local delivery.
 pub trait Deliver: Send + Sync {
     fn deliver(&self, d: Delivery);
+
+    /// This node cannot prove that its members of `room` got every message (a broker that
+    /// spans nodes lost its feed and the stream cannot fill the gap): they are to resume.
+    fn reset(&self, room: &Arc<str>);
+
+    /// A resume elsewhere took `name` in `room` from local connection `conn`.
+    fn replaced(&self, room: &Arc<str>, name: &str, conn: u64);
 }
 
 /// One event for this node's members of a room.
@@ -67,9 +74,12 @@ pub enum BrokerError {
     NameTaken,
     #[error("you are already in this room")]
     AlreadyJoined,
-    /// The store (or, later, Redis) cannot take or give messages now.
+    /// The store cannot take or give messages now.
     #[error("{0}")]
     Unavailable(#[from] StoreError),
+    /// The broker's Redis did not answer; the message names it.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Names in a room, at most `max`, and how many there are.
@@ -90,7 +100,8 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// This node has no members left in `room`.
     fn unsubscribe(&self, room: &str);
 
-    /// Publishes `msg` and returns its position; it has been handed to [`Deliver`] by then.
+    /// Publishes `msg` and returns its position. The memory broker has handed it to [`Deliver`]
+    /// by then; a broker that spans nodes hands it over when it comes back from the network.
     async fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError>;
 
     /// A page of `room`'s history and the stream's state when it was read.

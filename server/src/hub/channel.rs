@@ -25,6 +25,8 @@ pub struct Event {
     pub ticket: u64,
     /// The connection that caused it (0: none).
     pub origin: u64,
+    /// Not an event: the room's feed broke, and its members are to resume (close 4009).
+    pub reset: bool,
 }
 
 impl Event {
@@ -138,6 +140,7 @@ mod tests {
             },
             ticket: 0,
             origin: 0,
+            reset: false,
         })
     }
 

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod channel;
 pub mod position;
 pub mod record;
+pub mod redis;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -153,6 +154,10 @@ impl From<BrokerError> for HubError {
             BrokerError::Unavailable(e) => {
                 log::warn!("{e}");
                 HubError::Unavailable(e.to_string())
+            }
+            BrokerError::Unreachable(e) => {
+                log::debug!("{e}");
+                HubError::Unavailable(e)
             }
         }
     }
@@ -564,8 +569,39 @@ impl Deliver for Hub {
             wire: Wire::render(&d.event),
             ticket: d.ticket,
             origin: d.origin,
+            reset: false,
         });
         room.tx.try_broadcast(event);
+    }
+
+    fn reset(&self, name: &Arc<str>) {
+        let Some(room) = lock(&self.rooms).map.get(name).cloned() else {
+            return;
+        };
+        room.tx.try_broadcast(Arc::new(Event {
+            offset: 0,
+            wire: Wire::render(&RoomEvent::Presence {
+                room: name.clone(),
+                name: "".into(),
+                joined: false,
+            }),
+            ticket: 0,
+            origin: 0,
+            reset: true,
+        }));
+    }
+
+    fn replaced(&self, name: &Arc<str>, member: &str, conn: u64) {
+        let mut rooms = lock(&self.rooms);
+        let Some(room) = rooms.map.get(name).cloned() else {
+            return;
+        };
+        let mut members = lock(&room.members);
+        if let Some(m) = members.get(member).filter(|m| m.conn == conn) {
+            m.evictor.evict(room.name.clone());
+            members.remove(member);
+            rooms.maybe_idle(&room, &members);
+        }
     }
 }
 

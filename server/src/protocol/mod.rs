@@ -68,6 +68,9 @@ pub mod close {
     /// The connection fell behind its room buffer or its socket accepted no writes within the
     /// write timeout. Reconnect and join with `since` to recover what was missed.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// This node lost its live feed of a room (its Redis connection broke) and cannot prove
+    /// that nothing was missed. Reconnect and join with `since`; `recovered` says the rest.
+    pub const RESYNC: u16 = 4009;
 }
 
 /// A frame from a client.

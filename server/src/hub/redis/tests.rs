@@ -1,0 +1,184 @@
+//! The Redis broker against a real `redis-server` started by each test: the broker contract,
+//! then what only a broker that spans nodes does (two brokers on one Redis, the instance list
+//! check, placement).
+
+#[path = "../../../tests/common/redis.rs"]
+mod fixture;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_std::task::block_on;
+
+use super::*;
+use crate::hub::broker::Delivery;
+use crate::hub::broker_contract::{self as contract, Clock};
+use crate::hub::record::RoomEvent;
+use fixture::{Kind, RedisServer};
+
+fn settings(urls: Vec<String>) -> RedisSettings {
+    RedisSettings {
+        urls,
+        retention: Retention {
+            messages: 100,
+            bytes: 1 << 20,
+            age: None,
+        },
+        presence_cap: 100,
+        presence_ttl: Duration::from_secs(3),
+        timeout: Duration::from_secs(2),
+    }
+}
+
+fn broker(redis: &RedisServer) -> Arc<RedisBroker> {
+    block_on(RedisBroker::connect(settings(vec![redis.url()]))).expect("connect")
+}
+
+#[test]
+fn the_broker_contract_holds_over_redis() {
+    for kind in Kind::under_test() {
+        let redis = RedisServer::of(kind, &[]);
+        contract::publications_are_ordered_delivered_and_kept(&*broker(&redis));
+        contract::tickets_become_durable(&*broker(&redis), false);
+        contract::names_claims_resumes_and_graces(&*broker(&redis), &Clock::real_time());
+    }
+}
+
+/// Deliveries of one broker, in order.
+#[derive(Default)]
+struct Seen {
+    events: Mutex<Vec<RoomEvent>>,
+    resets: Mutex<Vec<Arc<str>>>,
+    replaced: Mutex<Vec<(String, u64)>>,
+}
+
+impl Deliver for Seen {
+    fn deliver(&self, d: Delivery) {
+        self.events.lock().unwrap().push(d.event);
+    }
+    fn reset(&self, room: &Arc<str>) {
+        self.resets.lock().unwrap().push(room.clone());
+    }
+    fn replaced(&self, _room: &Arc<str>, name: &str, conn: u64) {
+        self.replaced.lock().unwrap().push((name.into(), conn));
+    }
+}
+
+fn attach(b: &RedisBroker) -> Arc<Seen> {
+    let seen = Arc::new(Seen::default());
+    let weak: Weak<Seen> = Arc::downgrade(&seen);
+    b.attach(weak);
+    seen
+}
+
+fn offsets(seen: &Seen) -> Vec<u64> {
+    seen.events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RoomEvent::Message(p) => Some(p.pos.offset),
+            _ => None,
+        })
+        .collect()
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(std::time::Instant::now() < end, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_nodes_share_one_sequence_and_take_names_from_each_other() {
+    let redis = RedisServer::start();
+    let (a, b) = (broker(&redis), broker(&redis));
+    let (sa, sb) = (attach(&a), attach(&b));
+    let room: Arc<str> = "shared".into();
+    block_on(a.subscribe(&room)).unwrap();
+    block_on(b.subscribe(&room)).unwrap();
+    let who: Arc<str> = "x".into();
+    for i in 0..20u64 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let msg = NewMessage {
+            room: &room,
+            from: &who,
+            text: "hi",
+            reference: None,
+            origin: i,
+        };
+        assert_eq!(block_on(node.publish(msg)).unwrap().offset, i + 1);
+    }
+    let all: Vec<u64> = (1..=20).collect();
+    eventually("both nodes saw 1..=20", || {
+        offsets(&sa) == all && offsets(&sb) == all
+    });
+
+    // A token from node A takes the name on node B, and A's holder is told.
+    let alice: Arc<str> = "alice".into();
+    let claim = block_on(a.presence_add(&room, &alice, 7, None)).unwrap();
+    assert_eq!(
+        block_on(b.presence_add(&room, &alice, 9, None)).unwrap_err(),
+        BrokerError::NameTaken
+    );
+    let resumed = block_on(b.presence_add(&room, &alice, 9, Some(&claim.token))).unwrap();
+    assert_eq!(resumed.replaced, None, "the holder is on the other node");
+    eventually("node A was told", || {
+        *sa.replaced.lock().unwrap() == [("alice".to_string(), 7)]
+    });
+    assert!(sb.replaced.lock().unwrap().is_empty());
+    assert!(sa.resets.lock().unwrap().is_empty() && sb.resets.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_node_with_another_instance_list_is_refused() {
+    let (r1, r2) = (RedisServer::start(), RedisServer::start());
+    let _first = block_on(RedisBroker::connect(settings(vec![r1.url(), r2.url()]))).unwrap();
+    let err = block_on(RedisBroker::connect(settings(vec![r2.url(), r1.url()]))).unwrap_err();
+    assert!(err.to_string().contains("same --redis list"), "{err:#}");
+    let err = block_on(RedisBroker::connect(settings(vec![r1.url()]))).unwrap_err();
+    assert!(err.to_string().contains("same --redis list"), "{err:#}");
+}
+
+#[test]
+fn rooms_spread_over_instances_and_move_little_when_one_is_added() {
+    let rooms: Vec<String> = (0..10_000).map(|i| format!("room-{i}")).collect();
+    let mut per = [0usize; 4];
+    for r in &rooms {
+        per[place(r, 4)] += 1;
+    }
+    for n in per {
+        assert!((2_000..3_000).contains(&n), "{per:?}");
+    }
+    let moved = rooms.iter().filter(|r| place(r, 4) != place(r, 5)).count();
+    // Consistent hashing moves about 1/5 of them; a modulo hash would move 4/5.
+    assert!((1_500..2_500).contains(&moved), "{moved}");
+    assert!(rooms.iter().all(|r| place(r, 1) == 0));
+}
+
+#[test]
+fn unreachable_redis_is_refused_at_start_and_unavailable_later() {
+    let mut redis = RedisServer::start();
+    let b = broker(&redis);
+    let _seen = attach(&b);
+    let room: Arc<str> = "r".into();
+    block_on(b.subscribe(&room)).unwrap();
+    redis.kill();
+    let who: Arc<str> = "x".into();
+    let msg = NewMessage {
+        room: &room,
+        from: &who,
+        text: "hi",
+        reference: None,
+        origin: 1,
+    };
+    eventually("publishes are refused", || {
+        matches!(block_on(b.publish(msg)), Err(BrokerError::Unreachable(_)))
+    });
+    let err = block_on(RedisBroker::connect(settings(vec![redis.url()]))).unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err:#}");
+    redis.restart();
+    eventually("publishes work again", || block_on(b.publish(msg)).is_ok());
+}
