@@ -24,7 +24,7 @@ use common::msg::*;
 use common::node::Tidechat;
 use common::redis::{Kind, RedisServer};
 use common::*;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 
 /// `--presence-ttl` of every node here: a dead node's members leave within this + 1 s.
@@ -84,6 +84,23 @@ where
     }
 }
 
+/// A task of the test's own (a client reading while the test goes on).
+struct Task<T>(task::JoinHandle<std::thread::Result<T>>);
+
+/// Spawns `f`; awaiting the [`Task`] gives its value, or fails the test with its panic (a
+/// panic in a spawned task alone would leave its handle waiting forever).
+fn spawn<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> Task<T> {
+    Task(task::spawn(std::panic::AssertUnwindSafe(f).catch_unwind()))
+}
+
+impl<T> Task<T> {
+    async fn join(self) -> T {
+        self.0
+            .await
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
 /// A frame as these tests read it: JSON, or the end of the connection with its close code.
 #[derive(Debug)]
 enum Frame {
@@ -91,9 +108,13 @@ enum Frame {
     End(Option<u16>),
 }
 
+/// The next text frame or the end, within `wait` (websocket pings, which the server sends
+/// every 30 s, do not count as frames nor extend the wait).
 async fn frame_within(c: &mut Client, wait: Duration) -> Frame {
+    let deadline = Instant::now() + wait;
     loop {
-        let next = async_std::future::timeout(wait, c.ws.next())
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = async_std::future::timeout(left, c.ws.next())
             .await
             .expect("timed out waiting for a frame");
         match next {
@@ -187,8 +208,8 @@ impl Member {
         }
     }
 
-    async fn say(&mut self, text: &str) {
-        let say = json!({"type": "say", "room": self.room, "text": text, "ref": text});
+    async fn say(&mut self, text: &str, reference: &str) {
+        let say = json!({"type": "say", "room": self.room, "text": text, "ref": reference});
         self.c.send(say).await;
     }
 
@@ -212,7 +233,7 @@ impl Member {
                 self.name
             );
             let reference = format!("{text} #{attempt}");
-            self.say(&reference).await;
+            self.say(&reference, &reference).await;
             loop {
                 match frame(&mut self.c).await {
                     Frame::Json(v) if v["type"] == "message" => {
@@ -258,6 +279,8 @@ impl Member {
 /// resume after 4009, the messages it got (the resume's page first), how it ended.
 struct Session {
     epoch: u64,
+    /// The last id seen before this connection: its `since`, for a resume.
+    since: u64,
     resumed: Option<Value>,
     msgs: Vec<Msg>,
     ended: Option<Instant>,
@@ -268,6 +291,7 @@ struct Session {
 async fn follow(mut m: Member, marker: String) -> (Member, Vec<Session>) {
     let mut sessions = vec![Session {
         epoch: m.epoch,
+        since: m.last,
         resumed: None,
         msgs: Vec::new(),
         ended: None,
@@ -293,10 +317,12 @@ async fn follow(mut m: Member, marker: String) -> (Member, Vec<Session>) {
                     "{}: closed with 4009 ten times",
                     m.name
                 );
+                let since = m.last;
                 let (j, page) = m.rejoin().await;
                 let done = page.iter().any(|p| p.text.starts_with(&marker));
                 sessions.push(Session {
                     epoch: m.epoch,
+                    since,
                     resumed: Some(j),
                     msgs: page,
                     ended: None,
@@ -337,7 +363,7 @@ fn check_follower(name: &str, sessions: &[Session], final_epoch: u64, history: &
             let recovered = j["recovered"] == true;
             story.push(format!(
                 "closed with 4009 after id {}, joined again: recovered {recovered}, {} in its page",
-                prev.msgs.last().map_or(0, |m| m.id),
+                s.since,
                 s.msgs.len()
             ));
             if recovered {
@@ -345,13 +371,17 @@ fn check_follower(name: &str, sessions: &[Session], final_epoch: u64, history: &
                     s.epoch, prev.epoch,
                     "{name}: recovered into another epoch: {j}"
                 );
-                if let (Some(p), Some(first)) = (prev.msgs.last(), s.msgs.first()) {
+                if let Some(first) = s.msgs.first() {
+                    let next = match s.since {
+                        0 => Some(0),
+                        since => at.get(&since).map(|i| i + 1),
+                    };
                     assert_eq!(
                         at.get(&first.id).copied(),
-                        at.get(&p.id).map(|i| i + 1),
+                        next,
                         "{name}: recovered: true, but {} does not follow {}",
                         first.id,
-                        p.id
+                        s.since
                     );
                 }
             }
@@ -467,11 +497,11 @@ async fn one_conversation_on(kind: Kind) {
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(i, c)| task::spawn(chatter(c, format!("c{i}"), EACH, total)))
+        .map(|(i, c)| spawn(chatter(c, format!("c{i}"), EACH, total)))
         .collect();
     let mut seen = Vec::new();
     for t in tasks {
-        seen.push(t.await);
+        seen.push(t.join().await);
     }
     let expected: Vec<u64> = (1..=total as u64).collect();
     for (i, got) in seen.iter().enumerate() {
@@ -628,35 +658,104 @@ fn members(joined: &Value) -> Vec<String> {
     names
 }
 
+/// A member that watches presence, keeping aside the frames about itself: a single node never
+/// sends a joiner its own `presence`, and [`Watcher::got_none_of_its_own`] says whether the
+/// cluster did. (Set aside rather than failed at once, so that a test still checks the rest.)
+struct Watcher {
+    c: Client,
+    me: String,
+    own: Vec<Value>,
+}
+
+impl Watcher {
+    async fn join(addr: SocketAddr, room: &str, name: &str) -> (Self, Value) {
+        let (c, j) = joined_at(addr, room, name, None).await;
+        let me = name.to_owned();
+        (
+            Watcher {
+                c,
+                me,
+                own: Vec::new(),
+            },
+            j,
+        )
+    }
+
+    fn is_own(&self, v: &Value) -> bool {
+        v["type"] == "presence" && v["name"] == self.me.as_str()
+    }
+
+    /// The next frame that is not about this member itself.
+    async fn next(&mut self) -> Value {
+        loop {
+            let v = self.c.recv().await;
+            if !self.is_own(&v) {
+                return v;
+            }
+            self.own.push(v);
+        }
+    }
+
+    /// Says `marker`: every frame before its echo, besides messages and its own presence.
+    async fn until_echo(&mut self, room: &str, marker: &str) -> Vec<Value> {
+        let all = frames_until_echo(&mut self.c, room, marker).await;
+        let (own, others): (Vec<Value>, Vec<Value>) = all.into_iter().partition(|v| self.is_own(v));
+        self.own.extend(own);
+        others
+    }
+
+    fn got_none_of_its_own(&self) {
+        assert!(
+            self.own.is_empty(),
+            "{} got presence of itself (a single node never sends it): {:?}",
+            self.me,
+            self.own
+        );
+    }
+}
+
 async fn presence_across_nodes_on(kind: Kind) {
     let redis = RedisServer::of(kind, &[]);
     let a = node("a", &redis, &[]).await;
     let b = node("b", &redis, &[]).await;
-    let (mut dave, _) = joined_at(a.addr, "p", "dave", None).await;
-    let (mut erin, j) = joined_at(b.addr, "p", "erin", None).await;
+    let (mut dave, _) = Watcher::join(a.addr, "p", "dave").await;
+    let (mut erin, j) = Watcher::join(b.addr, "p", "erin").await;
     assert_eq!(members(&j), ["dave", "erin"], "{j}");
     assert_eq!(j["member_count"], 2);
-    assert_eq!(dave.recv().await, presence("p", "erin", "joined"));
+    assert_eq!(dave.next().await, presence("p", "erin", "joined"));
 
-    let (mut frank, j) = joined_at(a.addr, "p", "frank", None).await;
+    let (mut frank, j) = Watcher::join(a.addr, "p", "frank").await;
     assert_eq!(members(&j), ["dave", "erin", "frank"], "{j}");
-    assert_eq!(erin.recv().await, presence("p", "frank", "joined"));
-    assert_eq!(dave.recv().await, presence("p", "frank", "joined"));
+    assert_eq!(erin.next().await, presence("p", "frank", "joined"));
+    assert_eq!(dave.next().await, presence("p", "frank", "joined"));
 
-    frank.send(json!({"type": "leave", "room": "p"})).await;
-    frank.recv_type("left").await;
-    assert_eq!(erin.recv().await, presence("p", "frank", "left"));
-    assert_eq!(dave.recv().await, presence("p", "frank", "left"));
+    frank.c.send(json!({"type": "leave", "room": "p"})).await;
+    assert_eq!(frank.next().await["type"], "left");
+    assert_eq!(erin.next().await, presence("p", "frank", "left"));
+    assert_eq!(dave.next().await, presence("p", "frank", "left"));
+    let (mut gina, j) = Watcher::join(b.addr, "p", "gina").await;
+    assert_eq!(members(&j), ["dave", "erin", "gina"], "{j}");
+    assert_eq!(dave.next().await, presence("p", "gina", "joined"));
+    assert_eq!(erin.next().await, presence("p", "gina", "joined"));
 
-    // A drop without leave: after the grace, one `left` on the other node.
+    // A drop without leave: after the grace, one `left` on each node.
+    let erin_own = std::mem::take(&mut erin.own);
     drop(erin);
     let dropped = Instant::now();
-    assert_eq!(dave.recv().await, presence("p", "erin", "left"));
+    assert_eq!(dave.next().await, presence("p", "erin", "left"));
+    assert_eq!(gina.next().await, presence("p", "erin", "left"));
     assert!(dropped.elapsed() >= GRACE - Duration::from_millis(100));
-    let others = frames_until_echo(&mut dave, "p", "marker").await;
-    assert!(others.is_empty(), "more than one left: {others:?}");
-    let (_, j) = joined_at(b.addr, "p", "gina", None).await;
-    assert_eq!(members(&j), ["dave", "gina"], "{j}");
+    for w in [&mut dave, &mut gina] {
+        let others = w.until_echo("p", &format!("marker {}", w.me)).await;
+        assert!(others.is_empty(), "more than one left: {others:?}");
+    }
+    for w in [&dave, &frank, &gina] {
+        w.got_none_of_its_own();
+    }
+    assert!(
+        erin_own.is_empty(),
+        "erin got presence of herself: {erin_own:?}"
+    );
 }
 
 #[async_std::test]
@@ -678,20 +777,20 @@ async fn node_killed_on(kind: Kind) {
     for name in gone {
         on_a.push(joined_at(a.addr, "k", name, None).await.0);
     }
-    let (mut wb, j) = joined_at(b.addr, "k", "wb", None).await;
+    let (mut wb, j) = Watcher::join(b.addr, "k", "wb").await;
     assert_eq!(members(&j), ["a1", "a2", "a3", "wb"], "{j}");
-    let (wc, _) = joined_at(c.addr, "k", "wc", None).await;
-    assert_eq!(wb.recv().await, presence("k", "wc", "joined"));
+    let (wc, _) = Watcher::join(c.addr, "k", "wc").await;
+    assert_eq!(wb.next().await, presence("k", "wc", "joined"));
 
     let killed = Instant::now();
     a.kill();
     let bound = (TTL + Duration::from_secs(1)) * 3;
     // Both watchers read at once, so that each one's times are its own.
-    let watch = |watcher: &'static str, mut w: Client| {
-        task::spawn(async move {
+    let watch = |watcher: &'static str, mut w: Watcher| {
+        spawn(async move {
             let mut left = Vec::new();
             while left.len() < gone.len() {
-                let v = w.recv().await;
+                let v = w.next().await;
                 let took = killed.elapsed();
                 assert_eq!(v["type"], "presence", "{watcher}: {v}");
                 assert_eq!(v["event"], "left", "{watcher}: {v}");
@@ -706,14 +805,15 @@ async fn node_killed_on(kind: Kind) {
         })
     };
     let (wb, wc) = (watch("wb", wb), watch("wc", wc));
-    let (mut wb, mut wc) = (wb.await, wc.await);
+    let (mut wb, mut wc) = (wb.join().await, wc.join().await);
     // Long enough for a second `left` by another survivor, or by the same one again.
     task::sleep(TTL).await;
-    for (watcher, w) in [("wb", &mut wb), ("wc", &mut wc)] {
-        let others = frames_until_echo(w, "k", &format!("marker {watcher}")).await;
+    for w in [&mut wb, &mut wc] {
+        let others = w.until_echo("k", &format!("marker {}", w.me)).await;
         assert!(
             others.is_empty(),
-            "{watcher}: more after the lefts: {others:?}"
+            "{}: more after the lefts: {others:?}",
+            w.me
         );
     }
     for name in gone {
@@ -721,6 +821,8 @@ async fn node_killed_on(kind: Kind) {
         assert_eq!(v["type"], "joined", "{name} is still taken: {v}");
     }
     drop(on_a);
+    wb.got_none_of_its_own();
+    wc.got_none_of_its_own();
 }
 
 #[async_std::test]
@@ -739,7 +841,7 @@ const MARKER: &str = "the end";
 /// `before` acknowledged messages that every one of them saw.
 struct Conversation {
     senders: [Member; 2],
-    followers: Vec<task::JoinHandle<(Member, Vec<Session>)>>,
+    followers: Vec<Task<(Member, Vec<Session>)>>,
     before: Vec<Msg>,
     epoch: u64,
 }
@@ -770,7 +872,7 @@ async fn conversation(a: &Tidechat, b: &Tidechat, before: usize) -> Conversation
         senders,
         followers: followers
             .into_iter()
-            .map(|f| task::spawn(follow(f, MARKER.into())))
+            .map(|f| spawn(follow(f, MARKER.into())))
             .collect(),
         before: said,
         epoch,
@@ -801,7 +903,7 @@ impl Conversation {
         acked.push(self.senders[1].say_until_accepted(MARKER).await);
         let mut sessions = Vec::new();
         for f in self.followers {
-            let (m, s) = f.await;
+            let (m, s) = f.join().await;
             sessions.push((m.name, s));
         }
         Outcome { sessions, acked }
@@ -835,10 +937,12 @@ async fn redis_killed_on(kind: Kind) {
     redis.kill();
     let killed = Instant::now();
     for s in &mut talk.senders {
-        s.say("while redis is down").await;
+        let down = "while redis is down";
+        s.say(down, down).await;
         let v = loop {
             match frame(&mut s.c).await {
-                Frame::Json(v) if v["type"] == "error" || v["type"] == "message" => break v,
+                Frame::Json(v) if v["type"] == "error" => break v,
+                Frame::Json(v) if v["type"] == "message" && v["ref"] == down => break v,
                 Frame::Json(_) => {}
                 Frame::End(code) => panic!("{}: closed with {code:?}", s.name),
             }
@@ -1005,7 +1109,7 @@ async fn output_buffer_on(kind: Kind) {
     let mut followers = Vec::new();
     for (i, addr) in [a.addr, b.addr, a.addr, b.addr].into_iter().enumerate() {
         let f = Member::join(addr, "e", &format!("f{i}")).await;
-        followers.push(task::spawn(follow(f, MARKER.into())));
+        followers.push(spawn(follow(f, MARKER.into())));
     }
     redis.cli(&[
         "CONFIG",
@@ -1023,7 +1127,7 @@ async fn output_buffer_on(kind: Kind) {
         bursts += 1;
         for i in 0..BURST {
             let text = format!("{bursts}.{i} {}", "x".repeat(TEXT));
-            alice.say(&text).await;
+            alice.say(&text, &format!("{bursts}.{i}")).await;
         }
         for _ in 0..BURST {
             let v = alice.c.recv_type("message").await;
@@ -1031,6 +1135,8 @@ async fn output_buffer_on(kind: Kind) {
         }
     }
     signal(b.pid(), "CONT");
+    // It was B's feed that Redis cut (not A's, which kept up).
+    b.wait_log("pub/sub connection closed");
     eprintln!(
         "Redis cut node B's subscription after {} messages of {TEXT} bytes",
         acked.len()
@@ -1038,7 +1144,7 @@ async fn output_buffer_on(kind: Kind) {
     acked.push(alice.say_acked(MARKER).await);
     let mut sessions = Vec::new();
     for f in followers {
-        let (m, s) = f.await;
+        let (m, s) = f.join().await;
         sessions.push((m.name, s));
     }
     let out = Outcome { sessions, acked };
