@@ -97,8 +97,12 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// This node has members in `room` (again); deliveries for it start.
     async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError>;
 
-    /// This node has no members left in `room`.
+    /// This node let go of `room` (evicted at `--max-rooms`).
     fn unsubscribe(&self, room: &str);
+
+    /// This node has no members left in `room` (it stays in memory until evicted). A broker
+    /// that spans nodes stops taking the room's live events; a later join subscribes again.
+    fn idle(&self, _room: &str) {}
 
     /// Publishes `msg` and returns its position. The memory broker has handed it to [`Deliver`]
     /// by then; a broker that spans nodes hands it over when it comes back from the network.

@@ -8,7 +8,7 @@
 //! receiver without waiting.
 //!
 //! Lock order: the room map, then one room's members; the hub calls the broker holding neither
-//! (except `unsubscribe` at eviction, which never calls back).
+//! (except `unsubscribe` at eviction and `idle`, which never call back or wait).
 //! A room is *pinned* while a join is under way and *idle* when it has neither members nor
 //! pins; idle rooms are kept in the order they went idle, so eviction at `--max-rooms` takes
 //! the longest-idle one in O(log n), and a pinned room is never evicted under a joiner.
@@ -224,13 +224,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Rooms {
     /// Marks `room` idle if it has neither members nor pins (`members` is its locked list).
-    fn maybe_idle(&mut self, room: &Room, members: &HashMap<Arc<str>, Member>) {
+    /// Marks `room` idle if it has neither members nor pins (`members` is its locked list);
+    /// true when it went idle just now.
+    fn maybe_idle(&mut self, room: &Room, members: &HashMap<Arc<str>, Member>) -> bool {
         let mut slot = lock(&room.slot);
         if slot.pins == 0 && members.is_empty() && slot.idle.is_none() {
             self.seq += 1;
             slot.idle = Some(self.seq);
             self.idle.insert(self.seq, room.name.clone());
+            return true;
         }
+        false
     }
 }
 
@@ -267,7 +271,9 @@ impl Hub {
         let joined = self.join_pinned(&room, req).await;
         let mut rooms = lock(&self.rooms);
         lock(&room.slot).pins -= 1;
-        rooms.maybe_idle(&room, &lock(&room.members));
+        if rooms.maybe_idle(&room, &lock(&room.members)) {
+            self.broker.idle(&room.name);
+        }
         joined
     }
 
@@ -495,7 +501,9 @@ impl Hub {
                 return;
             }
             members.remove(name);
-            rooms.maybe_idle(&room, &members);
+            if rooms.maybe_idle(&room, &members) {
+                self.broker.idle(&room.name);
+            }
             drop(members);
             room
         };
@@ -600,7 +608,9 @@ impl Deliver for Hub {
         if let Some(m) = members.get(member).filter(|m| m.conn == conn) {
             m.evictor.evict(room.name.clone());
             members.remove(member);
-            rooms.maybe_idle(&room, &members);
+            if rooms.maybe_idle(&room, &members) {
+                self.broker.idle(&room.name);
+            }
         }
     }
 }

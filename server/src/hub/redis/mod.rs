@@ -390,6 +390,10 @@ impl Broker for RedisBroker {
         self.instance(room).unsubscribe(room);
     }
 
+    fn idle(&self, room: &str) {
+        self.instance(room).unsubscribe(room);
+    }
+
     async fn publish(&self, msg: NewMessage<'_>) -> Result<StreamPosition, BrokerError> {
         let mut link = self.link(msg.room)?;
         let keys = RoomKeys::new(msg.room);

@@ -182,3 +182,18 @@ fn unreachable_redis_is_refused_at_start_and_unavailable_later() {
     redis.restart();
     eventually("publishes work again", || block_on(b.publish(msg)).is_ok());
 }
+
+#[test]
+fn a_node_takes_a_rooms_feed_only_while_it_has_members_there() {
+    let redis = RedisServer::start();
+    let b = broker(&redis);
+    let _seen = attach(&b);
+    let room: Arc<str> = "quiet".into();
+    let subscribers = || redis.cli(&["PUBSUB", "NUMSUB", "tc:{quiet}"]);
+    block_on(b.subscribe(&room)).unwrap();
+    assert!(subscribers().ends_with('1'), "{}", subscribers());
+    b.idle(&room);
+    eventually("the feed ended", || subscribers().ends_with('0'));
+    block_on(b.subscribe(&room)).unwrap();
+    assert!(subscribers().ends_with('1'), "{}", subscribers());
+}
