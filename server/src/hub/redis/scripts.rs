@@ -54,15 +54,27 @@ redis.call('XADD', stream, id .. '-0', 'd', record, 'b', size, 't', ts)
 local total = redis.call('HINCRBY', meta, 'b', size)
 local n = redis.call('XLEN', stream)
 if n > max_n or total > max_b or min_ts > 0 then
-  local drop, cut = 0, nil
-  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', 64)) do
-    local f = entry[2]
-    if n - drop > 1 and (n - drop > max_n or total > max_b or tonumber(f[6]) < min_ts) then
-      drop = drop + 1
-      total = total - tonumber(f[4])
-      cut = entry[1]
-    else
+  -- Oldest first, only as many as can go (reading more on every publish costs Redis dearly).
+  local drop, cut, start, done = 0, nil, '-', false
+  while not done and drop < 64 do
+    local over = n - drop - max_n
+    local entries = redis.call('XRANGE', stream, start, '+', 'COUNT', math.max(1, math.min(over, 16)))
+    if #entries == 0 then
       break
+    end
+    for _, entry in ipairs(entries) do
+      local f = entry[2]
+      if n - drop > 1 and (n - drop > max_n or total > max_b or tonumber(f[6]) < min_ts) then
+        drop = drop + 1
+        total = total - tonumber(f[4])
+        cut = entry[1]
+      else
+        done = true
+        break
+      end
+    end
+    if cut then
+      start = '(' .. cut
     end
   end
   if cut then

@@ -197,3 +197,109 @@ fn a_node_takes_a_rooms_feed_only_while_it_has_members_there() {
     block_on(b.subscribe(&room)).unwrap();
     assert!(subscribers().ends_with('1'), "{}", subscribers());
 }
+
+/// A hung Redis (stopped, its sockets still open) is noticed by the command timeout and the
+/// PING, not by a closed connection.
+#[test]
+fn a_hung_redis_is_noticed_within_the_timeout_and_left_behind_when_it_wakes() {
+    let redis = RedisServer::start();
+    let mut s = settings(vec![redis.url()]);
+    s.timeout = Duration::from_secs(1);
+    let b = block_on(RedisBroker::connect(s)).unwrap();
+    let _seen = attach(&b);
+    let room: Arc<str> = "r".into();
+    block_on(b.subscribe(&room)).unwrap();
+    let who: Arc<str> = "x".into();
+    let msg = NewMessage {
+        room: &room,
+        from: &who,
+        text: "hi",
+        reference: None,
+        origin: 1,
+    };
+    block_on(b.publish(msg)).unwrap();
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let hung = std::time::Instant::now();
+    let first = block_on(b.publish(msg));
+    let took = hung.elapsed();
+    assert!(
+        matches!(first, Err(BrokerError::Unreachable(_))),
+        "{first:?}"
+    );
+    eventually("the instance is marked down", || !b.instances[0].is_up());
+    let down = hung.elapsed();
+    println!(
+        "hung redis: a publish got unavailable after {} ms, the instance was down after {} ms",
+        took.as_millis(),
+        down.as_millis()
+    );
+    // Refused at once from now on, not after another timeout.
+    let t = std::time::Instant::now();
+    assert!(block_on(b.publish(msg)).is_err());
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    signal("-CONT");
+    eventually("publishes work again", || block_on(b.publish(msg)).is_ok());
+}
+
+#[test]
+fn the_stream_keeps_exactly_the_retention() {
+    let redis = RedisServer::start();
+    let mut s = settings(vec![redis.url()]);
+    // Each message below counts 64 + 1 + 1 + 10 = 76 bytes (`Publication::bytes`).
+    s.retention = Retention {
+        messages: 5,
+        bytes: 76 * 3,
+        age: None,
+    };
+    let b = block_on(RedisBroker::connect(s.clone())).unwrap();
+    let room: Arc<str> = "r".into();
+    let who: Arc<str> = "x".into();
+    let kept = |b: &RedisBroker| -> Vec<u64> {
+        let h = block_on(b.history(&room, Page::Since(0), 100, usize::MAX)).unwrap();
+        h.read.messages.iter().map(|p| p.pos.offset).collect()
+    };
+    for _ in 0..20 {
+        let msg = NewMessage {
+            room: &room,
+            from: &who,
+            text: "0123456789",
+            reference: None,
+            origin: 1,
+        };
+        block_on(b.publish(msg)).unwrap();
+    }
+    assert_eq!(kept(&b), [18, 19, 20], "the byte cap");
+    assert_eq!(redis.cli(&["XLEN", "tc:{r}:s"]), "3");
+
+    s.retention.bytes = 1 << 20;
+    let b = block_on(RedisBroker::connect(s)).unwrap();
+    for _ in 0..20 {
+        let msg = NewMessage {
+            room: &room,
+            from: &who,
+            text: "0123456789",
+            reference: None,
+            origin: 1,
+        };
+        block_on(b.publish(msg)).unwrap();
+    }
+    assert_eq!(kept(&b), [36, 37, 38, 39, 40], "the count cap");
+    let h = block_on(b.history(&room, Page::Before(39), 2, usize::MAX)).unwrap();
+    let before: Vec<u64> = h.read.messages.iter().map(|p| p.pos.offset).collect();
+    assert_eq!(
+        (before, h.read.more, h.state.last),
+        (vec![37, 38], true, 40)
+    );
+}
