@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     async_std::task::block_on(async move {
         let broker = RedisBroker::connect(RedisSettings {
             urls: vec![url.clone()],
+            ca: None,
             retention: Retention {
                 messages: 500,
                 bytes: 1 << 20,

@@ -92,11 +92,21 @@ impl Instance {
     pub fn new(
         index: usize,
         url: &str,
+        ca: Option<&[u8]>,
         timeout: Duration,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
-        let client =
-            Client::open(url).map_err(|e| anyhow::anyhow!("--redis {}: {e}", display_name(url)))?;
+        let client = match ca {
+            Some(pem) if url.starts_with("rediss://") => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            _ => Client::open(url),
+        }
+        .map_err(|e| anyhow::anyhow!("--redis {}: {e}", display_name(url)))?;
         Ok(Self {
             index,
             name: display_name(url),

@@ -47,6 +47,8 @@ impl From<Unreachable> for BrokerError {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub urls: Vec<String>,
+    /// PEM CA certificates a `rediss://` server must chain to (`None`: the system's roots).
+    pub ca: Option<Vec<u8>>,
     pub retention: Retention,
     pub presence_cap: usize,
     pub presence_ttl: Duration,
@@ -229,7 +231,13 @@ impl RedisBroker {
         });
         let mut instances = Vec::new();
         for (i, url) in settings.urls.iter().enumerate() {
-            let instance = Instance::new(i, url, settings.timeout, shared.clone())?;
+            let instance = Instance::new(
+                i,
+                url,
+                settings.ca.as_deref(),
+                settings.timeout,
+                shared.clone(),
+            )?;
             let mut link = instance
                 .connect()
                 .await

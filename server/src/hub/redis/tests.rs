@@ -19,6 +19,7 @@ use fixture::{Kind, RedisServer};
 fn settings(urls: Vec<String>) -> RedisSettings {
     RedisSettings {
         urls,
+        ca: None,
         retention: Retention {
             messages: 100,
             bytes: 1 << 20,
@@ -302,4 +303,65 @@ fn the_stream_keeps_exactly_the_retention() {
         (before, h.read.more, h.state.last),
         (vec![37, 38], true, 40)
     );
+}
+
+/// `rediss://`: TLS to Redis, with the server certificate checked against `--redis-ca`.
+#[test]
+fn rediss_connects_over_tls_to_a_server_the_ca_vouches_for() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    // A free loopback port for the TLS listener (the plain one stays a unix socket).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (c, k) = (
+        cert_file.to_str().unwrap().to_string(),
+        key_file.to_str().unwrap().to_string(),
+    );
+    let redis = RedisServer::start_with(&[
+        "--bind",
+        "127.0.0.1",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &c,
+        "--tls-key-file",
+        &k,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{port}/0");
+    let mut s = settings(vec![url.clone()]);
+    s.ca = Some(cert.pem().into_bytes());
+    let b = block_on(RedisBroker::connect(s.clone())).expect("a TLS connection");
+    let room: Arc<str> = "r".into();
+    let who: Arc<str> = "x".into();
+    let msg = NewMessage {
+        room: &room,
+        from: &who,
+        text: "over tls",
+        reference: None,
+        origin: 1,
+    };
+    assert_eq!(block_on(b.publish(msg)).unwrap().offset, 1);
+    assert_eq!(redis.cli(&["XLEN", "tc:{r}:s"]), "1");
+    drop(b);
+
+    // Another CA's certificate: refused, and the start says why.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let stranger = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&other)
+        .unwrap();
+    s.ca = Some(stranger.pem().into_bytes());
+    let err = block_on(RedisBroker::connect(s)).unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err:#}");
 }
