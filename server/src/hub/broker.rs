@@ -39,6 +39,10 @@ pub struct Delivery {
     pub ticket: u64,
     /// The connection that caused it (0 for none).
     pub origin: u64,
+    /// A presence change's place in the room's presence sequence (0: unnumbered, which the
+    /// memory broker's are: they happen before the joiner's receiver exists). A joiner skips
+    /// changes at or below the [`Names::version`] its member list was read at.
+    pub presence: u64,
 }
 
 /// A message to publish.
@@ -87,6 +91,8 @@ pub enum BrokerError {
 pub struct Names {
     pub names: Vec<Arc<str>>,
     pub count: usize,
+    /// The room's presence sequence number this list was read at (0: unnumbered).
+    pub version: u64,
 }
 
 #[async_trait::async_trait]
@@ -244,6 +250,7 @@ impl MemoryBroker {
                 },
                 ticket: 0,
                 origin: 0,
+                presence: 0,
             });
         }
     }
@@ -301,6 +308,7 @@ impl Broker for MemoryBroker {
             event: RoomEvent::Message(p),
             ticket,
             origin: msg.origin,
+            presence: 0,
         });
         Ok(pos)
     }
@@ -418,6 +426,7 @@ impl Broker for MemoryBroker {
         Names {
             names: names.keys().take(max).cloned().collect(),
             count: names.len(),
+            version: 0,
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Joined {
     pub token: String,
     /// At most the presence cap; empty without a snapshot.
     pub members: Vec<Arc<str>>,
+    /// The presence sequence number `members` was read at: later changes are live.
+    pub presence_version: u64,
     pub member_count: usize,
     /// Messages, oldest first, within the page caps; empty without a snapshot.
     pub history: Vec<Arc<Publication>>,
@@ -317,6 +319,7 @@ impl Hub {
                 state,
                 token: claim.token,
                 member_count: members.count,
+                presence_version: members.version,
                 members: members.names,
                 history: read.messages,
                 recovered,
@@ -577,6 +580,7 @@ impl Deliver for Hub {
             wire: Wire::render(&d.event),
             ticket: d.ticket,
             origin: d.origin,
+            presence: d.presence,
             reset: false,
         });
         room.tx.try_broadcast(event);
@@ -595,6 +599,7 @@ impl Deliver for Hub {
             }),
             ticket: 0,
             origin: 0,
+            presence: 0,
             reset: true,
         }));
     }

@@ -411,15 +411,19 @@ impl Instance {
                 self.catch_up(link, &room, Some((p, origin))).await
             }
             Some(kind @ (b'j' | b'l')) => {
-                let name: Arc<str> = String::from_utf8_lossy(&payload[1..]).into();
+                let text = String::from_utf8_lossy(&payload[1..]);
+                let Some((number, name)) = text.split_once(':') else {
+                    return Ok(());
+                };
                 self.deliver(Delivery {
                     event: RoomEvent::Presence {
                         room,
-                        name,
+                        name: name.into(),
                         joined: *kind == b'j',
                     },
                     ticket: 0,
                     origin: 0,
+                    presence: number.parse().unwrap_or(0),
                 });
                 Ok(())
             }
@@ -516,6 +520,7 @@ impl Instance {
                 event: RoomEvent::Message(Arc::new(p)),
                 ticket: 0,
                 origin,
+                presence: 0,
             });
         }
         Ok(())

@@ -292,7 +292,7 @@ impl RedisBroker {
         let mut link = self.link(room)?;
         let keys = RoomKeys::new(room);
         let mut call = script.key(&keys.presence);
-        call.key(&keys.expiry);
+        call.key(&keys.expiry).key(&keys.version);
         for a in args {
             call.arg(a);
         }
@@ -590,15 +590,23 @@ impl Broker for RedisBroker {
             }
         };
         let mut items = array(v).unwrap_or_default().into_iter();
-        let count: usize = items
-            .next()
-            .and_then(|c| redis::from_redis_value(c).ok())
-            .unwrap_or(0);
+        let mut number = || -> u64 {
+            items
+                .next()
+                .and_then(|c| redis::from_redis_value(c).ok())
+                .unwrap_or(0)
+        };
+        let count = number() as usize;
+        let version = number();
         let names = items
             .filter_map(|n| redis::from_redis_value::<String>(n).ok())
             .map(Into::into)
             .collect();
-        Names { names, count }
+        Names {
+            names,
+            count,
+            version,
+        }
     }
 
     async fn expire(&self, now: Instant) {

@@ -365,3 +365,74 @@ fn rediss_connects_over_tls_to_a_server_the_ca_vouches_for() {
     let err = block_on(RedisBroker::connect(s)).unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err:#}");
 }
+
+#[derive(Debug, Default)]
+struct NoEvict;
+
+impl crate::hub::Evict for NoEvict {
+    fn evict(&self, _room: Arc<str>) {}
+}
+
+/// A joiner's receiver exists before its member list is read, and presence comes back from
+/// Redis later: the writer must skip the changes the list already shows (its own join among
+/// them), and show the later ones.
+#[test]
+fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
+    use crate::hub::{Hub, HubConfig, JoinRequest};
+    let redis = RedisServer::start();
+    let hub = Hub::new(
+        HubConfig {
+            max_rooms: 10,
+            room_buffer: 64,
+            room_buffer_bytes: 1 << 20,
+            presence_cap: 100,
+            page_messages: 50,
+            page_bytes: 1 << 20,
+            name_grace: Duration::from_secs(1),
+        },
+        broker(&redis),
+    );
+    let join = |name: &str, conn: u64| {
+        block_on(hub.join(JoinRequest {
+            room: "r",
+            name,
+            since: None,
+            epoch: None,
+            token: None,
+            conn,
+            evictor: Arc::new(NoEvict),
+            snapshot: true,
+        }))
+        .unwrap()
+    };
+    let mut alice = join("alice", 1);
+    assert_eq!(alice.members, [Arc::<str>::from("alice")]);
+    let bob = join("bob", 2);
+    assert_eq!(bob.member_count, 2);
+    block_on(hub.say("r", "bob", 2, "marker", None)).unwrap();
+    let mut seen = Vec::new();
+    eventually("alice's receiver got the marker", || {
+        while let Ok(ev) = alice.rx.try_recv() {
+            seen.push(ev);
+        }
+        seen.iter().any(|e| e.offset == 1)
+    });
+    let shown: Vec<(u64, bool)> = seen
+        .iter()
+        .map(|e| (e.presence, e.presence <= alice.presence_version))
+        .collect();
+    // Alice's own join is numbered at or below her list's number (skipped by her writer);
+    // bob's is above it (shown).
+    let presence: Vec<&(u64, bool)> = shown.iter().filter(|(n, _)| *n != 0).collect();
+    assert!(
+        presence.iter().any(|(_, skipped)| !skipped),
+        "bob's join is shown: {shown:?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|e| e.presence != 0 && e.presence <= alice.presence_version)
+            .all(|e| e.wire.v1.contains("alice")),
+        "only alice's own join is skipped"
+    );
+    assert!(bob.presence_version > alice.presence_version);
+}
