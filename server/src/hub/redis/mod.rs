@@ -114,6 +114,9 @@ impl fmt::Debug for RedisBroker {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Local members per refresh script call.
 const REFRESH_CHUNK: usize = 300;
+/// Housekeeping scripts in flight at once (a hung Redis then costs one timeout, not one per
+/// room).
+const IN_FLIGHT: usize = 256;
 
 /// Which of `n` instances holds `room`: jump consistent hash (Lamping and Veach, 2014) of the
 /// first 8 bytes of the name's SHA-256, so that adding an instance moves only 1/n of the rooms
@@ -305,6 +308,8 @@ impl RedisBroker {
         scripts::channel(room)
     }
 
+    /// Extends this node's members in every room they are in (one script per room and chunk,
+    /// all in flight together on the pipelined connections).
     async fn refresh(&self) {
         type Names = Vec<(Arc<str>, u64, String)>;
         let rooms: Vec<(Arc<str>, Names)> = lock(&self.shared.members)
@@ -318,43 +323,57 @@ impl RedisBroker {
             })
             .collect();
         let ttl = self.settings.presence_ttl.as_millis() as u64;
+        let mut calls: Vec<(Arc<str>, Names)> = Vec::new();
         for (room, names) in rooms {
             for chunk in names.chunks(REFRESH_CHUNK) {
+                calls.push((room.clone(), chunk.to_vec()));
+            }
+        }
+        futures::StreamExt::for_each_concurrent(
+            futures::stream::iter(calls),
+            IN_FLIGHT,
+            |(room, chunk)| async move {
+                let room = &room;
                 let mut args: Vec<String> = vec![self.shared.node.clone(), ttl.to_string()];
-                for (name, conn, hash) in chunk {
+                for (name, conn, hash) in &chunk {
                     args.extend([name.to_string(), conn.to_string(), hash.clone()]);
                 }
                 match self
-                    .presence_script(&scripts::REFRESH_SCRIPT, &room, &args)
+                    .presence_script(&scripts::REFRESH_SCRIPT, room, &args)
                     .await
                 {
                     Ok(v) => {
                         let lost: Vec<String> = redis::from_redis_value(v).unwrap_or_default();
                         for name in lost {
                             if let Some((_, conn, _)) = chunk.iter().find(|(n, ..)| **n == *name) {
-                                self.shared.replaced(&room, &name, *conn);
+                                self.shared.replaced(room, &name, *conn);
                             }
                         }
                     }
                     Err(e) => log::debug!("presence refresh of {room:?}: {e}"),
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
 
+    /// Ends the names whose time ran out in every room this node has a feed of.
     async fn sweep(&self) {
-        let cap = self.settings.presence_cap;
-        for instance in &self.instances {
-            for room in instance.rooms() {
+        let cap = self.settings.presence_cap.to_string();
+        let rooms: Vec<Arc<str>> = self.instances.iter().flat_map(|i| i.rooms()).collect();
+        futures::StreamExt::for_each_concurrent(futures::stream::iter(rooms), IN_FLIGHT, |room| {
+            let cap = cap.clone();
+            async move {
                 let channel = Self::channel(&room);
                 if let Err(e) = self
-                    .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap.to_string()])
+                    .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap])
                     .await
                 {
                     log::debug!("presence sweep of {room:?}: {e}");
                 }
             }
-        }
+        })
+        .await;
     }
 
     fn due(at: &Mutex<Instant>, now: Instant, every: Duration) -> bool {
