@@ -12,10 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::position::{StreamPosition, StreamState};
-use super::record::{Publication, RoomEvent};
+use super::record::{unix_millis, Publication, RoomEvent};
 use super::store::{Commits, HistoryStore, Read, StoreError};
 use super::Page;
 
@@ -156,12 +156,6 @@ pub trait Broker: Send + Sync + fmt::Debug {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update below is a single step after its checks, so poisoning leaves consistent data.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The single-node broker: positions from the store, delivery straight to the local hub.

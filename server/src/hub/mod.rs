@@ -632,8 +632,13 @@ fn random<const N: usize>() -> [u8; N] {
 /// A resume token: 128 bits from the OS CSPRNG, hex. Whoever holds it can take the name back,
 /// so it must not be predictable from other tokens or from the room epochs clients see.
 pub(crate) fn new_token() -> String {
-    let mut s = String::with_capacity(32);
-    for b in random::<16>() {
+    hex(&random::<16>())
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         // unwrap: writing into a String cannot fail.
         std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
     }

@@ -20,7 +20,7 @@ mod scripts;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use sha2::{Digest, Sha256};
@@ -29,7 +29,7 @@ use self::instance::{array, Instance, Link};
 use self::scripts::RoomKeys;
 use super::broker::{Broker, BrokerError, Claim, Deliver, HistoryRead, Names, NewMessage};
 use super::position::{Epoch, StreamPosition, StreamState};
-use super::record::Publication;
+use super::record::{unix_millis, Publication};
 use super::store::{collect_page, Commits, Read, Retention};
 use super::Page;
 
@@ -134,22 +134,10 @@ pub fn place(room: &str, n: usize) -> usize {
     b.max(0) as usize
 }
 
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A token as Redis keeps it: only its SHA-256, so that a copy of Redis's data cannot take
 /// anyone's name.
 fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        // unwrap: writing into a String cannot fail.
-        std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
-    }
-    s
+    super::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// Runs the history script: the stream's state and up to `count` messages after `since`
@@ -228,7 +216,7 @@ impl RedisBroker {
     pub async fn connect(settings: RedisSettings) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!settings.urls.is_empty(), "no --redis URL");
         let shared = Arc::new(Shared {
-            node: hex(&super::random::<8>()),
+            node: super::hex(&super::random::<8>()),
             sink: OnceLock::new(),
             members: Mutex::default(),
         });
@@ -386,15 +374,6 @@ impl RedisBroker {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // unwrap: writing into a String cannot fail.
-        std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
-    }
-    s
-}
-
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         for i in &self.instances {
@@ -501,22 +480,16 @@ impl Broker for RedisBroker {
         let fresh = super::new_token();
         let fresh_hash = token_hash(&fresh);
         let given = token.map(token_hash).unwrap_or_default();
-        let channel = Self::channel(room);
         let ttl = self.settings.presence_ttl.as_millis() as u64;
         let v = self
             .presence_script(
                 &scripts::CLAIM_SCRIPT,
                 room,
                 &[
-                    channel,
-                    self.settings.presence_cap.to_string(),
-                    name.to_string(),
-                    self.shared.node.clone(),
-                    conn.to_string(),
-                    given,
-                    fresh_hash.clone(),
-                    ttl.to_string(),
-                ],
+                    self.member_args(room, name, conn).as_slice(),
+                    &[given, fresh_hash.clone(), ttl.to_string()],
+                ]
+                .concat(),
             )
             .await?;
         let reply: Vec<String> =
@@ -548,18 +521,11 @@ impl Broker for RedisBroker {
 
     async fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64) {
         self.forget_member(room, name, conn);
-        let channel = Self::channel(room);
         if let Err(e) = self
             .presence_script(
                 &scripts::RELEASE_SCRIPT,
                 room,
-                &[
-                    channel,
-                    self.settings.presence_cap.to_string(),
-                    name.to_string(),
-                    self.shared.node.clone(),
-                    conn.to_string(),
-                ],
+                &self.member_args(room, name, conn),
             )
             .await
         {
@@ -651,6 +617,18 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// The arguments the claim and release scripts start with: channel, presence cap, name,
+    /// node, connection.
+    fn member_args(&self, room: &str, name: &str, conn: u64) -> Vec<String> {
+        vec![
+            Self::channel(room),
+            self.settings.presence_cap.to_string(),
+            name.to_string(),
+            self.shared.node.clone(),
+            conn.to_string(),
+        ]
+    }
+
     fn forget_member(&self, room: &Arc<str>, name: &str, conn: u64) {
         let mut members = lock(&self.shared.members);
         if let Some(names) = members.get_mut(room) {

@@ -31,6 +31,16 @@ fn settings(urls: Vec<String>) -> RedisSettings {
     }
 }
 
+fn say<'a>(room: &'a Arc<str>, who: &'a Arc<str>, text: &'a str, origin: u64) -> NewMessage<'a> {
+    NewMessage {
+        room,
+        from: who,
+        text,
+        reference: None,
+        origin,
+    }
+}
+
 fn broker(redis: &RedisServer) -> Arc<RedisBroker> {
     block_on(RedisBroker::connect(settings(vec![redis.url()]))).expect("connect")
 }
@@ -103,13 +113,7 @@ fn two_nodes_share_one_sequence_and_take_names_from_each_other() {
     let who: Arc<str> = "x".into();
     for i in 0..20u64 {
         let node = if i % 2 == 0 { &a } else { &b };
-        let msg = NewMessage {
-            room: &room,
-            from: &who,
-            text: "hi",
-            reference: None,
-            origin: i,
-        };
+        let msg = say(&room, &who, "hi", i);
         assert_eq!(block_on(node.publish(msg)).unwrap().offset, i + 1);
     }
     let all: Vec<u64> = (1..=20).collect();
@@ -168,13 +172,7 @@ fn unreachable_redis_is_refused_at_start_and_unavailable_later() {
     block_on(b.subscribe(&room)).unwrap();
     redis.kill();
     let who: Arc<str> = "x".into();
-    let msg = NewMessage {
-        room: &room,
-        from: &who,
-        text: "hi",
-        reference: None,
-        origin: 1,
-    };
+    let msg = say(&room, &who, "hi", 1);
     eventually("publishes are refused", || {
         matches!(block_on(b.publish(msg)), Err(BrokerError::Unreachable(_)))
     });
@@ -211,13 +209,7 @@ fn a_hung_redis_is_noticed_within_the_timeout_and_left_behind_when_it_wakes() {
     let room: Arc<str> = "r".into();
     block_on(b.subscribe(&room)).unwrap();
     let who: Arc<str> = "x".into();
-    let msg = NewMessage {
-        room: &room,
-        from: &who,
-        text: "hi",
-        reference: None,
-        origin: 1,
-    };
+    let msg = say(&room, &who, "hi", 1);
     block_on(b.publish(msg)).unwrap();
     let pid = redis.pid().unwrap().to_string();
     let signal = |sig: &str| {
@@ -272,13 +264,7 @@ fn the_stream_keeps_exactly_the_retention() {
         h.read.messages.iter().map(|p| p.pos.offset).collect()
     };
     for _ in 0..20 {
-        let msg = NewMessage {
-            room: &room,
-            from: &who,
-            text: "0123456789",
-            reference: None,
-            origin: 1,
-        };
+        let msg = say(&room, &who, "0123456789", 1);
         block_on(b.publish(msg)).unwrap();
     }
     assert_eq!(kept(&b), [18, 19, 20], "the byte cap");
@@ -287,13 +273,7 @@ fn the_stream_keeps_exactly_the_retention() {
     s.retention.bytes = 1 << 20;
     let b = block_on(RedisBroker::connect(s)).unwrap();
     for _ in 0..20 {
-        let msg = NewMessage {
-            room: &room,
-            from: &who,
-            text: "0123456789",
-            reference: None,
-            origin: 1,
-        };
+        let msg = say(&room, &who, "0123456789", 1);
         block_on(b.publish(msg)).unwrap();
     }
     assert_eq!(kept(&b), [36, 37, 38, 39, 40], "the count cap");
@@ -344,13 +324,7 @@ fn rediss_connects_over_tls_to_a_server_the_ca_vouches_for() {
     let b = block_on(RedisBroker::connect(s.clone())).expect("a TLS connection");
     let room: Arc<str> = "r".into();
     let who: Arc<str> = "x".into();
-    let msg = NewMessage {
-        room: &room,
-        from: &who,
-        text: "over tls",
-        reference: None,
-        origin: 1,
-    };
+    let msg = say(&room, &who, "over tls", 1);
     assert_eq!(block_on(b.publish(msg)).unwrap().offset, 1);
     assert_eq!(redis.cli(&["XLEN", "tc:{r}:s"]), "1");
     drop(b);
