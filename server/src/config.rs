@@ -138,6 +138,10 @@ pub struct Args {
     /// in Redis (not in --data-dir).
     #[arg(long, env = "TIDECHAT_REDIS", value_delimiter = ',')]
     pub redis: Vec<String>,
+    /// With a `rediss://` --redis: the CA certificate(s) (PEM file) its server certificate must
+    /// chain to; default: the system's trusted roots.
+    #[arg(long, env = "TIDECHAT_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
     /// With --redis: a node refreshes its members every third of this; the members of a node
     /// that died leave within it (plus a second).
     #[arg(long, env = "TIDECHAT_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -257,6 +261,8 @@ pub enum ConfigError {
     IdleBelowPing { idle: Duration, ping: Duration },
     #[error("--redis {0:?}: {1} (e.g. redis://127.0.0.1:6379/0 or unix:///run/redis.sock)")]
     Redis(String, String),
+    #[error("--redis-ca {0}: {1}")]
+    RedisCa(String, String),
 }
 
 /// Everything the server needs to run, validated.
@@ -288,6 +294,8 @@ pub struct Config {
     pub name_grace: Duration,
     /// `--redis`: empty for the single-node broker.
     pub redis: Vec<String>,
+    /// `--redis-ca`: PEM bytes, read at start.
+    pub redis_ca: Option<Vec<u8>>,
     pub presence_ttl: Duration,
     pub redis_timeout: Duration,
     pub join_history: usize,
@@ -395,6 +403,13 @@ impl Args {
                 return Err(ConfigError::Redis(url.clone(), "given twice".into()));
             }
         }
+        let redis_ca = match &self.redis_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| ConfigError::RedisCa(path.display().to_string(), e.to_string()))?,
+            ),
+            None => None,
+        };
         if self.max_text_bytes >= self.max_message_bytes {
             return Err(ConfigError::TextAboveMessage {
                 text: self.max_text_bytes,
@@ -458,6 +473,7 @@ impl Args {
             data_dir: (self.data_dir != "none").then(|| PathBuf::from(self.data_dir)),
             name_grace: self.name_grace,
             redis: self.redis,
+            redis_ca,
             presence_ttl: self.presence_ttl,
             redis_timeout: self.redis_timeout,
             join_history: self.join_history,
@@ -548,12 +564,24 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().starts_with("--room-buffer-bytes"), "{e}");
+        for bad in ["http://127.0.0.1:6379", "redis://"] {
+            let e = parse(&["--redis", bad]).unwrap_err();
+            assert!(matches!(e, ConfigError::Redis(..)), "{bad}: {e}");
+        }
+        let e = parse(&["--redis", "redis://a:1,redis://a:1"]).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+        let e = parse(&["--redis-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(matches!(e, ConfigError::RedisCa(..)), "{e}");
+        let two = parse(&["--redis", "redis://a:1/0,unix:///run/r.sock"]).unwrap();
+        assert_eq!(two.redis, ["redis://a:1/0", "unix:///run/r.sock"]);
         for flag in [
             "--ping-interval",
             "--handshake-timeout",
             "--write-timeout",
             "--message-timeout",
             "--shutdown-timeout",
+            "--presence-ttl",
+            "--redis-timeout",
         ] {
             let e = parse(&[flag, "0s"]).unwrap_err();
             assert!(

@@ -152,6 +152,7 @@ impl Server {
         }
         let broker = hub::redis::RedisBroker::connect(hub::redis::RedisSettings {
             urls: config.redis.clone(),
+            ca: config.redis_ca.clone(),
             retention: config.retention(),
             presence_cap: config.presence_cap,
             presence_ttl: config.presence_ttl,

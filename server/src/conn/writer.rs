@@ -92,6 +92,8 @@ pub(super) struct Sub {
     rx: Receiver<EventRef>,
     /// The `joined` frame covered messages up to here; live copies of them are dropped.
     after: u64,
+    /// Its member list covered presence changes up to here (numbered ones; see `Delivery`).
+    presence_after: u64,
 }
 
 /// One thing the writer reacts to.
@@ -261,6 +263,7 @@ impl<'a> Writer<'a> {
                     room: joined.room,
                     rx: joined.rx,
                     after: joined.state.last,
+                    presence_after: joined.presence_version,
                 });
             }
             Input::Ctl(Out::Unsubscribe { room, reason }) => self.unsubscribe(batch, room, reason),
@@ -293,6 +296,9 @@ impl<'a> Writer<'a> {
             return;
         }
         if ev.offset != 0 && ev.offset <= self.subs[i].after {
+            return;
+        }
+        if ev.presence != 0 && ev.presence <= self.subs[i].presence_after {
             return;
         }
         if ev.origin == self.conn {

@@ -12,10 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::position::{StreamPosition, StreamState};
-use super::record::{Publication, RoomEvent};
+use super::record::{unix_millis, Publication, RoomEvent};
 use super::store::{Commits, HistoryStore, Read, StoreError};
 use super::Page;
 
@@ -39,6 +39,10 @@ pub struct Delivery {
     pub ticket: u64,
     /// The connection that caused it (0 for none).
     pub origin: u64,
+    /// A presence change's place in the room's presence sequence (0: unnumbered, which the
+    /// memory broker's are: they happen before the joiner's receiver exists). A joiner skips
+    /// changes at or below the [`Names::version`] its member list was read at.
+    pub presence: u64,
 }
 
 /// A message to publish.
@@ -87,6 +91,8 @@ pub enum BrokerError {
 pub struct Names {
     pub names: Vec<Arc<str>>,
     pub count: usize,
+    /// The room's presence sequence number this list was read at (0: unnumbered).
+    pub version: u64,
 }
 
 #[async_trait::async_trait]
@@ -97,8 +103,12 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// This node has members in `room` (again); deliveries for it start.
     async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError>;
 
-    /// This node has no members left in `room`.
+    /// This node let go of `room` (evicted at `--max-rooms`).
     fn unsubscribe(&self, room: &str);
+
+    /// This node has no members left in `room` (it stays in memory until evicted). A broker
+    /// that spans nodes stops taking the room's live events; a later join subscribes again.
+    fn idle(&self, _room: &str) {}
 
     /// Publishes `msg` and returns its position. The memory broker has handed it to [`Deliver`]
     /// by then; a broker that spans nodes hands it over when it comes back from the network.
@@ -146,12 +156,6 @@ pub trait Broker: Send + Sync + fmt::Debug {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update below is a single step after its checks, so poisoning leaves consistent data.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The single-node broker: positions from the store, delivery straight to the local hub.
@@ -240,6 +244,7 @@ impl MemoryBroker {
                 },
                 ticket: 0,
                 origin: 0,
+                presence: 0,
             });
         }
     }
@@ -297,6 +302,7 @@ impl Broker for MemoryBroker {
             event: RoomEvent::Message(p),
             ticket,
             origin: msg.origin,
+            presence: 0,
         });
         Ok(pos)
     }
@@ -414,6 +420,7 @@ impl Broker for MemoryBroker {
         Names {
             names: names.keys().take(max).cloned().collect(),
             count: names.len(),
+            version: 0,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Event {
     pub ticket: u64,
     /// The connection that caused it (0: none).
     pub origin: u64,
+    /// A presence change's sequence number (0: unnumbered); see [`super::broker::Delivery`].
+    pub presence: u64,
     /// Not an event: the room's feed broke, and its members are to resume (close 4009).
     pub reset: bool,
 }
@@ -140,6 +142,7 @@ mod tests {
             },
             ticket: 0,
             origin: 0,
+            presence: 0,
             reset: false,
         })
     }

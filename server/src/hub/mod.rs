@@ -8,7 +8,7 @@
 //! receiver without waiting.
 //!
 //! Lock order: the room map, then one room's members; the hub calls the broker holding neither
-//! (except `unsubscribe` at eviction, which never calls back).
+//! (except `unsubscribe` at eviction and `idle`, which never call back or wait).
 //! A room is *pinned* while a join is under way and *idle* when it has neither members nor
 //! pins; idle rooms are kept in the order they went idle, so eviction at `--max-rooms` takes
 //! the longest-idle one in O(log n), and a pinned room is never evicted under a joiner.
@@ -85,6 +85,8 @@ pub struct Joined {
     pub token: String,
     /// At most the presence cap; empty without a snapshot.
     pub members: Vec<Arc<str>>,
+    /// The presence sequence number `members` was read at: later changes are live.
+    pub presence_version: u64,
     pub member_count: usize,
     /// Messages, oldest first, within the page caps; empty without a snapshot.
     pub history: Vec<Arc<Publication>>,
@@ -224,13 +226,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Rooms {
     /// Marks `room` idle if it has neither members nor pins (`members` is its locked list).
-    fn maybe_idle(&mut self, room: &Room, members: &HashMap<Arc<str>, Member>) {
+    /// Marks `room` idle if it has neither members nor pins (`members` is its locked list);
+    /// true when it went idle just now.
+    fn maybe_idle(&mut self, room: &Room, members: &HashMap<Arc<str>, Member>) -> bool {
         let mut slot = lock(&room.slot);
         if slot.pins == 0 && members.is_empty() && slot.idle.is_none() {
             self.seq += 1;
             slot.idle = Some(self.seq);
             self.idle.insert(self.seq, room.name.clone());
+            return true;
         }
+        false
     }
 }
 
@@ -267,7 +273,9 @@ impl Hub {
         let joined = self.join_pinned(&room, req).await;
         let mut rooms = lock(&self.rooms);
         lock(&room.slot).pins -= 1;
-        rooms.maybe_idle(&room, &lock(&room.members));
+        if rooms.maybe_idle(&room, &lock(&room.members)) {
+            self.broker.idle(&room.name);
+        }
         joined
     }
 
@@ -311,6 +319,7 @@ impl Hub {
                 state,
                 token: claim.token,
                 member_count: members.count,
+                presence_version: members.version,
                 members: members.names,
                 history: read.messages,
                 recovered,
@@ -495,7 +504,9 @@ impl Hub {
                 return;
             }
             members.remove(name);
-            rooms.maybe_idle(&room, &members);
+            if rooms.maybe_idle(&room, &members) {
+                self.broker.idle(&room.name);
+            }
             drop(members);
             room
         };
@@ -569,6 +580,7 @@ impl Deliver for Hub {
             wire: Wire::render(&d.event),
             ticket: d.ticket,
             origin: d.origin,
+            presence: d.presence,
             reset: false,
         });
         room.tx.try_broadcast(event);
@@ -587,6 +599,7 @@ impl Deliver for Hub {
             }),
             ticket: 0,
             origin: 0,
+            presence: 0,
             reset: true,
         }));
     }
@@ -600,7 +613,9 @@ impl Deliver for Hub {
         if let Some(m) = members.get(member).filter(|m| m.conn == conn) {
             m.evictor.evict(room.name.clone());
             members.remove(member);
-            rooms.maybe_idle(&room, &members);
+            if rooms.maybe_idle(&room, &members) {
+                self.broker.idle(&room.name);
+            }
         }
     }
 }
@@ -617,8 +632,13 @@ fn random<const N: usize>() -> [u8; N] {
 /// A resume token: 128 bits from the OS CSPRNG, hex. Whoever holds it can take the name back,
 /// so it must not be predictable from other tokens or from the room epochs clients see.
 pub(crate) fn new_token() -> String {
-    let mut s = String::with_capacity(32);
-    for b in random::<16>() {
+    hex(&random::<16>())
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         // unwrap: writing into a String cannot fail.
         std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
     }

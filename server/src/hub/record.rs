@@ -8,6 +8,13 @@ use std::sync::Arc;
 
 use super::position::{Epoch, StreamPosition};
 
+/// Now, in milliseconds since the Unix epoch (a publication's `ts`).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A chat message as published in a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {

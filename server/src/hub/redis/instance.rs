@@ -92,11 +92,21 @@ impl Instance {
     pub fn new(
         index: usize,
         url: &str,
+        ca: Option<&[u8]>,
         timeout: Duration,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
-        let client =
-            Client::open(url).map_err(|e| anyhow::anyhow!("--redis {}: {e}", display_name(url)))?;
+        let client = match ca {
+            Some(pem) if url.starts_with("rediss://") => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            _ => Client::open(url),
+        }
+        .map_err(|e| anyhow::anyhow!("--redis {}: {e}", display_name(url)))?;
         Ok(Self {
             index,
             name: display_name(url),
@@ -401,15 +411,19 @@ impl Instance {
                 self.catch_up(link, &room, Some((p, origin))).await
             }
             Some(kind @ (b'j' | b'l')) => {
-                let name: Arc<str> = String::from_utf8_lossy(&payload[1..]).into();
+                let text = String::from_utf8_lossy(&payload[1..]);
+                let Some((number, name)) = text.split_once(':') else {
+                    return Ok(());
+                };
                 self.deliver(Delivery {
                     event: RoomEvent::Presence {
                         room,
-                        name,
+                        name: name.into(),
                         joined: *kind == b'j',
                     },
                     ticket: 0,
                     origin: 0,
+                    presence: number.parse().unwrap_or(0),
                 });
                 Ok(())
             }
@@ -506,6 +520,7 @@ impl Instance {
                 event: RoomEvent::Message(Arc::new(p)),
                 ticket: 0,
                 origin,
+                presence: 0,
             });
         }
         Ok(())

@@ -20,7 +20,7 @@ mod scripts;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use sha2::{Digest, Sha256};
@@ -29,7 +29,7 @@ use self::instance::{array, Instance, Link};
 use self::scripts::RoomKeys;
 use super::broker::{Broker, BrokerError, Claim, Deliver, HistoryRead, Names, NewMessage};
 use super::position::{Epoch, StreamPosition, StreamState};
-use super::record::Publication;
+use super::record::{unix_millis, Publication};
 use super::store::{collect_page, Commits, Read, Retention};
 use super::Page;
 
@@ -47,6 +47,8 @@ impl From<Unreachable> for BrokerError {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub urls: Vec<String>,
+    /// PEM CA certificates a `rediss://` server must chain to (`None`: the system's roots).
+    pub ca: Option<Vec<u8>>,
     pub retention: Retention,
     pub presence_cap: usize,
     pub presence_ttl: Duration,
@@ -112,6 +114,9 @@ impl fmt::Debug for RedisBroker {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Local members per refresh script call.
 const REFRESH_CHUNK: usize = 300;
+/// Housekeeping scripts in flight at once (a hung Redis then costs one timeout, not one per
+/// room).
+const IN_FLIGHT: usize = 256;
 
 /// Which of `n` instances holds `room`: jump consistent hash (Lamping and Veach, 2014) of the
 /// first 8 bytes of the name's SHA-256, so that adding an instance moves only 1/n of the rooms
@@ -129,22 +134,10 @@ pub fn place(room: &str, n: usize) -> usize {
     b.max(0) as usize
 }
 
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A token as Redis keeps it: only its SHA-256, so that a copy of Redis's data cannot take
 /// anyone's name.
 fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        // unwrap: writing into a String cannot fail.
-        std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
-    }
-    s
+    super::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// Runs the history script: the stream's state and up to `count` messages after `since`
@@ -223,13 +216,19 @@ impl RedisBroker {
     pub async fn connect(settings: RedisSettings) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!settings.urls.is_empty(), "no --redis URL");
         let shared = Arc::new(Shared {
-            node: hex(&super::random::<8>()),
+            node: super::hex(&super::random::<8>()),
             sink: OnceLock::new(),
             members: Mutex::default(),
         });
         let mut instances = Vec::new();
         for (i, url) in settings.urls.iter().enumerate() {
-            let instance = Instance::new(i, url, settings.timeout, shared.clone())?;
+            let instance = Instance::new(
+                i,
+                url,
+                settings.ca.as_deref(),
+                settings.timeout,
+                shared.clone(),
+            )?;
             let mut link = instance
                 .connect()
                 .await
@@ -284,7 +283,7 @@ impl RedisBroker {
         let mut link = self.link(room)?;
         let keys = RoomKeys::new(room);
         let mut call = script.key(&keys.presence);
-        call.key(&keys.expiry);
+        call.key(&keys.expiry).key(&keys.version);
         for a in args {
             call.arg(a);
         }
@@ -297,6 +296,8 @@ impl RedisBroker {
         scripts::channel(room)
     }
 
+    /// Extends this node's members in every room they are in (one script per room and chunk,
+    /// all in flight together on the pipelined connections).
     async fn refresh(&self) {
         type Names = Vec<(Arc<str>, u64, String)>;
         let rooms: Vec<(Arc<str>, Names)> = lock(&self.shared.members)
@@ -310,43 +311,57 @@ impl RedisBroker {
             })
             .collect();
         let ttl = self.settings.presence_ttl.as_millis() as u64;
+        let mut calls: Vec<(Arc<str>, Names)> = Vec::new();
         for (room, names) in rooms {
             for chunk in names.chunks(REFRESH_CHUNK) {
+                calls.push((room.clone(), chunk.to_vec()));
+            }
+        }
+        futures::StreamExt::for_each_concurrent(
+            futures::stream::iter(calls),
+            IN_FLIGHT,
+            |(room, chunk)| async move {
+                let room = &room;
                 let mut args: Vec<String> = vec![self.shared.node.clone(), ttl.to_string()];
-                for (name, conn, hash) in chunk {
+                for (name, conn, hash) in &chunk {
                     args.extend([name.to_string(), conn.to_string(), hash.clone()]);
                 }
                 match self
-                    .presence_script(&scripts::REFRESH_SCRIPT, &room, &args)
+                    .presence_script(&scripts::REFRESH_SCRIPT, room, &args)
                     .await
                 {
                     Ok(v) => {
                         let lost: Vec<String> = redis::from_redis_value(v).unwrap_or_default();
                         for name in lost {
                             if let Some((_, conn, _)) = chunk.iter().find(|(n, ..)| **n == *name) {
-                                self.shared.replaced(&room, &name, *conn);
+                                self.shared.replaced(room, &name, *conn);
                             }
                         }
                     }
                     Err(e) => log::debug!("presence refresh of {room:?}: {e}"),
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
 
+    /// Ends the names whose time ran out in every room this node has a feed of.
     async fn sweep(&self) {
-        let cap = self.settings.presence_cap;
-        for instance in &self.instances {
-            for room in instance.rooms() {
+        let cap = self.settings.presence_cap.to_string();
+        let rooms: Vec<Arc<str>> = self.instances.iter().flat_map(|i| i.rooms()).collect();
+        futures::StreamExt::for_each_concurrent(futures::stream::iter(rooms), IN_FLIGHT, |room| {
+            let cap = cap.clone();
+            async move {
                 let channel = Self::channel(&room);
                 if let Err(e) = self
-                    .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap.to_string()])
+                    .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap])
                     .await
                 {
                     log::debug!("presence sweep of {room:?}: {e}");
                 }
             }
-        }
+        })
+        .await;
     }
 
     fn due(at: &Mutex<Instant>, now: Instant, every: Duration) -> bool {
@@ -357,15 +372,6 @@ impl RedisBroker {
         *next = now + every;
         true
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // unwrap: writing into a String cannot fail.
-        std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}")).unwrap();
-    }
-    s
 }
 
 impl Drop for RedisBroker {
@@ -387,6 +393,10 @@ impl Broker for RedisBroker {
     }
 
     fn unsubscribe(&self, room: &str) {
+        self.instance(room).unsubscribe(room);
+    }
+
+    fn idle(&self, room: &str) {
         self.instance(room).unsubscribe(room);
     }
 
@@ -470,22 +480,16 @@ impl Broker for RedisBroker {
         let fresh = super::new_token();
         let fresh_hash = token_hash(&fresh);
         let given = token.map(token_hash).unwrap_or_default();
-        let channel = Self::channel(room);
         let ttl = self.settings.presence_ttl.as_millis() as u64;
         let v = self
             .presence_script(
                 &scripts::CLAIM_SCRIPT,
                 room,
                 &[
-                    channel,
-                    self.settings.presence_cap.to_string(),
-                    name.to_string(),
-                    self.shared.node.clone(),
-                    conn.to_string(),
-                    given,
-                    fresh_hash.clone(),
-                    ttl.to_string(),
-                ],
+                    self.member_args(room, name, conn).as_slice(),
+                    &[given, fresh_hash.clone(), ttl.to_string()],
+                ]
+                .concat(),
             )
             .await?;
         let reply: Vec<String> =
@@ -517,18 +521,11 @@ impl Broker for RedisBroker {
 
     async fn presence_remove(&self, room: &Arc<str>, name: &str, conn: u64) {
         self.forget_member(room, name, conn);
-        let channel = Self::channel(room);
         if let Err(e) = self
             .presence_script(
                 &scripts::RELEASE_SCRIPT,
                 room,
-                &[
-                    channel,
-                    self.settings.presence_cap.to_string(),
-                    name.to_string(),
-                    self.shared.node.clone(),
-                    conn.to_string(),
-                ],
+                &self.member_args(room, name, conn),
             )
             .await
         {
@@ -578,15 +575,23 @@ impl Broker for RedisBroker {
             }
         };
         let mut items = array(v).unwrap_or_default().into_iter();
-        let count: usize = items
-            .next()
-            .and_then(|c| redis::from_redis_value(c).ok())
-            .unwrap_or(0);
+        let mut number = || -> u64 {
+            items
+                .next()
+                .and_then(|c| redis::from_redis_value(c).ok())
+                .unwrap_or(0)
+        };
+        let count = number() as usize;
+        let version = number();
         let names = items
             .filter_map(|n| redis::from_redis_value::<String>(n).ok())
             .map(Into::into)
             .collect();
-        Names { names, count }
+        Names {
+            names,
+            count,
+            version,
+        }
     }
 
     async fn expire(&self, now: Instant) {
@@ -612,6 +617,18 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// The arguments the claim and release scripts start with: channel, presence cap, name,
+    /// node, connection.
+    fn member_args(&self, room: &str, name: &str, conn: u64) -> Vec<String> {
+        vec![
+            Self::channel(room),
+            self.settings.presence_cap.to_string(),
+            name.to_string(),
+            self.shared.node.clone(),
+            conn.to_string(),
+        ]
+    }
+
     fn forget_member(&self, room: &Arc<str>, name: &str, conn: u64) {
         let mut members = lock(&self.shared.members);
         if let Some(names) = members.get_mut(room) {

@@ -5,8 +5,9 @@
 //! Redis run id at its last use, `l` lost-through offset, `b` bytes kept), `tc:{R}:s` stream
 //! (entry id `<offset>-0`, fields `d` record, `b` bytes, `t` ms), `tc:{R}:p` presence hash
 //! (name -> `node|conn|token hash`, conn `0` while the name waits out its grace), `tc:{R}:x`
-//! presence expiry zset (name -> ms of Redis time). Channel `tc:{R}`, whose payloads are
-//! `m<offset>:<epoch>:<node>:<conn>:<record>`, `j<name>`, `l<name>` and
+//! presence expiry zset (name -> ms of Redis time), `tc:{R}:v` the number of the room's last
+//! presence change. Channel `tc:{R}`, whose payloads are
+//! `m<offset>:<epoch>:<node>:<conn>:<record>`, `j<number>:<name>`, `l<number>:<name>` and
 //! `t<node>|<conn>|<name>` (a resume elsewhere took that connection's name).
 
 use std::sync::LazyLock;
@@ -54,15 +55,27 @@ redis.call('XADD', stream, id .. '-0', 'd', record, 'b', size, 't', ts)
 local total = redis.call('HINCRBY', meta, 'b', size)
 local n = redis.call('XLEN', stream)
 if n > max_n or total > max_b or min_ts > 0 then
-  local drop, cut = 0, nil
-  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', 64)) do
-    local f = entry[2]
-    if n - drop > 1 and (n - drop > max_n or total > max_b or tonumber(f[6]) < min_ts) then
-      drop = drop + 1
-      total = total - tonumber(f[4])
-      cut = entry[1]
-    else
+  -- Oldest first, only as many as can go (reading more on every publish costs Redis dearly).
+  local drop, cut, start, done = 0, nil, '-', false
+  while not done and drop < 64 do
+    local over = n - drop - max_n
+    local entries = redis.call('XRANGE', stream, start, '+', 'COUNT', math.max(1, math.min(over, 16)))
+    if #entries == 0 then
       break
+    end
+    for _, entry in ipairs(entries) do
+      local f = entry[2]
+      if n - drop > 1 and (n - drop > max_n or total > max_b or tonumber(f[6]) < min_ts) then
+        drop = drop + 1
+        total = total - tonumber(f[4])
+        cut = entry[1]
+      else
+        done = true
+        break
+      end
+    end
+    if cut then
+      start = '(' .. cut
     end
   end
   if cut then
@@ -100,10 +113,16 @@ return {e, o, l, entries}
 /// ran out (each `left` is published once, by whoever removes it), and keeping the keys alive
 /// as long as their longest entry.
 const PRESENCE: &str = r#"
-local p, x = KEYS[1], KEYS[2]
+local p, x, v = KEYS[1], KEYS[2], KEYS[3]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Every announced change takes the room's next presence number, so a joiner can skip the
+-- ones its member list already shows.
+local function announce(channel, kind, name)
+  local n = redis.call('INCR', v)
+  redis.call('PUBLISH', channel, kind .. n .. ':' .. name)
 end
 local function sweep(channel, cap, now)
   local gone = redis.call('ZRANGEBYSCORE', x, '-inf', now, 'LIMIT', 0, 1000)
@@ -116,7 +135,7 @@ local function sweep(channel, cap, now)
   end
   if redis.call('HLEN', p) < cap then
     for _, name in ipairs(gone) do
-      redis.call('PUBLISH', channel, 'l' .. name)
+      announce(channel, 'l', name)
     end
   end
 end
@@ -124,6 +143,7 @@ local function keep(ms)
   if redis.call('PTTL', p) < ms then
     redis.call('PEXPIRE', p, ms)
     redis.call('PEXPIRE', x, ms)
+    redis.call('PEXPIRE', v, ms)
   end
 end
 local function holder(v)
@@ -131,7 +151,7 @@ local function holder(v)
 end
 "#;
 
-/// KEYS p, x. ARGV channel, cap, name, node, conn, presented token hash (`` none), new token
+/// KEYS p, x, v. ARGV channel, cap, name, node, conn, presented token hash (`` none), new token
 /// hash, ttl ms. Returns `{'new'}`, `{'resumed', replaced local conn or '0'}`, `{'already'}` or
 /// `{'taken'}`.
 const CLAIM: &str = r#"
@@ -166,12 +186,12 @@ redis.call('HSET', p, name, mine)
 redis.call('ZADD', x, now + ttl, name)
 keep(ttl + 1000)
 if count < cap then
-  redis.call('PUBLISH', channel, 'j' .. name)
+  announce(channel, 'j', name)
 end
 return {'new'}
 "#;
 
-/// KEYS p, x. ARGV channel, cap, name, node, conn. Frees the name if that connection holds it.
+/// KEYS p, x, v. ARGV channel, cap, name, node, conn. Frees the name if that connection holds it.
 const RELEASE: &str = r#"
 local channel, cap, name, node, conn = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local cur = redis.call('HGET', p, name)
@@ -185,12 +205,12 @@ end
 redis.call('HDEL', p, name)
 redis.call('ZREM', x, name)
 if redis.call('HLEN', p) < cap then
-  redis.call('PUBLISH', channel, 'l' .. name)
+  announce(channel, 'l', name)
 end
 return 1
 "#;
 
-/// KEYS p, x. ARGV name, node, conn, grace ms. The name waits for its token until the grace
+/// KEYS p, x, v. ARGV name, node, conn, grace ms. The name waits for its token until the grace
 /// ends (then a sweep sends `left`).
 const DETACH: &str = r#"
 local name, node, conn, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -208,7 +228,7 @@ keep(grace + 1000)
 return 1
 "#;
 
-/// KEYS p, x. ARGV node, ttl ms, then `name, conn, token hash` per local member. Extends this
+/// KEYS p, x, v. ARGV node, ttl ms, then `name, conn, token hash` per local member. Extends this
 /// node's members, puts back the ones Redis lost, and returns the names someone else holds now.
 const REFRESH: &str = r#"
 local node, ttl = ARGV[1], tonumber(ARGV[2])
@@ -233,13 +253,14 @@ keep(ttl + 1000)
 return lost
 "#;
 
-/// KEYS p, x. ARGV channel, cap. Ends the names whose time ran out.
+/// KEYS p, x, v. ARGV channel, cap. Ends the names whose time ran out.
 const SWEEP: &str = r#"
 sweep(ARGV[1], tonumber(ARGV[2]), now_ms())
 return 0
 "#;
 
-/// KEYS p, x. ARGV channel, cap, max. Returns `{count, names...}` (at most `max` names).
+/// KEYS p, x, v. ARGV channel, cap, max. Returns `{count, presence number, names...}` (at most
+/// `max` names).
 const LIST: &str = r#"
 local channel, cap, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 sweep(channel, cap, now_ms())
@@ -252,6 +273,7 @@ if max > 0 then
     names = redis.call('HRANDFIELD', p, max)
   end
 end
+table.insert(names, 1, tonumber(redis.call('GET', v)) or 0)
 table.insert(names, 1, count)
 return names
 "#;
@@ -276,6 +298,7 @@ pub struct RoomKeys {
     pub stream: String,
     pub presence: String,
     pub expiry: String,
+    pub version: String,
     pub channel: String,
 }
 
@@ -286,6 +309,7 @@ impl RoomKeys {
             stream: format!("tc:{{{room}}}:s"),
             presence: format!("tc:{{{room}}}:p"),
             expiry: format!("tc:{{{room}}}:x"),
+            version: format!("tc:{{{room}}}:v"),
             channel: channel(room),
         }
     }

@@ -19,6 +19,7 @@ use fixture::{Kind, RedisServer};
 fn settings(urls: Vec<String>) -> RedisSettings {
     RedisSettings {
         urls,
+        ca: None,
         retention: Retention {
             messages: 100,
             bytes: 1 << 20,
@@ -27,6 +28,16 @@ fn settings(urls: Vec<String>) -> RedisSettings {
         presence_cap: 100,
         presence_ttl: Duration::from_secs(3),
         timeout: Duration::from_secs(2),
+    }
+}
+
+fn say<'a>(room: &'a Arc<str>, who: &'a Arc<str>, text: &'a str, origin: u64) -> NewMessage<'a> {
+    NewMessage {
+        room,
+        from: who,
+        text,
+        reference: None,
+        origin,
     }
 }
 
@@ -102,13 +113,7 @@ fn two_nodes_share_one_sequence_and_take_names_from_each_other() {
     let who: Arc<str> = "x".into();
     for i in 0..20u64 {
         let node = if i % 2 == 0 { &a } else { &b };
-        let msg = NewMessage {
-            room: &room,
-            from: &who,
-            text: "hi",
-            reference: None,
-            origin: i,
-        };
+        let msg = say(&room, &who, "hi", i);
         assert_eq!(block_on(node.publish(msg)).unwrap().offset, i + 1);
     }
     let all: Vec<u64> = (1..=20).collect();
@@ -167,13 +172,7 @@ fn unreachable_redis_is_refused_at_start_and_unavailable_later() {
     block_on(b.subscribe(&room)).unwrap();
     redis.kill();
     let who: Arc<str> = "x".into();
-    let msg = NewMessage {
-        room: &room,
-        from: &who,
-        text: "hi",
-        reference: None,
-        origin: 1,
-    };
+    let msg = say(&room, &who, "hi", 1);
     eventually("publishes are refused", || {
         matches!(block_on(b.publish(msg)), Err(BrokerError::Unreachable(_)))
     });
@@ -181,4 +180,233 @@ fn unreachable_redis_is_refused_at_start_and_unavailable_later() {
     assert!(err.to_string().contains("cannot reach"), "{err:#}");
     redis.restart();
     eventually("publishes work again", || block_on(b.publish(msg)).is_ok());
+}
+
+#[test]
+fn a_node_takes_a_rooms_feed_only_while_it_has_members_there() {
+    let redis = RedisServer::start();
+    let b = broker(&redis);
+    let _seen = attach(&b);
+    let room: Arc<str> = "quiet".into();
+    let subscribers = || redis.cli(&["PUBSUB", "NUMSUB", "tc:{quiet}"]);
+    block_on(b.subscribe(&room)).unwrap();
+    assert!(subscribers().ends_with('1'), "{}", subscribers());
+    b.idle(&room);
+    eventually("the feed ended", || subscribers().ends_with('0'));
+    block_on(b.subscribe(&room)).unwrap();
+    assert!(subscribers().ends_with('1'), "{}", subscribers());
+}
+
+/// A hung Redis (stopped, its sockets still open) is noticed by the command timeout and the
+/// PING, not by a closed connection.
+#[test]
+fn a_hung_redis_is_noticed_within_the_timeout_and_left_behind_when_it_wakes() {
+    let redis = RedisServer::start();
+    let mut s = settings(vec![redis.url()]);
+    s.timeout = Duration::from_secs(1);
+    let b = block_on(RedisBroker::connect(s)).unwrap();
+    let _seen = attach(&b);
+    let room: Arc<str> = "r".into();
+    block_on(b.subscribe(&room)).unwrap();
+    let who: Arc<str> = "x".into();
+    let msg = say(&room, &who, "hi", 1);
+    block_on(b.publish(msg)).unwrap();
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let hung = std::time::Instant::now();
+    let first = block_on(b.publish(msg));
+    let took = hung.elapsed();
+    assert!(
+        matches!(first, Err(BrokerError::Unreachable(_))),
+        "{first:?}"
+    );
+    eventually("the instance is marked down", || !b.instances[0].is_up());
+    let down = hung.elapsed();
+    println!(
+        "hung redis: a publish got unavailable after {} ms, the instance was down after {} ms",
+        took.as_millis(),
+        down.as_millis()
+    );
+    // Refused at once from now on, not after another timeout.
+    let t = std::time::Instant::now();
+    assert!(block_on(b.publish(msg)).is_err());
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    signal("-CONT");
+    eventually("publishes work again", || block_on(b.publish(msg)).is_ok());
+}
+
+#[test]
+fn the_stream_keeps_exactly_the_retention() {
+    let redis = RedisServer::start();
+    let mut s = settings(vec![redis.url()]);
+    // Each message below counts 64 + 1 + 1 + 10 = 76 bytes (`Publication::bytes`).
+    s.retention = Retention {
+        messages: 5,
+        bytes: 76 * 3,
+        age: None,
+    };
+    let b = block_on(RedisBroker::connect(s.clone())).unwrap();
+    let room: Arc<str> = "r".into();
+    let who: Arc<str> = "x".into();
+    let kept = |b: &RedisBroker| -> Vec<u64> {
+        let h = block_on(b.history(&room, Page::Since(0), 100, usize::MAX)).unwrap();
+        h.read.messages.iter().map(|p| p.pos.offset).collect()
+    };
+    for _ in 0..20 {
+        let msg = say(&room, &who, "0123456789", 1);
+        block_on(b.publish(msg)).unwrap();
+    }
+    assert_eq!(kept(&b), [18, 19, 20], "the byte cap");
+    assert_eq!(redis.cli(&["XLEN", "tc:{r}:s"]), "3");
+
+    s.retention.bytes = 1 << 20;
+    let b = block_on(RedisBroker::connect(s)).unwrap();
+    for _ in 0..20 {
+        let msg = say(&room, &who, "0123456789", 1);
+        block_on(b.publish(msg)).unwrap();
+    }
+    assert_eq!(kept(&b), [36, 37, 38, 39, 40], "the count cap");
+    let h = block_on(b.history(&room, Page::Before(39), 2, usize::MAX)).unwrap();
+    let before: Vec<u64> = h.read.messages.iter().map(|p| p.pos.offset).collect();
+    assert_eq!(
+        (before, h.read.more, h.state.last),
+        (vec![37, 38], true, 40)
+    );
+}
+
+/// `rediss://`: TLS to Redis, with the server certificate checked against `--redis-ca`.
+#[test]
+fn rediss_connects_over_tls_to_a_server_the_ca_vouches_for() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    // A free loopback port for the TLS listener (the plain one stays a unix socket).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (c, k) = (
+        cert_file.to_str().unwrap().to_string(),
+        key_file.to_str().unwrap().to_string(),
+    );
+    let redis = RedisServer::start_with(&[
+        "--bind",
+        "127.0.0.1",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &c,
+        "--tls-key-file",
+        &k,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{port}/0");
+    let mut s = settings(vec![url.clone()]);
+    s.ca = Some(cert.pem().into_bytes());
+    let b = block_on(RedisBroker::connect(s.clone())).expect("a TLS connection");
+    let room: Arc<str> = "r".into();
+    let who: Arc<str> = "x".into();
+    let msg = say(&room, &who, "over tls", 1);
+    assert_eq!(block_on(b.publish(msg)).unwrap().offset, 1);
+    assert_eq!(redis.cli(&["XLEN", "tc:{r}:s"]), "1");
+    drop(b);
+
+    // Another CA's certificate: refused, and the start says why.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let stranger = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&other)
+        .unwrap();
+    s.ca = Some(stranger.pem().into_bytes());
+    let err = block_on(RedisBroker::connect(s)).unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err:#}");
+}
+
+#[derive(Debug, Default)]
+struct NoEvict;
+
+impl crate::hub::Evict for NoEvict {
+    fn evict(&self, _room: Arc<str>) {}
+}
+
+/// A joiner's receiver exists before its member list is read, and presence comes back from
+/// Redis later: the writer must skip the changes the list already shows (its own join among
+/// them), and show the later ones.
+#[test]
+fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
+    use crate::hub::{Hub, HubConfig, JoinRequest};
+    let redis = RedisServer::start();
+    let hub = Hub::new(
+        HubConfig {
+            max_rooms: 10,
+            room_buffer: 64,
+            room_buffer_bytes: 1 << 20,
+            presence_cap: 100,
+            page_messages: 50,
+            page_bytes: 1 << 20,
+            name_grace: Duration::from_secs(1),
+        },
+        broker(&redis),
+    );
+    let join = |name: &str, conn: u64| {
+        block_on(hub.join(JoinRequest {
+            room: "r",
+            name,
+            since: None,
+            epoch: None,
+            token: None,
+            conn,
+            evictor: Arc::new(NoEvict),
+            snapshot: true,
+        }))
+        .unwrap()
+    };
+    let mut alice = join("alice", 1);
+    assert_eq!(alice.members, [Arc::<str>::from("alice")]);
+    let bob = join("bob", 2);
+    assert_eq!(bob.member_count, 2);
+    block_on(hub.say("r", "bob", 2, "marker", None)).unwrap();
+    let mut seen = Vec::new();
+    eventually("alice's receiver got the marker", || {
+        while let Ok(ev) = alice.rx.try_recv() {
+            seen.push(ev);
+        }
+        seen.iter().any(|e| e.offset == 1)
+    });
+    let shown: Vec<(u64, bool)> = seen
+        .iter()
+        .map(|e| (e.presence, e.presence <= alice.presence_version))
+        .collect();
+    // Alice's own join is numbered at or below her list's number (skipped by her writer);
+    // bob's is above it (shown).
+    let presence: Vec<&(u64, bool)> = shown.iter().filter(|(n, _)| *n != 0).collect();
+    assert!(
+        presence.iter().any(|(_, skipped)| !skipped),
+        "bob's join is shown: {shown:?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|e| e.presence != 0 && e.presence <= alice.presence_version)
+            .all(|e| e.wire.v1.contains("alice")),
+        "only alice's own join is skipped"
+    );
+    assert!(bob.presence_version > alice.presence_version);
 }

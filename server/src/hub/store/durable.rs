@@ -26,13 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{collect_page, HistoryStore, Read, Retention, StoreError};
 use crate::hub::position::{Epoch, StreamState};
-use crate::hub::record::Publication;
+use crate::hub::record::{unix_millis, Publication};
 use crate::hub::Page;
 
 /// Offsets every room skips after a possible power loss: more than could have been handed out
@@ -199,12 +199,6 @@ fn boot_id() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl DurableStore {
