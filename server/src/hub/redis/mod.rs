@@ -322,7 +322,12 @@ impl RedisBroker {
             IN_FLIGHT,
             |(room, chunk)| async move {
                 let room = &room;
-                let mut args: Vec<String> = vec![self.shared.node.clone(), ttl.to_string()];
+                let mut args: Vec<String> = vec![
+                    self.shared.node.clone(),
+                    ttl.to_string(),
+                    Self::channel(room),
+                    self.settings.presence_cap.to_string(),
+                ];
                 for (name, conn, hash) in &chunk {
                     args.extend([name.to_string(), conn.to_string(), hash.clone()]);
                 }

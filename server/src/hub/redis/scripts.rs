@@ -228,18 +228,24 @@ keep(grace + 1000)
 return 1
 "#;
 
-/// KEYS p, x, v. ARGV node, ttl ms, then `name, conn, token hash` per local member. Extends this
-/// node's members, puts back the ones Redis lost, and returns the names someone else holds now.
+/// KEYS p, x, v. ARGV node, ttl ms, channel, cap, then `name, conn, token hash` per local
+/// member. Extends this node's members, puts back (and announces again) the ones that are gone
+/// (this node stalled past the ttl and was swept, or Redis lost them), and returns the names
+/// someone else holds now.
 const REFRESH: &str = r#"
-local node, ttl = ARGV[1], tonumber(ARGV[2])
+local node, ttl, channel, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local lost = {}
-for i = 3, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local name, conn = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', p, name)
   if not cur then
+    local count = redis.call('HLEN', p)
     redis.call('HSET', p, name, node .. '|' .. conn .. '|' .. ARGV[i + 2])
     redis.call('ZADD', x, now + ttl, name)
+    if count < cap then
+      announce(channel, 'j', name)
+    end
   else
     local cnode, cconn = holder(cur)
     if cnode == node and cconn == conn then

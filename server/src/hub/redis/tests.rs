@@ -410,3 +410,37 @@ fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
     );
     assert!(bob.presence_version > alice.presence_version);
 }
+
+/// A node that stalls past the presence ttl is swept (the others see `left`); when it comes
+/// back, its refresh puts its members back and announces them again, so nobody goes on seeing
+/// messages from someone they were told had left.
+#[test]
+fn a_node_back_from_a_stall_announces_its_members_again() {
+    let redis = RedisServer::start();
+    let (a, b) = (broker(&redis), broker(&redis));
+    let (_sa, sb) = (attach(&a), attach(&b));
+    let room: Arc<str> = "stall".into();
+    block_on(a.subscribe(&room)).unwrap();
+    block_on(b.subscribe(&room)).unwrap();
+    let bob: Arc<str> = "bob".into();
+    block_on(a.presence_add(&room, &bob, 1, None)).unwrap();
+    let presence = |joined: bool| {
+        sb.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, RoomEvent::Presence { name, joined: j, .. } if &**name == "bob" && *j == joined))
+            .count()
+    };
+    eventually("B saw bob join", || presence(true) == 1);
+    // A stalls: it neither refreshes nor sweeps; B sweeps once a second.
+    eventually("B saw bob leave once the ttl ran out", || {
+        block_on(b.expire(std::time::Instant::now()));
+        presence(false) == 1
+    });
+    assert_eq!(block_on(b.presence_list(&room, 10)).count, 0);
+    // A is back: its next refresh (due every ttl/3).
+    block_on(a.expire(std::time::Instant::now() + Duration::from_secs(60)));
+    eventually("B saw bob join again", || presence(true) == 2);
+    assert_eq!(block_on(b.presence_list(&room, 10)).count, 1);
+}
