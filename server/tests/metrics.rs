@@ -847,3 +847,41 @@ async fn store_failures_show_in_store_errors_broker_up_and_ready() {
     assert_eq!(m.get("tidechat_history_messages"), 1.0);
     s.stop().await;
 }
+
+#[async_std::test]
+async fn with_redis_the_ping_round_trip_is_timed_and_broker_up_follows_redis() {
+    let mut redis = common::redis::RedisServer::start();
+    let config = Config {
+        redis: vec![redis.url()],
+        redis_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let s = TestServer::serve(Server::open(config).await.unwrap()).await;
+    let until_scrape = |what: &'static str, pred: fn(&Scrape) -> bool| async move {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let m = scrape(s.addr).await;
+            if pred(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            async_std::task::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // One PING a second.
+    let m = until_scrape("a PING round trip", |m| {
+        m.observations("tidechat_broker_roundtrip_seconds") >= 1.0
+    })
+    .await;
+    assert_eq!(
+        (m.get("tidechat_broker_up"), m.get("tidechat_ready")),
+        (1.0, 1.0)
+    );
+    assert!(!m.values.contains_key("tidechat_history_messages"));
+    redis.kill();
+    let m = until_scrape("broker_up 0", |m| m.get("tidechat_broker_up") == 0.0).await;
+    assert_eq!(m.get("tidechat_ready"), 0.0);
+    redis.restart();
+    until_scrape("broker_up 1 again", |m| m.get("tidechat_broker_up") == 1.0).await;
+    s.stop().await;
+}
