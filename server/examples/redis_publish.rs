@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             presence_cap: 1000,
             presence_ttl: Duration::from_secs(15),
             timeout: Duration::from_secs(2),
+            roundtrip: None,
         })
         .await?;
         let count = Arc::new(Count::default());

@@ -36,6 +36,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// tidechat: a real-time websocket chat server.
 #[derive(Debug, Parser)]
 #[command(name = "tidechat", version, about)]
@@ -212,6 +219,13 @@ pub struct Args {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
+    /// Prometheus metrics at `GET /metrics`; `off` counts nothing and answers 404 there.
+    #[arg(long, env = "TIDECHAT_METRICS", value_enum, default_value = "on")]
+    pub metrics: Switch,
+    /// Serve `/metrics` only on this address (a private port for the scraper), not on --bind.
+    /// Default: on --bind.
+    #[arg(long, env = "TIDECHAT_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Executor threads; 0 = one less than the CPUs (at least 1). On this project's 2-core
     /// machine one thread sustained more fan-out at lower latency than two (README,
     /// Performance): cross-thread wake-ups cost more than a second core gives.
@@ -263,6 +277,8 @@ pub enum ConfigError {
     Redis(String, String),
     #[error("--redis-ca {0}: {1}")]
     RedisCa(String, String),
+    #[error("--metrics-bind {0}: {1}")]
+    MetricsBind(SocketAddr, &'static str),
 }
 
 /// Everything the server needs to run, validated.
@@ -312,6 +328,10 @@ pub struct Config {
     pub write_timeout: Duration,
     pub message_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `--metrics on`.
+    pub metrics: bool,
+    /// `--metrics-bind`: `/metrics` is served there only.
+    pub metrics_bind: Option<SocketAddr>,
     /// See [`Args::test_work_per_delivery`].
     pub test_work_per_delivery: Duration,
 }
@@ -436,6 +456,14 @@ impl Args {
                 ping: self.ping_interval,
             });
         }
+        if let Some(addr) = self.metrics_bind {
+            if self.metrics == Switch::Off {
+                return Err(ConfigError::MetricsBind(addr, "needs --metrics on"));
+            }
+            if addr == self.bind && addr.port() != 0 {
+                return Err(ConfigError::MetricsBind(addr, "must differ from --bind"));
+            }
+        }
         let any_origin = self.allowed_origins.iter().any(|o| o == "*");
         let allowed_origins = self
             .allowed_origins
@@ -490,6 +518,8 @@ impl Args {
             write_timeout: self.write_timeout,
             message_timeout: self.message_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            metrics: self.metrics == Switch::On,
+            metrics_bind: self.metrics_bind,
             test_work_per_delivery: self.test_work_per_delivery,
         })
     }
@@ -607,6 +637,21 @@ mod tests {
             let e = parse(&[flag, bad]).unwrap_err().to_string();
             assert!(e.starts_with(flag), "{flag}: {e}");
         }
+        for args in [
+            &["--metrics", "off", "--metrics-bind", "127.0.0.1:9100"][..],
+            &[
+                "--bind",
+                "127.0.0.1:9100",
+                "--metrics-bind",
+                "127.0.0.1:9100",
+            ],
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.starts_with("--metrics-bind"), "{args:?}: {e}");
+        }
+        let on = parse(&["--metrics-bind", "127.0.0.1:9100"]).unwrap();
+        assert!(on.metrics && on.metrics_bind == Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(!parse(&["--metrics=off"]).unwrap().metrics);
         let ok = parse(&["--trusted-proxy", "10.0.0.0/8,127.0.0.1"]).unwrap();
         assert!(ok.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
         assert!(ok.trusted_proxies.trusts("127.0.0.1".parse().unwrap()));

@@ -14,6 +14,7 @@
 //! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
+//! - [`metrics`]: the counters behind `/metrics` (Prometheus) and the fan-out figures of `/stats`.
 //!
 //! Tests and embedders start a server with [`run`] on a listener they bound themselves, or with
 //! [`Server`] when they also want to look at its state.
@@ -25,6 +26,7 @@ pub mod conn;
 pub mod hub;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod origin;
 pub mod per_ip;
 pub mod protocol;
@@ -59,6 +61,7 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         res.insert_header("Referrer-Policy", "no-referrer");
         Ok(res)
     }));
+    app.with(count_requests);
     // Before every endpoint: a request for another host is not for this server.
     app.with(host_check);
     app.with(content_security_policy);
@@ -69,6 +72,10 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         .get(|req: tide::Request<Arc<State>>| async move {
             tide::Body::from_json(&req.state().stats())
         });
+    // With --metrics-bind, only on that port (see `metrics_app`).
+    if app.state().metrics.is_some() && app.state().config.metrics_bind.is_none() {
+        app.at("/metrics").get(metrics_endpoint);
+    }
     app.at("/status")
         .serve_file(static_dir.join("status.html"))
         .map_err(|e| static_error(&static_dir, e))?;
@@ -79,6 +86,59 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         .serve_dir(&static_dir)
         .map_err(|e| static_error(&static_dir, e))?;
     Ok(app)
+}
+
+/// The app on `--metrics-bind`: `/metrics` only, behind the same Host check.
+pub fn metrics_app(state: Arc<State>) -> tide::Server<Arc<State>> {
+    let mut app = tide::with_state(state);
+    app.with(tide::utils::After(|mut res: tide::Response| async move {
+        res.insert_header("X-Content-Type-Options", "nosniff");
+        Ok(res)
+    }));
+    app.with(count_requests);
+    app.with(host_check);
+    app.at("/metrics").get(metrics_endpoint);
+    app
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper accepts it, else Prometheus text 0.0.4.
+async fn metrics_endpoint(req: tide::Request<Arc<State>>) -> tide::Result {
+    let Some(m) = req.state().metrics() else {
+        return Ok(tide::Response::new(tide::StatusCode::NotFound));
+    };
+    let openmetrics = req
+        .header("Accept")
+        .is_some_and(|v| v.as_str().contains("application/openmetrics-text"));
+    let body = m.render(req.state(), openmetrics);
+    let mut res = tide::Response::new(tide::StatusCode::Ok);
+    res.set_body(body);
+    // As the formats' specifications spell it (tide's own Mime would reorder the parameters).
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    res.insert_header("Content-Type", content_type);
+    Ok(res)
+}
+
+/// Counts plain HTTP requests by route and status (`tidechat_http_requests_total`).
+fn count_requests<'a>(
+    req: tide::Request<Arc<State>>,
+    next: tide::Next<'a, Arc<State>>,
+) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
+    Box::pin(async move {
+        let metrics = req.state().metrics.clone();
+        let path = req.url().path().to_owned();
+        let res = next.run(req).await;
+        if let Some(m) = metrics {
+            let status = res.status() as u16;
+            if let Some(route) = metrics::http_route(&path, status) {
+                m.http_request(route, status);
+            }
+        }
+        Ok(res)
+    })
 }
 
 fn content_security_policy<'a>(
@@ -101,19 +161,27 @@ fn host_check<'a>(
     next: tide::Next<'a, Arc<State>>,
 ) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
     Box::pin(async move {
+        let handshake = matches!(req.url().path(), "/ws" | "/chatSocket");
+        let refused = |why| {
+            if let Some(m) = req.state().metrics().filter(|_| handshake) {
+                m.refused(why);
+            }
+        };
         let host = match req.header("Host") {
             Some(v) if v.iter().count() == 1 => v.as_str().to_string(),
             _ => {
+                refused(metrics::Refusal::BadRequest);
                 return Ok(plain(
                     tide::StatusCode::BadRequest,
                     "exactly one Host header",
-                ))
+                ));
             }
         };
         let https = req.ext::<addr::ClientInfo>().is_some_and(|c| c.https);
         let local = req.local_addr().and_then(|a| a.parse().ok());
         if !req.state().config.hosts.allows(&host, local, https) {
             log::debug!("refused host {host:?} from {:?}", req.peer_addr());
+            refused(metrics::Refusal::Host);
             return Ok(plain(
                 tide::StatusCode::MisdirectedRequest,
                 "this server is not called by that host name (see --allowed-host)",
@@ -154,6 +222,7 @@ impl Server {
         if config.redis.is_empty() {
             return Self::new(config);
         }
+        let metrics = metrics::Metrics::for_config(&config);
         let broker = hub::redis::RedisBroker::connect(hub::redis::RedisSettings {
             urls: config.redis.clone(),
             ca: config.redis_ca.clone(),
@@ -161,10 +230,11 @@ impl Server {
             presence_cap: config.presence_cap,
             presence_ttl: config.presence_ttl,
             timeout: config.redis_timeout,
+            roundtrip: metrics.as_ref().map(|m| m.broker_roundtrip()),
         })
         .await?;
         Ok(Self {
-            state: Arc::new(State::with_broker(config, broker)),
+            state: Arc::new(State::with_metrics(config, broker, metrics)),
         })
     }
 

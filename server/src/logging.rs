@@ -27,6 +27,15 @@ const QUEUE_LINES: usize = 4096;
 /// Longest a [`Log::flush`] (at exit) waits for the queue to be written: stderr may never drain.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
+/// Lines dropped since start, for `tidechat_log_lines_dropped_total` (the logger is global, and
+/// so is this count of it).
+static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped since start because the queue to stderr was full.
+pub fn dropped_lines() -> u64 {
+    DROPPED_TOTAL.load(Ordering::Relaxed)
+}
+
 struct Logger {
     format: LogFormat,
     queue: SyncSender<String>,
@@ -130,6 +139,7 @@ impl Log for Logger {
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.progress.dropped.fetch_add(1, Ordering::Relaxed);
+                DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -5,9 +5,10 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
@@ -24,6 +25,7 @@ use crate::hub::store::durable::DurableStore;
 use crate::hub::store::memory::MemoryStore;
 use crate::hub::store::HistoryStore;
 use crate::hub::{Hub, HubConfig, HubStats};
+use crate::metrics::Metrics;
 use crate::per_ip::{self, PerIp};
 use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
 use crate::shutdown::Shutdown;
@@ -70,6 +72,10 @@ pub struct State {
     active: AtomicUsize,
     /// Notified when `active` drops to zero.
     idle: Event,
+    /// `None` with `--metrics off`.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Where `--metrics-bind` was bound, once it is.
+    metrics_addr: OnceLock<SocketAddr>,
 }
 
 /// Counts served at `/stats`.
@@ -80,6 +86,13 @@ pub struct Stats {
     pub http_connections: usize,
     #[serde(flatten)]
     pub hub: HubStats,
+    /// Messages published since start (as `messages`).
+    pub messages_total: u64,
+    /// Frames written to clients since start (`null` with `--metrics off`).
+    pub deliveries_total: Option<u64>,
+    /// p99 of the fan-out latency over the last 10 s (since start in the first 10 s), in ms;
+    /// `null` without deliveries then or with `--metrics off`.
+    pub fanout_p99_ms: Option<f64>,
 }
 
 /// A websocket connection's place under `--max-connections`; released on drop.
@@ -167,6 +180,17 @@ impl State {
 
     /// The state for `config` over `broker` (e.g. the Redis broker).
     pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Self {
+        let metrics = Metrics::for_config(&config);
+        Self::with_metrics(config, broker, metrics)
+    }
+
+    /// The state for `config` over `broker`, counting into `metrics` (which the broker may
+    /// already use).
+    pub fn with_metrics(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let hello = protocol::to_text(&ServerFrame::Hello {
             protocol: PROTOCOL_VERSION,
             limits: &config.limits(),
@@ -181,6 +205,7 @@ impl State {
                 page_messages: config.join_history,
                 page_bytes: config.join_history_bytes,
                 name_grace: config.name_grace,
+                timestamps: metrics.is_some(),
             },
             broker,
         );
@@ -197,7 +222,25 @@ impl State {
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Event::new(),
+            metrics,
+            metrics_addr: OnceLock::new(),
         }
+    }
+
+    /// The metrics, unless `--metrics off`.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// Where `/metrics` is served with `--metrics-bind`, once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr.get().copied()
+    }
+
+    /// Whether this node takes traffic: not shutting down, and its broker (store or Redis)
+    /// works.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.started() && self.hub.broker().ready()
     }
 
     /// What a connection gets to work with.
@@ -207,6 +250,7 @@ impl State {
             limits: &self.limits,
             shutdown: &self.shutdown,
             hello: &self.hello,
+            metrics: self.metrics.as_deref(),
         }
     }
 
@@ -248,10 +292,15 @@ impl State {
     }
 
     pub fn stats(&self) -> Stats {
+        let hub = self.hub.stats();
+        let m = self.metrics();
         Stats {
             connections: self.active.load(Ordering::Acquire),
             http_connections: self.http_open.load(Ordering::Acquire),
-            hub: self.hub.stats(),
+            hub,
+            messages_total: hub.messages,
+            deliveries_total: m.map(Metrics::deliveries),
+            fanout_p99_ms: m.and_then(Metrics::fanout_p99_ms),
         }
     }
 
@@ -301,6 +350,18 @@ pub async fn serve(
 ) -> io::Result<()> {
     let app = crate::app(state.clone())?;
     start_h1_reactor();
+    let metrics_listener = match state.config.metrics_bind {
+        Some(addr) if state.metrics.is_some() => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("binding --metrics-bind {addr}: {e}"))
+            })?;
+            let bound = listener.local_addr()?;
+            log::info!("metrics on http://{bound}/metrics");
+            let _ = state.metrics_addr.set(bound);
+            Some(listener)
+        }
+        _ => None,
+    };
     {
         let accept = async {
             // Failed accepts in a row, and the pause after the last one.
@@ -333,13 +394,25 @@ pub async fn serve(
             let mut ticks = async_io::Timer::interval(TICK);
             loop {
                 futures::StreamExt::next(&mut ticks).await;
-                state.hub.tick(Instant::now()).await;
+                let now = Instant::now();
+                state.hub.tick(now).await;
+                if let Some(m) = state.metrics() {
+                    m.tick(now);
+                }
             }
         };
-        futures::pin_mut!(accept, housekeeping, shutdown);
-        futures::future::select(futures::future::select(accept, housekeeping), shutdown).await;
+        let metrics = async {
+            match &metrics_listener {
+                Some(l) => serve_metrics(l, crate::metrics_app(state.clone()), &state).await,
+                None => futures::future::pending().await,
+            }
+        };
+        futures::pin_mut!(accept, housekeeping, metrics, shutdown);
+        let work = futures::future::select(accept, housekeeping);
+        futures::future::select(futures::future::select(work, metrics), shutdown).await;
     }
     drop(listener);
+    drop(metrics_listener);
     let open = state.active.load(Ordering::Acquire);
     log::info!("shutting down: closing {open} connections");
     state.shutdown.begin();
@@ -357,6 +430,26 @@ pub async fn serve(
         log::error!("closing the history store: {e}");
     }
     Ok(())
+}
+
+/// Serves `/metrics` alone on the `--metrics-bind` listener (connections count under the HTTP
+/// connection caps like any other).
+async fn serve_metrics(listener: &TcpListener, app: tide::Server<Arc<State>>, state: &Arc<State>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Some(slot) = state.try_http(peer.ip().to_canonical()) else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                async_std::task::spawn(http_connection(app.clone(), stream, slot));
+            }
+            Err(e) => {
+                log::debug!("metrics accept: {e}");
+                async_io::Timer::after(ACCEPT_BACKOFF_MAX).await;
+            }
+        }
+    }
 }
 
 /// Answers a request that could not be parsed with 400 and the reason, best effort (the

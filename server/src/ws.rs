@@ -19,6 +19,7 @@ use tide::{Request, Response, StatusCode};
 
 use crate::addr::{self, ClientInfo};
 use crate::conn::{self, Mode, Peer, ReadOnly};
+use crate::metrics::Refusal;
 use crate::origin;
 use crate::per_ip::Refused;
 use crate::plain;
@@ -26,17 +27,24 @@ use crate::server::State;
 
 /// Answers an upgrade request on `/ws` (protocol v1) or `/chatSocket` (seed protocol).
 pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
+    let refused = |why| {
+        if let Some(m) = req.state().metrics() {
+            m.refused(why);
+        }
+    };
     let header = |name: &str| req.header(name).map(|v| v.as_str().to_string());
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token("Connection", "upgrade") || !has_token("Upgrade", "websocket") {
+        refused(Refusal::BadRequest);
         return Ok(plain(
             StatusCode::UpgradeRequired,
             "this is a websocket endpoint",
         ));
     }
     if header("Sec-WebSocket-Version").as_deref() != Some("13") {
+        refused(Refusal::BadRequest);
         let mut res = plain(
             StatusCode::UpgradeRequired,
             "websocket version 13 is required",
@@ -45,6 +53,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         return Ok(res);
     }
     let Some(key) = header("Sec-WebSocket-Key").filter(|k| !k.trim().is_empty()) else {
+        refused(Refusal::BadRequest);
         return Ok(plain(StatusCode::BadRequest, "missing Sec-WebSocket-Key"));
     };
     let state = req.state().clone();
@@ -62,6 +71,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
             "refused websocket from {:?}: origin {origin:?}",
             req.peer_addr()
         );
+        refused(Refusal::Origin);
         return Ok(plain(StatusCode::Forbidden, "origin not allowed"));
     }
     // The connection's writer writes to the socket itself (see `writer`); the accept loop puts
@@ -77,6 +87,12 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         Some(Ok(slot)) => Some(slot),
         Some(Err(refused)) => {
             log::debug!("refused websocket from {client:?}: {refused:?}");
+            if let Some(m) = state.metrics() {
+                m.refused(match refused {
+                    Refused::Rate { .. } => Refusal::PerIpRate,
+                    Refused::Connections => Refusal::PerIpCap,
+                });
+            }
             let mut res = match refused {
                 Refused::Rate { .. } => plain(
                     StatusCode::TooManyRequests,
@@ -94,6 +110,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         }
     };
     let Some(slot) = state.try_acquire() else {
+        refused(Refusal::ServerFull);
         return Ok(plain(
             StatusCode::ServiceUnavailable,
             "server is at its connection limit",
@@ -137,7 +154,9 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
             conn: slot.id,
             addr: peer,
         };
+        let open = state.metrics().map(|m| m.connection(mode));
         conn::run(ws, tcp, state.ctx(), mode, peer).await;
+        drop(open);
         drop(slot);
         drop(ip_slot);
     });

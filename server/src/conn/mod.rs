@@ -23,6 +23,7 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use inbox::{Cost, FromEviction, Inbox};
 pub use read_only::ReadOnly;
@@ -85,6 +86,8 @@ pub struct Ctx<'a> {
     pub limits: &'a Limits,
     pub shutdown: &'a Shutdown,
     pub hello: &'a Utf8Bytes,
+    /// `None` with `--metrics off`.
+    pub metrics: Option<&'a Metrics>,
 }
 
 /// What the reader (and the hub) ask the writer to do.
@@ -231,6 +234,7 @@ pub async fn run<S, W>(
         let left = closing.saturating_duration_since(Instant::now());
         let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
     }
+    reader::count_received(ctx, &mut ws);
     log::info!("disconnect #{conn} {}: {ending}", peer.addr);
 }
 

@@ -21,6 +21,8 @@ use futures::{AsyncRead, AsyncWrite};
 pub struct ReadOnly<S> {
     inner: S,
     frames: FrameTracker,
+    /// Bytes read since [`ReadOnly::take_counts`] last took them.
+    bytes: u64,
 }
 
 impl<S> ReadOnly<S> {
@@ -28,7 +30,15 @@ impl<S> ReadOnly<S> {
         Self {
             inner,
             frames: FrameTracker::default(),
+            bytes: 0,
         }
+    }
+
+    /// Frames begun and bytes read since the last call (for the received counters: the reader
+    /// adds them to the shared atomics once per message, not per read).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        let frames = std::mem::take(&mut self.frames.headers);
+        (frames, std::mem::take(&mut self.bytes))
     }
 
     /// When the bytes of a message still unfinished began to arrive (`None` between messages).
@@ -47,6 +57,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadOnly<S> {
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = read {
             this.frames.feed(&buf[..n]);
+            this.bytes += n as u64;
         }
         read
     }
@@ -65,6 +76,8 @@ struct FrameTracker {
     fragmented: bool,
     /// Set when a read ends inside a message, cleared when one ends at a boundary.
     since: Option<Instant>,
+    /// Frame headers completed (frames begun) since the count was last taken.
+    headers: u64,
 }
 
 impl FrameTracker {
@@ -82,6 +95,7 @@ impl FrameTracker {
             if let Some(payload) = self.header_done() {
                 let b0 = self.head[0];
                 self.head_len = 0;
+                self.headers += 1;
                 // Control frames may come between fragments and do not end the message.
                 let data = b0 & 0x08 == 0;
                 if data {

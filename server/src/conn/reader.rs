@@ -105,7 +105,9 @@ impl Reader<'_> {
     {
         let ending = match self.start().await {
             Ok(()) => loop {
-                let msg = match self.next_message(ws).await {
+                let msg = self.next_message(ws).await;
+                count_received(self.ctx, ws);
+                let msg = match msg {
                     Ok(msg) => msg,
                     Err(ending) => break ending,
                 };
@@ -246,6 +248,9 @@ impl Reader<'_> {
 
     /// Counts a frame dropped for the rate limit; too many in a row close the connection.
     fn strike(&mut self) -> Step {
+        if let Some(m) = self.ctx.metrics {
+            m.rate_limited();
+        }
         self.strikes += 1;
         if self.strikes > self.ctx.limits.rate_strikes {
             return Err(Ending::Closed(
@@ -536,6 +541,17 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Adds what the connection has read since the last call to the received counters.
+pub(super) fn count_received<S: AsyncRead + Unpin>(
+    ctx: Ctx<'_>,
+    ws: &mut WebSocketStream<ReadOnly<S>>,
+) {
+    let (frames, bytes) = ws.get_mut().take_counts();
+    if let Some(m) = ctx.metrics {
+        m.received(frames, bytes);
     }
 }
 

@@ -31,6 +31,7 @@ use futures::{AsyncWrite, StreamExt};
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
 use crate::hub::EventRef;
+use crate::metrics::{Metrics, Tally};
 use crate::protocol::{self, close, ServerFrame};
 
 /// Frames the writer sends in one `writev` before it looks at its inputs again (two iovecs a
@@ -43,6 +44,8 @@ struct Frame {
     header: [u8; 10],
     header_len: u8,
     payload: Bytes,
+    /// When its room event was rendered (for the fan-out histogram).
+    published: Option<Instant>,
 }
 
 impl Frame {
@@ -60,7 +63,19 @@ impl Frame {
             header,
             header_len,
             payload,
+            published: None,
         }
+    }
+
+    /// Its bytes on the wire.
+    fn wire_len(&self) -> usize {
+        self.header_len as usize + self.payload.len()
+    }
+
+    /// Its close code, if it is a close frame.
+    fn close_code(&self) -> Option<u16> {
+        (self.header[0] & 0x0f == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 
     fn text(text: Utf8Bytes) -> Self {
@@ -148,7 +163,10 @@ impl<'a> Writer<'a> {
                 .is_some_and(|b| b.deadline <= Instant::now())
             {
                 // Between batches, at a frame boundary: the close frame can go first.
-                return give_up(&mut out, &[], Stop::SlowConsumer);
+                if let Some(m) = ctx.metrics {
+                    m.slow_consumer();
+                }
+                return give_up(&mut out, &[], Stop::SlowConsumer, ctx.metrics, (&[], 0));
             }
             if self.ack != 0 {
                 // The sender's own message goes out (with what came before it) once it is on
@@ -158,7 +176,7 @@ impl<'a> Writer<'a> {
                 if let Either::Right(_) =
                     futures::future::select(Box::pin(durable), shutdown.as_mut()).await
                 {
-                    return give_up(&mut out, &[], Stop::Shutdown);
+                    return give_up(&mut out, &[], Stop::Shutdown, ctx.metrics, (&[], 0));
                 }
             }
             let work = ctx.limits.test_work_per_delivery;
@@ -172,6 +190,7 @@ impl<'a> Writer<'a> {
                 ticks: &mut ticks,
                 shutdown: &mut shutdown,
                 idle: || self.idle(),
+                metrics: ctx.metrics,
             };
             if let Err(ending) = write.all(&batch).await {
                 return ending;
@@ -236,6 +255,9 @@ impl<'a> Writer<'a> {
             Input::Event(i, Some(Ok(ev))) => self.event(i, &ev, batch),
             Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
                 log::debug!("receiver lagged by {n} events");
+                if let Some(m) = self.ctx.metrics {
+                    m.slow_consumer();
+                }
                 return close(batch, close::SLOW_CONSUMER, "slow consumer");
             }
             Input::Event(i, Some(Err(RecvError::Closed)) | None) => {
@@ -333,10 +355,45 @@ fn close(batch: &mut Vec<Frame>, code: u16, reason: &'static str) -> Then {
 
 /// The frame a room event becomes on this connection (seed clients see only messages).
 fn frame_for(mode: Mode, ev: &EventRef) -> Option<Frame> {
-    match mode {
-        Mode::V1 => Some(Frame::text(ev.wire.v1.clone())),
-        Mode::Seed => ev.wire.seed.clone().map(Frame::text),
+    let mut frame = match mode {
+        Mode::V1 => Frame::text(ev.wire.v1.clone()),
+        Mode::Seed => Frame::text(ev.wire.seed.clone()?),
+    };
+    frame.published = ev.published;
+    Some(frame)
+}
+
+/// Adds to the metrics what reached the socket: the first `written` bytes of `frames` (in
+/// order), whole frames counted as such. Once per batch (or per given-up write).
+fn account<'f>(m: Option<&Metrics>, frames: impl IntoIterator<Item = &'f Frame>, written: usize) {
+    let Some(m) = m else { return };
+    let mut t = Tally::new(Instant::now());
+    t.bytes(written);
+    let mut left = written;
+    for f in frames {
+        let len = f.wire_len();
+        if len > left {
+            break;
+        }
+        left -= len;
+        match f.close_code() {
+            Some(code) => t.close(code),
+            None => t.frame(f.published),
+        }
     }
+    m.record(&t);
+}
+
+/// How many of `frames` the socket has taken bytes of, when it took `written` bytes of them.
+fn touched(frames: &[Frame], written: usize) -> usize {
+    let mut end = 0;
+    for (i, f) in frames.iter().enumerate() {
+        if end >= written {
+            return i;
+        }
+        end += f.wire_len();
+    }
+    frames.len()
 }
 
 /// Spins for `d` (`--test-work-per-delivery`: a measurably costlier server for the benchmark
@@ -382,6 +439,7 @@ struct Write<'w, 's, W, I> {
     ticks: &'w mut async_io::Timer,
     shutdown: &'w mut Pin<Box<dyn Future<Output = ()> + Send + 's>>,
     idle: I,
+    metrics: Option<&'w Metrics>,
 }
 
 impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
@@ -394,6 +452,7 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
             ticks,
             shutdown,
             idle,
+            metrics,
         } = self;
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
         for f in frames {
@@ -404,6 +463,7 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         }
         let total = slices.len();
         let mut bufs = &mut slices[..];
+        let mut written = 0;
         let stop = futures::future::poll_fn(|cx| {
             while !bufs.is_empty() {
                 match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
@@ -412,7 +472,10 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
                             "socket accepts no more bytes".into(),
                         )));
                     }
-                    Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut bufs, n),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        IoSlice::advance_slices(&mut bufs, n);
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Ending::Gone(e.to_string()))),
                     Poll::Pending => break,
                 }
@@ -443,22 +506,32 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
             }
             Poll::Pending
         });
-        let stop = match stop.await? {
-            None => return Ok(()),
-            Some(stop) => stop,
+        let stop = match stop.await {
+            Ok(Some(stop)) => stop,
+            done => {
+                account(metrics, frames, written);
+                return done.map(|_| ());
+            }
         };
+        if let (Stop::SlowConsumer, Some(m)) = (stop, metrics) {
+            m.slow_consumer();
+        }
         // The frame the socket stopped in must be finished before a close frame can follow.
         let done = total - bufs.len();
         let (rest, was_close) = frame_rest(frames, done, bufs);
+        let sent = (&frames[..touched(frames, written)], written);
         if was_close {
             // Cut in our own close frame: finish it if the socket takes it, send no second one.
             let (code, reason) = stop.close();
-            return Err(match try_write(out, rest) {
+            let want: usize = rest.iter().map(|s| s.len()).sum();
+            let more = try_write(out, rest);
+            account(metrics, sent.0, sent.1 + more);
+            return Err(match more == want {
                 true => Ending::Closed(code, reason),
                 false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
             });
         }
-        Err(give_up(out, &rest, stop))
+        Err(give_up(out, &rest, stop, metrics, sent))
     }
 }
 
@@ -487,19 +560,23 @@ fn frame_rest<'a>(frames: &[Frame], done: usize, bufs: &[IoSlice<'a>]) -> (Vec<I
     (Vec::new(), false)
 }
 
-/// Writes `slices` as far as the socket takes them without waiting; true if all went. Not an
-/// async fn, so that this cold path adds nothing to every connection's future.
-fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> bool {
+/// Writes `slices` as far as the socket takes them without waiting; returns the bytes written.
+/// Not an async fn, so that this cold path adds nothing to every connection's future.
+fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -> usize {
     // The connection ends right after this, so no one needs to be woken.
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let mut bufs = &mut slices[..];
+    let mut written = 0;
     while !bufs.is_empty() {
         match Pin::new(&mut *out).poll_write_vectored(&mut cx, bufs) {
-            Poll::Ready(Ok(n)) if n > 0 => IoSlice::advance_slices(&mut bufs, n),
-            _ => return false,
+            Poll::Ready(Ok(n)) if n > 0 => {
+                written += n;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            _ => break,
         }
     }
-    true
+    written
 }
 
 /// Ends a connection the writer cannot serve any more: sends `rest` (the end of a cut frame) and
@@ -507,13 +584,23 @@ fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -
 /// The unwritten rest of the batch is dropped either way (a client that resumes with `since`
 /// gets those messages from history); what the kernel already holds still goes out before the
 /// FIN, so a client cut mid-frame sees the stream end without a close frame (1006).
-fn give_up<W: AsyncWrite + Unpin>(out: &mut W, rest: &[IoSlice<'_>], stop: Stop) -> Ending {
+/// `sent` is what the socket already took bytes of (frames, bytes), for the metrics.
+fn give_up<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    rest: &[IoSlice<'_>],
+    stop: Stop,
+    metrics: Option<&Metrics>,
+    sent: (&[Frame], usize),
+) -> Ending {
     let (code, reason) = stop.close();
     let frame = Frame::close(code, reason);
     let mut slices = rest.to_vec();
     slices.push(IoSlice::new(&frame.header[..frame.header_len as usize]));
     slices.push(IoSlice::new(&frame.payload));
-    if try_write(out, slices) {
+    let want: usize = slices.iter().map(|s| s.len()).sum();
+    let written = try_write(out, slices);
+    account(metrics, sent.0.iter().chain([&frame]), sent.1 + written);
+    if written == want {
         Ending::Closed(code, reason)
     } else {
         Ending::Gone(format!(

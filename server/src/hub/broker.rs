@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
@@ -151,6 +152,21 @@ pub trait Broker: Send + Sync + fmt::Debug {
 
     /// A clean stop: everything durable, nothing more accepted.
     async fn close(&self) -> Result<(), BrokerError>;
+
+    /// Whether the broker can take messages now (its store syncs, its Redis answers).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// Messages its history store keeps, where the broker knows (for `/metrics`).
+    fn history_messages(&self) -> Option<u64> {
+        None
+    }
+
+    /// History store operations that failed since start (for `/metrics`).
+    fn store_errors(&self) -> u64 {
+        0
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +186,8 @@ pub struct MemoryBroker {
     presence: Mutex<Presence>,
     /// When the store's age retention is applied next.
     next_expiry: Mutex<Instant>,
+    /// Store operations that failed (syncs are counted by `commits`).
+    store_errors: AtomicU64,
 }
 
 /// How often the store's `--history-age` is applied to the rooms in memory.
@@ -212,7 +230,16 @@ impl MemoryBroker {
             streams: Mutex::default(),
             presence: Mutex::default(),
             next_expiry: Mutex::new(Instant::now()),
+            store_errors: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a store operation's failure.
+    fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() {
+            self.store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     fn deliver(&self, d: Delivery) {
@@ -227,7 +254,7 @@ impl MemoryBroker {
             return Ok(s.clone());
         }
         // Opened outside the map lock: a durable store may read the disk.
-        let state = self.store.open(room)?;
+        let state = self.counted(self.store.open(room))?;
         Ok(lock(&self.streams)
             .entry(room.clone())
             .or_insert_with(|| Arc::new(Mutex::new(state)))
@@ -290,7 +317,7 @@ impl Broker for MemoryBroker {
             ts: unix_millis(),
             reference: msg.reference.map(Into::into),
         });
-        self.store.append(&p)?;
+        self.counted(self.store.append(&p))?;
         state.last = pos.offset;
         let ticket = if self.store.durable() {
             self.commits.appended()
@@ -316,7 +343,7 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryRead, BrokerError> {
         let stream = self.stream(room)?;
         let state = lock(&stream);
-        let read = self.store.read(room, page, max, max_bytes)?;
+        let read = self.counted(self.store.read(room, page, max, max_bytes))?;
         Ok(HistoryRead {
             state: *state,
             read,
@@ -429,7 +456,7 @@ impl Broker for MemoryBroker {
             let mut next = lock(&self.next_expiry);
             if now >= *next {
                 *next = now + STORE_EXPIRY;
-                if let Err(e) = self.store.expire(unix_millis()) {
+                if let Err(e) = self.counted(self.store.expire(unix_millis())) {
                     log::warn!("history retention: {e}");
                 }
             }
@@ -472,5 +499,17 @@ impl Broker for MemoryBroker {
         self.commits.stop();
         self.store.close()?;
         Ok(())
+    }
+
+    fn ready(&self) -> bool {
+        !self.commits.failing()
+    }
+
+    fn history_messages(&self) -> Option<u64> {
+        self.store.messages()
+    }
+
+    fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed) + self.commits.sync_failures()
     }
 }

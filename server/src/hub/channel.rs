@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender, TrySendError};
 
@@ -29,6 +30,8 @@ pub struct Event {
     pub presence: u64,
     /// Not an event: the room's feed broke, and its members are to resume (close 4009).
     pub reset: bool,
+    /// When the hub rendered it, for the fan-out histogram (`None` with `--metrics off`).
+    pub published: Option<Instant>,
 }
 
 impl Event {
@@ -144,6 +147,7 @@ mod tests {
             origin: 0,
             presence: 0,
             reset: false,
+            published: None,
         })
     }
 

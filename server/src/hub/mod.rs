@@ -56,6 +56,8 @@ pub struct HubConfig {
     pub page_bytes: usize,
     /// How long a name stays reserved for its token after its connection went away.
     pub name_grace: Duration,
+    /// Stamp each event with the time it is rendered (for the fan-out histogram).
+    pub timestamps: bool,
 }
 
 /// A `join` request, already checked for syntax.
@@ -582,6 +584,7 @@ impl Deliver for Hub {
             origin: d.origin,
             presence: d.presence,
             reset: false,
+            published: self.config.timestamps.then(Instant::now),
         });
         room.tx.try_broadcast(event);
     }
@@ -601,6 +604,7 @@ impl Deliver for Hub {
             origin: 0,
             presence: 0,
             reset: true,
+            published: None,
         }));
     }
 

@@ -40,6 +40,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             page_messages: 50,
             page_bytes: 1 << 20,
             name_grace: GRACE,
+            timestamps: false,
         },
         Arc::new(MemoryBroker::new(store, 100)),
     )

@@ -308,9 +308,13 @@ impl Instance {
                         return self.unreachable("stopped");
                     }
                     let mut conn = link.conn.clone();
+                    let sent = Instant::now();
                     let ping: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
                     if let Err(e) = ping {
                         return self.unreachable(format!("PING: {e}"));
+                    }
+                    if let Some(h) = &self.shared.roundtrip {
+                        h.observe(sent.elapsed());
                     }
                 }
             }

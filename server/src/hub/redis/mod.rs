@@ -53,6 +53,8 @@ pub struct RedisSettings {
     pub presence_cap: usize,
     pub presence_ttl: Duration,
     pub timeout: Duration,
+    /// Where each instance's PING round trips go (`None`: not timed).
+    pub roundtrip: Option<crate::metrics::Histogram>,
 }
 
 /// What the instances share with the broker.
@@ -62,6 +64,8 @@ pub struct Shared {
     sink: OnceLock<Weak<dyn Deliver>>,
     /// This node's members, for the refresh.
     members: Mutex<HashMap<Arc<str>, RoomMembers>>,
+    /// See [`RedisSettings::roundtrip`].
+    roundtrip: Option<crate::metrics::Histogram>,
 }
 
 /// A room's local members: name -> (its connection, its token's hash).
@@ -223,6 +227,7 @@ impl RedisBroker {
             node: super::hex(&super::random::<8>()),
             sink: OnceLock::new(),
             members: Mutex::default(),
+            roundtrip: settings.roundtrip.clone(),
         });
         let mut instances = Vec::new();
         for (i, url) in settings.urls.iter().enumerate() {
@@ -622,6 +627,9 @@ impl Broker for RedisBroker {
             i.stop();
         }
         Ok(())
+    }
+    fn ready(&self) -> bool {
+        self.instances.iter().all(|i| i.is_up())
     }
 }
 

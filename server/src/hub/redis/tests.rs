@@ -28,6 +28,7 @@ fn settings(urls: Vec<String>) -> RedisSettings {
         presence_cap: 100,
         presence_ttl: Duration::from_secs(3),
         timeout: Duration::from_secs(2),
+        roundtrip: None,
     }
 }
 
@@ -363,6 +364,7 @@ fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
             page_messages: 50,
             page_bytes: 1 << 20,
             name_grace: Duration::from_secs(1),
+            timestamps: false,
         },
         broker(&redis),
     );

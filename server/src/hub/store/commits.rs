@@ -27,6 +27,8 @@ pub struct Commits {
     durable: AtomicU64,
     /// Set when a sync failed: nothing new becomes durable until the store works again.
     failed: AtomicBool,
+    /// Syncs that failed since start.
+    failures: AtomicU64,
     stop: AtomicBool,
     /// Wakes the committer (new appends, stop) and the waiters (new durable tickets).
     work: Event,
@@ -79,6 +81,11 @@ impl Commits {
         }
     }
 
+    /// Syncs that failed since start.
+    pub fn sync_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Whether the last sync failed.
     pub fn failing(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -121,6 +128,7 @@ impl Commits {
                     self.done.notify(usize::MAX);
                 }
                 Err(e) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
                     if !self.failed.swap(true, Ordering::AcqRel) {
                         log::error!("{e}; senders get no acknowledgement until it works again");
                     }

@@ -34,6 +34,7 @@ use super::{collect_page, HistoryStore, Read, Retention, StoreError};
 use crate::hub::position::{Epoch, StreamState};
 use crate::hub::record::{unix_millis, Publication};
 use crate::hub::Page;
+use crate::metrics::Level;
 
 /// Offsets every room skips after a possible power loss: more than could have been handed out
 /// unsynced ([`super::commits::MAX_UNSYNCED`] is waited for before a publish; this leaves room for a
@@ -153,6 +154,8 @@ pub struct DurableStore {
     recovery: Recovery,
     /// The active journal, open for syncing (see `sync`).
     journal: Mutex<Option<(PathBuf, fs::File)>>,
+    /// Messages kept across rooms, on disk or not yet deleted by retention.
+    kept: Level,
 }
 
 impl std::fmt::Debug for DurableStore {
@@ -249,6 +252,7 @@ impl DurableStore {
             jobs: Mutex::new(tx),
             worker: Mutex::new(None),
             journal: Mutex::new(None),
+            kept: Level::default(),
             recovery: Recovery {
                 crashed,
                 power_loss,
@@ -437,6 +441,7 @@ impl DurableStore {
             index.rooms.insert(room, meta);
         }
         self.recovery.rooms = index.rooms.len();
+        self.kept.add(self.recovery.messages);
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.failed(e))?;
@@ -523,6 +528,7 @@ impl DurableStore {
             through = Some(front.offset);
             removed += 1;
         }
+        self.kept.sub(removed);
         if let Some(through) = through {
             meta.first = kept.front().map_or(meta.last + 1, |k| k.offset);
             // Deleted in batches, from where the last batch ended: a scan from the room's start
@@ -567,13 +573,14 @@ impl DurableStore {
             .map(|(name, m)| (name.clone(), m.id, m.first))
             .collect();
         for (room, id, first) in rooms {
-            let mut through = None;
+            let (mut through, mut old) = (None, 0);
             for item in self.msgs.range(key(id, first)..=key(id, u64::MAX)) {
                 let (k, v) = item.into_inner().map_err(|e| self.failed(e))?;
                 if ts_of(&v) >= cutoff {
                     break;
                 }
                 through = offset_of(&k);
+                old += 1;
             }
             let Some(through) = through else { continue };
             let from = {
@@ -586,6 +593,7 @@ impl DurableStore {
                     continue;
                 }
                 meta.first = meta.first.max(through + 1);
+                self.kept.sub(old);
                 let from = meta.trimmed + 1;
                 meta.trimmed = meta.trimmed.max(through);
                 from
@@ -730,6 +738,7 @@ impl HistoryStore for DurableStore {
             .insert(key(meta.id, p.pos.offset), value.as_slice())
             .map_err(|e| self.failed(e))?;
         meta.last = p.pos.offset;
+        self.kept.add(1);
         if meta.kept.is_none() {
             // Appends come after `open`, which loads it; this is only a safety net.
             meta.kept = Some(VecDeque::new());
@@ -849,6 +858,10 @@ impl HistoryStore for DurableStore {
         self.write_watermarks()?;
         fs::remove_file(self.dir.join(RUNNING)).map_err(|e| self.failed(e))?;
         sync_dir(&self.dir).map_err(|e| self.failed(e))
+    }
+
+    fn messages(&self) -> Option<u64> {
+        Some(self.kept.get())
     }
 }
 

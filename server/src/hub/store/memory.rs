@@ -9,11 +9,14 @@ use super::{take_page, HistoryStore, Read, Retention, StoreError};
 use crate::hub::position::{Epoch, StreamState};
 use crate::hub::record::Publication;
 use crate::hub::Page;
+use crate::metrics::Level;
 
 #[derive(Debug)]
 pub struct MemoryStore {
     retention: Retention,
     rooms: Mutex<HashMap<Arc<str>, Ring>>,
+    /// Messages kept across rooms (changed under the `rooms` lock).
+    kept: Level,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,7 @@ impl MemoryStore {
         Self {
             retention,
             rooms: Mutex::default(),
+            kept: Level::default(),
         }
     }
 }
@@ -67,11 +71,13 @@ impl HistoryStore for MemoryStore {
         ring.state.last = p.pos.offset;
         ring.bytes += p.bytes();
         ring.kept.push_back(p.clone());
+        self.kept.add(1);
         let r = self.retention;
         while ring.kept.len() > r.messages || (ring.bytes > r.bytes && ring.kept.len() > 1) {
             // unwrap: the loop condition says the ring is not empty.
             let old = ring.kept.pop_front().unwrap();
             ring.bytes -= old.bytes();
+            self.kept.sub(1);
         }
         Ok(())
     }
@@ -116,11 +122,14 @@ impl HistoryStore for MemoryStore {
                 removed += 1;
             }
         }
+        self.kept.sub(removed);
         Ok(removed)
     }
 
     fn forget(&self, room: &str) {
-        lock(&self.rooms).remove(room);
+        if let Some(ring) = lock(&self.rooms).remove(room) {
+            self.kept.sub(ring.kept.len() as u64);
+        }
     }
 
     fn durable(&self) -> bool {
@@ -133,5 +142,9 @@ impl HistoryStore for MemoryStore {
 
     fn close(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn messages(&self) -> Option<u64> {
+        Some(self.kept.get())
     }
 }

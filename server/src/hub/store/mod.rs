@@ -88,6 +88,11 @@ pub trait HistoryStore: Send + Sync + fmt::Debug {
 
     /// A clean shutdown: everything synced and the store marked as closed cleanly.
     fn close(&self) -> Result<(), StoreError>;
+
+    /// Messages kept, across rooms, where the store keeps count (for `/metrics`).
+    fn messages(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Takes messages for a page from `kept` (newest last) while the caps allow: the shared rule of
