@@ -14,6 +14,7 @@
 //! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
+//! - [`health`]: `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! Tests and embedders start a server with [`run`] on a listener they bound themselves, or with
 //! [`Server`] when they also want to look at its state.
@@ -22,6 +23,7 @@
 pub mod addr;
 pub mod config;
 pub mod conn;
+pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod logging;
@@ -49,7 +51,8 @@ use server::State;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`.
+/// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`,
+/// probes at `/healthz` and `/readyz`.
 pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
     let static_dir = state.config.static_dir.clone();
     let mut app = tide::with_state(state);
@@ -68,6 +71,8 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         .get(|req: tide::Request<Arc<State>>| async move {
             tide::Body::from_json(&req.state().stats())
         });
+    app.at("/healthz").get(health::healthz);
+    app.at("/readyz").get(health::readyz);
     app.at("/")
         .serve_file(static_dir.join("index.html"))
         .map_err(|e| static_error(&static_dir, e))?;

@@ -149,6 +149,11 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// Commit tickets (what a sender's echo waits for).
     fn commits(&self) -> &Commits;
 
+    /// Whether the broker can take and give messages now.
+    fn ready(&self) -> bool {
+        true
+    }
+
     /// A clean stop: everything durable, nothing more accepted.
     async fn close(&self) -> Result<(), BrokerError>;
 }
@@ -466,6 +471,11 @@ impl Broker for MemoryBroker {
 
     fn commits(&self) -> &Commits {
         &self.commits
+    }
+
+    /// Not while the store's syncs fail: `say` is refused with `unavailable` then.
+    fn ready(&self) -> bool {
+        !self.commits.failing()
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

@@ -613,6 +613,11 @@ impl Broker for RedisBroker {
         &self.commits
     }
 
+    /// Only with every instance connected: the rooms of one that is down are refused.
+    fn ready(&self) -> bool {
+        self.instances.iter().all(|i| i.is_up())
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         for i in &self.instances {
             i.stop();
