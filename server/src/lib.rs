@@ -14,12 +14,14 @@
 //! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
+//! - [`access_log`]: one log line per HTTP request, within a budget.
 //! - [`health`]: `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! Tests and embedders start a server with [`run`] on a listener they bound themselves, or with
 //! [`Server`] when they also want to look at its state.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod addr;
 pub mod config;
 pub mod conn;
@@ -61,6 +63,8 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         res.insert_header("Referrer-Policy", "no-referrer");
         Ok(res)
     }));
+    // Outside the Host check, so that refused requests are logged too.
+    app.with(access_log::AccessLog::default());
     // Before every endpoint: a request for another host is not for this server.
     app.with(host_check);
     app.with(content_security_policy);
@@ -114,7 +118,10 @@ fn host_check<'a>(
         let https = req.ext::<addr::ClientInfo>().is_some_and(|c| c.https);
         let local = req.local_addr().and_then(|a| a.parse().ok());
         if !req.state().config.hosts.allows(&host, local, https) {
-            log::debug!("refused host {host:?} from {:?}", req.peer_addr());
+            log::debug!(
+                peer = access_log::peer(&req).as_str(), reason = "host";
+                "refused host {host:?} from {:?}", req.peer_addr()
+            );
             return Ok(plain(
                 tide::StatusCode::MisdirectedRequest,
                 "this server is not called by that host name (see --allowed-host)",

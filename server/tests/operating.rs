@@ -1,6 +1,7 @@
 //! What operators rely on (README "Operating"): `/healthz` and `/readyz` as probes see them
 //! (over real sockets; readiness flipping with a failing history store, during the real
-//! binary's graceful shutdown, and with `--redis` while the test's own redis-server is down).
+//! binary's graceful shutdown, and with `--redis` while the test's own redis-server is down);
+//! the real binary's `--log-format json` lines and their named fields.
 
 mod common;
 
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 use async_std::io::{BufReader, ReadExt, WriteExt};
 use async_std::net::TcpStream;
 use async_std::prelude::*;
+use async_tungstenite::tungstenite::Message;
 use common::node::Tidechat;
 use common::redis::RedisServer;
 use common::*;
+use serde_json::Value;
 use tidechat::hub::position::StreamState;
 use tidechat::hub::record::Publication;
 use tidechat::hub::store::memory::MemoryStore;
@@ -234,4 +237,230 @@ async fn readyz_follows_redis_down_and_back() {
     assert_eq!(alice.recv_type("message").await["text"], "back");
     node.sigterm();
     assert!(node.exit_status().await.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs.
+
+/// Every line of the binary's stderr so far, each of which must be a JSON object with `level`,
+/// `time` and `msg`.
+fn json_lines(node: &Tidechat) -> Vec<Value> {
+    node.log()
+        .lines()
+        .filter(|l| *l != "<end>")
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert!(
+                v["level"].is_u64() && v["time"].is_u64() && v["msg"].is_string(),
+                "{l}"
+            );
+            v
+        })
+        .collect()
+}
+
+/// Waits (bounded) for a line that `pred` accepts and returns it.
+fn wait_line(node: &Tidechat, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = json_lines(node).into_iter().find(&pred) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no {what} line:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn msg(v: &Value) -> &str {
+    v["msg"].as_str().unwrap()
+}
+
+/// The request line for `route` with `status`.
+fn request_line(node: &Tidechat, route: &str, status: u16) -> Value {
+    wait_line(node, &format!("{route} {status} request"), |v| {
+        v["route"] == route && v["status"] == status && v.get("method").is_some()
+    })
+}
+
+/// Sends `n` 16 KiB messages to `room`, one at a time (each after the echo of the last: with
+/// `--room-buffer-bytes` at four of them, nobody who reads may fall behind).
+async fn say_big(c: &mut Client, room: &str, n: usize) {
+    let text = "z".repeat(16 * 1024 - 64);
+    for _ in 0..n {
+        c.say(room, &text).await;
+        c.recv_type("message").await;
+    }
+}
+
+#[async_std::test]
+async fn json_log_lines_carry_stable_fields_and_nothing_per_websocket_message() {
+    // Debug, so that the lines with a room are on too; rooms that hold 64 KiB of events, so
+    // that a client that stops reading lags soon.
+    let node = Tidechat::start(
+        "tidechat",
+        &[
+            "--data-dir",
+            "none",
+            "--log-level",
+            "debug",
+            "--room-buffer-bytes",
+            "65536",
+            "--write-timeout",
+            "120s",
+        ],
+    );
+    let addr = node.addr;
+
+    // HTTP requests: one line each, at info; probes at debug.
+    assert_eq!(get(addr, "/").await.0, 200);
+    assert_eq!(get(addr, "/app.js").await.0, 200);
+    assert_eq!(get(addr, "/no/such/file").await.0, 404);
+    assert_eq!(get(addr, "/stats").await.0, 200);
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    for (route, status) in [
+        ("page", 200),
+        ("static", 200),
+        ("other", 404),
+        ("stats", 200),
+    ] {
+        let v = request_line(&node, route, status);
+        assert_eq!(v["level"], 30, "{v}");
+        assert_eq!(v["method"], "GET", "{v}");
+        assert!(v["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{v}");
+        assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+    }
+    assert_eq!(request_line(&node, "healthz", 200)["level"], 20);
+
+    // A refused handshake: its request line, and at debug why.
+    let mut foreign = TcpStream::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: http://evil.example\r\n\r\n"
+    );
+    foreign.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    foreign.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 403");
+    assert_eq!(request_line(&node, "ws", 403)["level"], 30);
+    let refused = wait_line(&node, "refused origin", |v| v["reason"] == "origin");
+    assert_eq!(
+        (refused["route"].as_str(), refused["level"].as_u64()),
+        (Some("ws"), Some(20))
+    );
+    assert!(refused["peer"].is_string(), "{refused}");
+
+    // Connects: conn, peer, route.
+    let mut alice = join_lobby_at(addr, "alice").await;
+    let (seed_ws, _) = async_tungstenite::client_async(
+        format!("ws://{addr}/chatSocket"),
+        TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut seed = Client {
+        ws: seed_ws,
+        raw: std::net::TcpStream::connect(addr).unwrap(),
+    };
+    let connect = |route: &'static str| {
+        wait_line(&node, &format!("{route} connect"), move |v| {
+            msg(v).starts_with("connect #") && v["route"] == route
+        })
+    };
+    let (a, s) = (connect("ws"), connect("chatSocket"));
+    for v in [&a, &s] {
+        assert_eq!(v["level"], 30, "{v}");
+        assert!(v["conn"].is_u64(), "{v}");
+        assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+    }
+    // The extra socket opened for `raw` above is a plain HTTP connection that sends nothing.
+    drop(std::mem::replace(
+        &mut seed.raw,
+        std::net::TcpStream::connect(addr).unwrap(),
+    ));
+
+    // Chat in both protocols: not one line for it.
+    let before = json_lines(&node).len();
+    for i in 0..10 {
+        alice.say("lobby", &format!("from alice {i}")).await;
+        alice.recv_type("message").await;
+        assert_eq!(seed_text(&mut seed).await, format!("alice: from alice {i}"));
+        seed.send_text(&format!("from seed {i}")).await;
+        assert_eq!(
+            alice.recv_type("message").await["text"],
+            format!("from seed {i}")
+        );
+        assert!(seed_text(&mut seed)
+            .await
+            .ends_with(&format!(": from seed {i}")));
+    }
+    assert_eq!(get(addr, "/stats").await.0, 200);
+    let marker = |v: &Value| v["route"] == "stats";
+    wait_line(&node, "marker", |v| {
+        marker(v) && json_lines(&node).iter().filter(|w| marker(w)).count() == 2
+    });
+    let during: Vec<Value> = json_lines(&node).split_off(before);
+    assert!(
+        during.len() == 1 && marker(&during[0]),
+        "lines during websocket traffic: {during:?}"
+    );
+
+    // A slow consumer: its room at debug, its close code and reason at info.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut slow = ws_over(socket.into(), addr).await;
+    slow.join("busy", "slow").await;
+    let slow_conn = wait_line(&node, "slow's connect", |v| {
+        msg(v).starts_with("connect #") && v["conn"] != a["conn"] && v["conn"] != s["conn"]
+    })["conn"]
+        .clone();
+    alice.join("busy", "alice").await;
+    // Far more than the socket buffers hold, so its writer blocks, and the room moves on.
+    say_big(&mut alice, "busy", 1500).await;
+    let (_, code) = slow.texts_until_close().await;
+    assert_eq!(code, Some(4008));
+    let lagged = wait_line(&node, "lagged", |v| msg(v).contains("lagged"));
+    assert_eq!(
+        (&lagged["conn"], lagged["room"].as_str()),
+        (&slow_conn, Some("busy"))
+    );
+    let gone = wait_line(&node, "slow's disconnect", |v| {
+        msg(v).starts_with("disconnect #") && v["conn"] == slow_conn
+    });
+    assert_eq!(gone["code"], 4008, "{gone}");
+    assert_eq!(gone["reason"], "slow consumer", "{gone}");
+    assert_eq!(gone["route"], "ws", "{gone}");
+
+    // A client that closes: no code of the server's.
+    alice.ws.close(None).await.unwrap();
+    while alice.ws.next().await.is_some() {}
+    let bye = wait_line(&node, "alice's disconnect", |v| {
+        msg(v).starts_with("disconnect #") && v["conn"] == a["conn"]
+    });
+    assert_eq!(bye["reason"], "client closed", "{bye}");
+    assert!(bye.get("code").is_none(), "{bye}");
+
+    // Shutdown closes the rest with 1001.
+    node.sigterm();
+    assert_eq!(seed.closed().await, Some(1001));
+    let shut = wait_line(&node, "seed's disconnect", |v| {
+        msg(v).starts_with("disconnect #") && v["conn"] == s["conn"]
+    });
+    assert_eq!(
+        (shut["code"].as_u64(), shut["route"].as_str()),
+        (Some(1001), Some("chatSocket"))
+    );
+    assert!(node.exit_status().await.success());
+}
+
+/// The next text frame of a `/chatSocket` client.
+async fn seed_text(c: &mut Client) -> String {
+    loop {
+        match c.next().await {
+            Some(Message::Text(t)) => return t.to_string(),
+            Some(Message::Ping(_)) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
 }

@@ -343,7 +343,7 @@ impl RedisBroker {
                             }
                         }
                     }
-                    Err(e) => log::debug!("presence refresh of {room:?}: {e}"),
+                    Err(e) => log::debug!(room = &**room; "presence refresh of {room:?}: {e}"),
                 }
             },
         )
@@ -362,7 +362,7 @@ impl RedisBroker {
                     .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap])
                     .await
                 {
-                    log::debug!("presence sweep of {room:?}: {e}");
+                    log::debug!(room = &*room; "presence sweep of {room:?}: {e}");
                 }
             }
         })
@@ -535,7 +535,7 @@ impl Broker for RedisBroker {
             .await
         {
             // It runs out by itself: this node no longer refreshes it.
-            log::debug!("leave of {name:?} in {room:?}: {e}");
+            log::debug!(room = &**room; "leave of {name:?} in {room:?}: {e}");
         }
     }
 
@@ -555,7 +555,7 @@ impl Broker for RedisBroker {
             )
             .await
         {
-            log::debug!("grace of {name:?} in {room:?}: {e}");
+            log::debug!(room = &**room; "grace of {name:?} in {room:?}: {e}");
         }
     }
 
@@ -575,7 +575,7 @@ impl Broker for RedisBroker {
         {
             Ok(v) => v,
             Err(e) => {
-                log::debug!("presence of {room:?}: {e}");
+                log::debug!(room = room; "presence of {room:?}: {e}");
                 return Names::default();
             }
         };
