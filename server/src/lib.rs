@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
+//! - [`check_config`]: `--check-config`, the configuration checked and printed without starting.
+//! - [`options_doc`]: the README's table of options, rendered from the clap definitions.
 //! - [`protocol`]: the wire: protocol v1 and the seed protocol, rendered once per delivery.
 //! - [`hub`]: this node's rooms and fan-out; below it the broker (positions, names), the
 //!   history stores (memory, durable) and each room's broadcast channel.
@@ -23,12 +25,14 @@
 
 pub mod access_log;
 pub mod addr;
+pub mod check_config;
 pub mod config;
 pub mod conn;
 pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod logging;
+pub mod options_doc;
 pub mod origin;
 pub mod per_ip;
 pub mod protocol;

@@ -1,7 +1,8 @@
 //! What operators rely on (README "Operating"): `/healthz` and `/readyz` as probes see them
 //! (over real sockets; readiness flipping with a failing history store, during the real
 //! binary's graceful shutdown, and with `--redis` while the test's own redis-server is down);
-//! the real binary's `--log-format json` lines and their named fields.
+//! the real binary's `--log-format json` lines and their named fields; `--check-config` on the
+//! real binary; and that the README's table of options is the one clap renders.
 
 mod common;
 
@@ -463,4 +464,262 @@ async fn seed_text(c: &mut Client) -> String {
             other => panic!("expected text, got {other:?}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --check-config.
+
+/// What a run of the binary gave: its exit status, stdout and stderr.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args` in `cwd`, with the environment's `TIDECHAT_*` variables removed
+/// (the test runner's own, e.g. `TIDECHAT_TEST_VALKEY`, would be refused as unknown) and `env`
+/// added; killed if it has not exited within PATIENCE (a check that served instead).
+fn run_binary(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidechat"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TIDECHAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = Proc(cmd.spawn().unwrap());
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.0.stdout.take().unwrap()));
+    let err = read(Box::new(child.0.stderr.take().unwrap()));
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tidechat {args:?} did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ran {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// The options of the README's table, in its order.
+fn table_options(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `--"))
+        .map(|l| format!("--{}", &l[..l.find('`').unwrap()]))
+        .collect()
+}
+
+#[test]
+fn check_config_prints_every_option_with_its_value_and_source_and_exits_0() {
+    let cwd = tempfile::tempdir().unwrap();
+    // The port of a running server: the check must not need it.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = busy.local_addr().unwrap().to_string();
+    let ran = run_binary(
+        cwd.path(),
+        &[
+            "--check-config",
+            "--bind",
+            &bind,
+            "--max-rooms",
+            "7",
+            "--data-dir",
+            "new/history",
+        ],
+        &[("TIDECHAT_RATE", "5")],
+    );
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.stderr, "");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert!(
+        lines[0].ends_with("the configuration is valid"),
+        "{}",
+        ran.stdout
+    );
+    let line = |option: &str| -> Vec<String> {
+        let found: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.split_whitespace().next() == Some(option))
+            .collect();
+        assert_eq!(found.len(), 1, "{option}:\n{}", ran.stdout);
+        found[0]
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    };
+    // Every option the README lists, once.
+    let options = table_options(&tidechat::options_doc::markdown());
+    for option in options.iter().filter(|o| *o != "--check-config") {
+        line(option);
+    }
+    assert_eq!(line("--bind"), [bind.as_str(), "flag"]);
+    assert_eq!(line("--max-rooms"), ["7", "flag"]);
+    assert_eq!(line("--rate"), ["5", "env", "TIDECHAT_RATE"]);
+    assert_eq!(line("--history"), ["500", "default"]);
+    assert_eq!(line("--redis"), ["(none)", "default"]);
+    let history = lines.iter().find(|l| l.starts_with("history:")).unwrap();
+    let dir = std::fs::canonicalize(cwd.path()).unwrap();
+    assert!(
+        history.contains(&format!(
+            "{}/new/history (to be created in {}",
+            dir.display(),
+            dir.display()
+        )),
+        "{history}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "the check created or left something"
+    );
+}
+
+#[test]
+fn check_config_with_redis_neither_connects_nor_shows_a_password() {
+    let cwd = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls = format!("redis://tc:s3cret@127.0.0.1:{port}/0,unix:///nowhere/r.sock?pass=s3cret");
+    let ran = run_binary(cwd.path(), &["--check-config", "--redis", &urls], &[]);
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(!ran.stdout.contains("s3cret"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(&format!(
+            "redis://***@127.0.0.1:{port}/0,unix:///nowhere/r.sock?pass=***"
+        )),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("history: in Redis (not contacted"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn check_config_exits_2_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory, nor a certificate").unwrap();
+    let under_file = file.join("history");
+    let (under_file, file) = (under_file.to_str().unwrap(), file.to_str().unwrap());
+    let empty = tempfile::tempdir().unwrap();
+    let empty = empty.path().to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--max-rooms", "0"], &[], "--max-rooms must be at least 1"),
+        (
+            &["--max-rooms", "lots"],
+            &[],
+            "invalid value 'lots' for '--max-rooms",
+        ),
+        (
+            &["--no-such-flag"],
+            &[],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (
+            &["--idle-timeout", "30s"],
+            &[],
+            "--idle-timeout (30s) must be longer than --ping-interval",
+        ),
+        (
+            &[],
+            &[("TIDECHAT_MAX_ROOMS", "0")],
+            "--max-rooms must be at least 1",
+        ),
+        (
+            &[],
+            &[("TIDECHAT_MAX_ROOM", "5")],
+            "TIDECHAT_MAX_ROOM is set, but no option reads it",
+        ),
+        (&["--data-dir", under_file], &[], "is not a directory"),
+        (&["--static-dir", empty], &[], "no index.html there"),
+        (
+            &["--redis", "http://127.0.0.1:6379"],
+            &[],
+            "--redis \"http://127.0.0.1:6379\"",
+        ),
+        (&["--redis-ca", file], &[], "--redis-ca: no PEM certificate"),
+    ];
+    for (args, env, reason) in cases {
+        let mut argv = vec!["--check-config"];
+        argv.extend_from_slice(args);
+        let ran = run_binary(tmp.path(), &argv, env);
+        assert_eq!(
+            ran.code,
+            Some(2),
+            "{args:?} {env:?}: {}{}",
+            ran.stdout,
+            ran.stderr
+        );
+        assert!(
+            ran.stderr.contains(reason),
+            "{args:?} {env:?}: {}",
+            ran.stderr
+        );
+        assert_eq!(ran.stdout, "", "{args:?} {env:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The README.
+
+#[test]
+fn the_readme_table_of_options_is_the_one_clap_renders() {
+    use tidechat::options_doc::{markdown, BEGIN, END};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let begin = readme
+        .find(&format!("{BEGIN}\n"))
+        .expect("README.md: no options:begin line")
+        + BEGIN.len()
+        + 1;
+    let end = begin
+        + readme[begin..]
+            .find(&format!("{END}\n"))
+            .expect("README.md: no options:end line");
+    let table = markdown();
+    assert!(
+        readme[begin..end] == table,
+        "README.md's table of options is not what the clap definitions say: run \
+         scripts/readme-options\n--- README:\n{}\n--- clap:\n{table}",
+        &readme[begin..end]
+    );
+    // And it lists what --help lists.
+    let help = run_binary(std::path::Path::new("."), &["--help"], &[]);
+    assert_eq!(help.code, Some(0));
+    let mut in_help: Vec<String> = help
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| format!("--{}", l.split([' ', '=']).next().unwrap()))
+        .filter(|o| o != "--help" && o != "--version")
+        .collect();
+    let mut in_table = table_options(&table);
+    in_help.sort();
+    in_table.sort();
+    assert_eq!(in_help, in_table);
 }
