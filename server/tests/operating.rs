@@ -2,7 +2,8 @@
 //! (over real sockets; readiness flipping with a failing history store, during the real
 //! binary's graceful shutdown, and with `--redis` while the test's own redis-server is down);
 //! the real binary's `--log-format json` lines and their named fields; `--check-config` on the
-//! real binary; and that the README's table of options is the one clap renders.
+//! real binary; that the README's table of options is the one clap renders; and that the Grafana
+//! dashboard in `docs/` is valid and asks only for metrics the README lists.
 
 mod common;
 
@@ -722,4 +723,128 @@ fn the_readme_table_of_options_is_the_one_clap_renders() {
     in_help.sort();
     in_table.sort();
     assert_eq!(in_help, in_table);
+}
+
+/// The metric names the README lists (between its metrics:begin and metrics:end lines), with
+/// their kinds.
+fn readme_metrics() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let list = readme
+        .split_once("<!-- metrics:begin -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- metrics:end -->"))
+        .expect("README.md: no metrics:begin/metrics:end lines")
+        .0;
+    list.lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix("- `")
+                .unwrap_or_else(|| panic!("README metrics: {l}"));
+            let (name, rest) = rest.split_once('`').unwrap();
+            let name = name.split('{').next().unwrap().to_string();
+            let kind = rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(':');
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "README metrics: {l}"
+            );
+            (name, kind.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_is_valid_and_uses_only_the_listed_metrics() {
+    let metrics = readme_metrics();
+    assert_eq!(metrics.len(), 21, "{metrics:?}");
+    // A histogram is queried through its series.
+    let known: Vec<String> = metrics
+        .iter()
+        .flat_map(|(name, kind)| match kind.as_str() {
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect(),
+            _ => vec![name.clone()],
+        })
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    );
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dash["uid"], "tidechat");
+    assert!(
+        dash["title"].is_string() && dash["schemaVersion"].is_u64(),
+        "{dash}"
+    );
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    let mut used = std::collections::BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: id twice");
+        assert!(
+            ["timeseries", "stat"].contains(&p["type"].as_str().unwrap()),
+            "{title}"
+        );
+        let grid = &p["gridPos"];
+        for k in ["h", "w", "x", "y"] {
+            assert!(grid[k].is_u64(), "{title}: gridPos.{k}");
+        }
+        assert!(
+            grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+            "{title}"
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no queries");
+        for t in targets {
+            assert!(t["refId"].is_string(), "{title}");
+            let expr = t["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .match_indices("tidechat_")
+                .map(|(i, _)| {
+                    let rest = &expr[i..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                })
+                .collect();
+            assert!(!names.is_empty(), "{title}: {expr}");
+            for n in names {
+                assert!(
+                    known.iter().any(|k| k == n),
+                    "{title}: {n} is not a listed metric"
+                );
+                used.insert(n.to_string());
+            }
+        }
+    }
+    // What the dashboard is for: connections, messages and deliveries per second, fan-out
+    // quantiles, closes by code, the broker.
+    for needed in [
+        "tidechat_connections_open",
+        "tidechat_messages_published_total",
+        "tidechat_frames_sent_total",
+        "tidechat_fanout_seconds_bucket",
+        "tidechat_closes_total",
+        "tidechat_broker_up",
+        "tidechat_broker_roundtrip_seconds_bucket",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("histogram_quantile(0.99, sum by (le) (rate(tidechat_fanout_seconds_bucket")
+    );
+    assert!(
+        text.contains("histogram_quantile(0.5, sum by (le) (rate(tidechat_fanout_seconds_bucket")
+    );
 }
