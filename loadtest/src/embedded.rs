@@ -94,8 +94,8 @@ impl Embedded {
     /// of its own unless `extra` names one).
     pub fn start_thread(extra: &[String]) -> anyhow::Result<Self> {
         let (args, data) = with_own_data_dir(extra)?;
-        // Opened here, so a store that cannot be opened is this call's error.
-        let server = tidechat::Server::new(load_config(&args)?)?;
+        // Opened here, so a store (or a Redis) that cannot be opened is this call's error.
+        let server = async_std::task::block_on(tidechat::Server::open(load_config(&args)?))?;
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = std_listener.local_addr()?;
         let listener = async_std::net::TcpListener::from(std_listener);
@@ -203,7 +203,8 @@ pub fn serve(extra: &[String]) -> anyhow::Result<()> {
     let threads = tidechat::config::Args::try_parse_from(argv)?.executor_threads();
     std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
     // Before the address is printed: the parent then knows the store is open (or sees why not).
-    let server = tidechat::Server::new(config)?;
+    // `open`: with `--server-arg=--redis=URL` it connects to Redis first.
+    let server = async_std::task::block_on(tidechat::Server::open(config))?;
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("listening {}", std_listener.local_addr()?);
     let listener = async_std::net::TcpListener::from(std_listener);

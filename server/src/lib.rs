@@ -57,8 +57,8 @@ use server::State;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`,
-/// probes at `/healthz` and `/readyz`.
+/// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`, the
+/// status page at `/status`, probes at `/healthz` and `/readyz`.
 pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
     let static_dir = state.config.static_dir.clone();
     let mut app = tide::with_state(state);
@@ -81,6 +81,9 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         });
     app.at("/healthz").get(health::healthz);
     app.at("/readyz").get(health::readyz);
+    app.at("/status")
+        .serve_file(static_dir.join("status.html"))
+        .map_err(|e| static_error(&static_dir, e))?;
     app.at("/")
         .serve_file(static_dir.join("index.html"))
         .map_err(|e| static_error(&static_dir, e))?;

@@ -215,6 +215,10 @@ impl RedisBroker {
     /// and starts keeping the connections alive.
     pub async fn connect(settings: RedisSettings) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!settings.urls.is_empty(), "no --redis URL");
+        // rediss://: the redis crate asks rustls for the process's provider. Chosen here, since
+        // a build whose features enable two providers (a workspace build: another crate brings
+        // aws-lc-rs) has no default and rustls would panic. An embedder's earlier choice stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let shared = Arc::new(Shared {
             node: super::hex(&super::random::<8>()),
             sink: OnceLock::new(),
