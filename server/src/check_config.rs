@@ -42,12 +42,17 @@ pub fn run(args: Args, matches: &ArgMatches, out: &mut dyn Write, err: &mut dyn 
 fn check(args: Args) -> Result<Config, String> {
     unknown_env(std::env::vars_os().map(|(k, _)| k))?;
     let config = args.into_config().map_err(|e| e.to_string())?;
-    let index = config.static_dir.join("index.html");
-    if !index.is_file() {
-        return Err(format!(
-            "--static-dir {}: no index.html there (the chat page)",
-            config.static_dir.display()
-        ));
+    // The server serves these two by name and does not start without them.
+    for (file, what) in [
+        ("index.html", "the chat page"),
+        ("status.html", "the status page"),
+    ] {
+        if !config.static_dir.join(file).is_file() {
+            return Err(format!(
+                "--static-dir {}: no {file} there ({what})",
+                config.static_dir.display()
+            ));
+        }
     }
     if let (Some(dir), true) = (&config.data_dir, config.redis.is_empty()) {
         data_dir(dir).map_err(|why| format!("--data-dir {}: {why}", dir.display()))?;

@@ -627,7 +627,12 @@ fn check_config_exits_2_with_the_reason() {
     let under_file = file.join("history");
     let (under_file, file) = (under_file.to_str().unwrap(), file.to_str().unwrap());
     let empty = tempfile::tempdir().unwrap();
-    let empty = empty.path().to_str().unwrap();
+    let page_only = tempfile::tempdir().unwrap();
+    std::fs::write(page_only.path().join("index.html"), "<!doctype html>").unwrap();
+    let (empty, page_only) = (
+        empty.path().to_str().unwrap(),
+        page_only.path().to_str().unwrap(),
+    );
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (&["--max-rooms", "0"], &[], "--max-rooms must be at least 1"),
@@ -658,6 +663,7 @@ fn check_config_exits_2_with_the_reason() {
         ),
         (&["--data-dir", under_file], &[], "is not a directory"),
         (&["--static-dir", empty], &[], "no index.html there"),
+        (&["--static-dir", page_only], &[], "no status.html there"),
         (
             &["--redis", "http://127.0.0.1:6379"],
             &[],
