@@ -50,11 +50,13 @@ pub struct Args {
     /// Address to listen on; use 0.0.0.0:3000 to expose it beyond this machine.
     #[arg(long, env = "TIDECHAT_BIND", default_value = "127.0.0.1:3000")]
     pub bind: SocketAddr,
-    /// Directory served at `/` (the chat page).
-    #[arg(long, env = "TIDECHAT_STATIC_DIR", default_value = DEFAULT_STATIC_DIR)]
+    /// Directory served at `/` (the chat page). Default: the `static/` directory of the source
+    /// tree the binary was built from.
+    #[arg(long, env = "TIDECHAT_STATIC_DIR", default_value = DEFAULT_STATIC_DIR, hide_default_value = true)]
     pub static_dir: PathBuf,
     /// Origin allowed to open websockets (repeatable, e.g. `https://chat.example.com`; `*` allows
-    /// any). Default: only the server's own origin (the request's scheme, Host and port).
+    /// any). Default: only the server's own origin (the request's scheme, Host and port). A
+    /// request without Origin (not a browser) is allowed.
     #[arg(
         long = "allowed-origin",
         env = "TIDECHAT_ALLOWED_ORIGINS",
@@ -73,7 +75,8 @@ pub struct Args {
     pub allowed_hosts: Vec<String>,
     /// Reverse proxy whose `X-Forwarded-For`/`Forwarded` (client address) and
     /// `X-Forwarded-Proto` (scheme) are believed (repeatable CIDR or address, e.g. 127.0.0.1/32,
-    /// 10.0.0.0/8). Default: none, the TCP peer is the client.
+    /// 10.0.0.0/8): the client is the rightmost forwarded address that is not a trusted proxy.
+    /// Default: none, the TCP peer is the client.
     #[arg(
         long = "trusted-proxy",
         env = "TIDECHAT_TRUSTED_PROXIES",
@@ -108,22 +111,25 @@ pub struct Args {
     /// Largest websocket message in bytes (larger ones close the connection with 1009).
     #[arg(long, env = "TIDECHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// Largest chat message text in bytes (larger ones get an `error` frame).
+    /// Largest chat message text in bytes, counted as it is serialized in JSON (larger ones get
+    /// `text_too_long`).
     #[arg(long, env = "TIDECHAT_MAX_TEXT_BYTES", default_value_t = DEFAULT_MAX_TEXT_BYTES)]
     pub max_text_bytes: usize,
     /// Most websocket connections at once (more get HTTP 503 on upgrade).
     #[arg(long, env = "TIDECHAT_MAX_CONNECTIONS", default_value_t = 25_000)]
     pub max_connections: usize,
-    /// Most rooms held by the server (empty rooms are evicted first to make space).
+    /// Most rooms held by the server: the room empty for longest is evicted to make space
+    /// (`server_full` when none is empty).
     #[arg(long, env = "TIDECHAT_MAX_ROOMS", default_value_t = 1_000)]
     pub max_rooms: usize,
-    /// Most rooms one connection may be in.
+    /// Most rooms one connection may be in (`too_many_rooms`).
     #[arg(long, env = "TIDECHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 8)]
     pub max_rooms_per_connection: usize,
     /// Messages kept per room for history and resume.
     #[arg(long, env = "TIDECHAT_HISTORY", default_value_t = 500)]
     pub history: usize,
-    /// Bytes of history kept per room (oldest messages go first).
+    /// Bytes of history kept per room (oldest messages go first; a lobby message counts its
+    /// JSON and its `/chatSocket` line).
     #[arg(long, env = "TIDECHAT_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     pub history_bytes: usize,
     /// Messages older than this leave the history (removed in the background), e.g. 30d;
@@ -131,8 +137,9 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_HISTORY_AGE", default_value = "none", value_parser = parse_optional_duration)]
     pub history_age: MaybeDuration,
     /// Where history is kept on disk so that a restart loses nothing (relative to the working
-    /// directory; created if missing; one server per directory); `none` keeps it in memory only
-    /// (lost on restart, and when a room is evicted at --max-rooms).
+    /// directory; created if missing; one server per directory, a second one refuses to start);
+    /// `none` keeps it in memory only (lost on restart, and when a room is evicted at
+    /// --max-rooms).
     #[arg(long, env = "TIDECHAT_DATA_DIR", default_value = "data")]
     pub data_dir: String,
     /// How long a name stays reserved for its resume token after its connection dropped without
@@ -140,9 +147,9 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_NAME_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub name_grace: Duration,
     /// Share rooms with other nodes through Redis: `redis://HOST:PORT/DB` or
-    /// `unix:///path/redis.sock`. Repeat it (or give a comma list) to spread rooms over several
-    /// instances; every node must list the same instances in the same order. History then lives
-    /// in Redis (not in --data-dir).
+    /// `unix:///path/redis.sock`, or `rediss://` for TLS. Repeat it (or give a comma list) to
+    /// spread rooms over several instances; every node must list the same instances in the same
+    /// order. History then lives in Redis (not in --data-dir). See README, Running several nodes.
     #[arg(long, env = "TIDECHAT_REDIS", value_delimiter = ',')]
     pub redis: Vec<String>,
     /// With a `rediss://` --redis: the CA certificate(s) (PEM file) its server certificate must
@@ -154,7 +161,8 @@ pub struct Args {
     #[arg(long, env = "TIDECHAT_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
     /// With --redis: a command, or the PING sent every second, with no reply within this marks
-    /// Redis unavailable (messages are refused with `unavailable`) and the node reconnects.
+    /// Redis unavailable (messages are refused with `unavailable`) and the node reconnects
+    /// (after 100 ms, doubling to 5 s).
     #[arg(long, env = "TIDECHAT_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
     /// Most messages a `joined` or `history` frame holds; a resume across a longer gap pages
@@ -178,7 +186,8 @@ pub struct Args {
     /// members in `joined`, so very large rooms do not cost O(members²).
     #[arg(long, env = "TIDECHAT_PRESENCE_CAP", default_value_t = 1_000)]
     pub presence_cap: usize,
-    /// Sustained frames per second a connection may send.
+    /// Sustained frames per second a connection may send, control frames included (token
+    /// bucket; a refused `say` gets `rate_limited`).
     #[arg(long, env = "TIDECHAT_RATE", default_value_t = 20.0)]
     pub rate: f64,
     /// Frames a connection may send in a burst above the rate.
@@ -187,13 +196,14 @@ pub struct Args {
     /// Frames dropped for rate limiting in a row before the connection is closed (1008).
     #[arg(long, env = "TIDECHAT_RATE_STRIKES", default_value_t = 20)]
     pub rate_strikes: u32,
-    /// Time allowed for the HTTP request of an upgrade (and between keep-alive requests).
+    /// Time allowed for each HTTP request, its head included (and between keep-alive requests).
     #[arg(long, env = "TIDECHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
     /// Interval of server pings.
     #[arg(long, env = "TIDECHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
-    /// A connection that sends nothing (not even a pong) for this long is closed (4000).
+    /// A connection that sends nothing (not even a pong) for this long is closed (4000; checked
+    /// at each ping).
     #[arg(long, env = "TIDECHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Longest a connection may stay behind (from a write that cannot complete at once until it
@@ -208,10 +218,10 @@ pub struct Args {
     /// On SIGINT/SIGTERM, time allowed to close every socket before exiting.
     #[arg(long, env = "TIDECHAT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Log level: error, warn, info, debug, trace, off.
+    /// Log level of the lines on stderr: error, warn, info, debug, trace, off.
     #[arg(long, env = "TIDECHAT_LOG_LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
-    /// Log line format.
+    /// Log line format: `json` for one JSON object per line with named fields (README, Logs).
     #[arg(
         long,
         env = "TIDECHAT_LOG_FORMAT",
@@ -231,6 +241,17 @@ pub struct Args {
     /// Performance): cross-thread wake-ups cost more than a second core gives.
     #[arg(long, env = "TIDECHAT_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Check the configuration and exit instead of serving: the options, the `TIDECHAT_*`
+    /// environment, the static directory and the data directory (it must exist or be creatable,
+    /// and be writable; nothing is left in it). Prints every option's effective value and where
+    /// it came from, then exits 0, or exits 2 with the reason. It binds no port and does not
+    /// contact Redis (the running server holds the port; a build host may not reach Redis).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Prints the README's table of options (Markdown), rendered from these definitions, and
+    /// exits. Hidden from `--help`.
+    #[arg(long, hide = true)]
+    pub help_markdown: bool,
     /// Test only: busy CPU work added per frame written, so that the benchmark gate can be shown
     /// a server that costs measurably more per delivery than the same tree (0: none). Hidden
     /// from `--help`.
@@ -358,6 +379,40 @@ impl Default for Config {
     }
 }
 
+/// A Redis URL with its secrets replaced by `***`: the user and password (`redis://user:pw@host`)
+/// and a `pass`/`password` query parameter (`unix:///run/redis.sock?pass=pw`). For logs and
+/// printed configurations.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
 /// A duration, or `none` (a type of its own: clap reads a bare `Option` as "may be absent").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaybeDuration(pub Option<Duration>);
@@ -417,10 +472,10 @@ impl Args {
         }
         for url in &self.redis {
             if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(ConfigError::Redis(url.clone(), e.to_string()));
+                return Err(ConfigError::Redis(redact_url(url), e.to_string()));
             }
             if self.redis.iter().filter(|u| *u == url).count() > 1 {
-                return Err(ConfigError::Redis(url.clone(), "given twice".into()));
+                return Err(ConfigError::Redis(redact_url(url), "given twice".into()));
             }
         }
         let redis_ca = match &self.redis_ca {
@@ -570,6 +625,35 @@ mod tests {
             Some(PathBuf::from("/srv/chat"))
         );
         assert_eq!(Config::default().data_dir, None);
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_their_secrets() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            (
+                "redis://:s3cret@10.0.0.5:6379/0",
+                "redis://***@10.0.0.5:6379/0",
+            ),
+            ("rediss://user:s3cret@host", "rediss://***@host"),
+            ("redis://u:p@ss@host/1", "redis://***@host/1"),
+            ("redis://host/0?x=a@b", "redis://host/0?x=a@b"),
+            (
+                "unix:///run/r.sock?db=1&pass=s3cret",
+                "unix:///run/r.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///run/r.sock?PASSWORD=s3cret",
+                "unix:///run/r.sock?PASSWORD=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let e = Args::try_parse_from(["tidechat", "--redis", "http://:s3cret@h"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: command line / `TIDECHAT_*` options and the validated [`Config`].
+//! - [`check_config`]: `--check-config`, the configuration checked and printed without starting.
+//! - [`options_doc`]: the README's table of options, rendered from the clap definitions.
 //! - [`protocol`]: the wire: protocol v1 and the seed protocol, rendered once per delivery.
 //! - [`hub`]: this node's rooms and fan-out; below it the broker (positions, names), the
 //!   history stores (memory, durable) and each room's broadcast channel.
@@ -15,18 +17,24 @@
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
 //! - [`logging`]: pretty or JSON log lines.
 //! - [`metrics`]: the counters behind `/metrics` (Prometheus) and the fan-out figures of `/stats`.
+//! - [`access_log`]: one log line per HTTP request, within a budget.
+//! - [`health`]: `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! Tests and embedders start a server with [`run`] on a listener they bound themselves, or with
 //! [`Server`] when they also want to look at its state.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod addr;
+pub mod check_config;
 pub mod config;
 pub mod conn;
+pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod options_doc;
 pub mod origin;
 pub mod per_ip;
 pub mod protocol;
@@ -52,7 +60,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The tide app: the page at `/`, websockets at `/ws` and `/chatSocket`, counts at `/stats`, the
-/// status page at `/status`.
+/// status page at `/status`, probes at `/healthz` and `/readyz`.
 pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
     let static_dir = state.config.static_dir.clone();
     let mut app = tide::with_state(state);
@@ -62,6 +70,8 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
         Ok(res)
     }));
     app.with(count_requests);
+    // Outside the Host check, so that refused requests are logged too.
+    app.with(access_log::AccessLog::default());
     // Before every endpoint: a request for another host is not for this server.
     app.with(host_check);
     app.with(content_security_policy);
@@ -76,6 +86,8 @@ pub fn app(state: Arc<State>) -> io::Result<tide::Server<Arc<State>>> {
     if app.state().metrics.is_some() && app.state().config.metrics_bind.is_none() {
         app.at("/metrics").get(metrics_endpoint);
     }
+    app.at("/healthz").get(health::healthz);
+    app.at("/readyz").get(health::readyz);
     app.at("/status")
         .serve_file(static_dir.join("status.html"))
         .map_err(|e| static_error(&static_dir, e))?;
@@ -180,7 +192,10 @@ fn host_check<'a>(
         let https = req.ext::<addr::ClientInfo>().is_some_and(|c| c.https);
         let local = req.local_addr().and_then(|a| a.parse().ok());
         if !req.state().config.hosts.allows(&host, local, https) {
-            log::debug!("refused host {host:?} from {:?}", req.peer_addr());
+            log::debug!(
+                peer = access_log::peer(&req).as_str(), reason = "host";
+                "refused host {host:?} from {:?}", req.peer_addr()
+            );
             refused(metrics::Refusal::Host);
             return Ok(plain(
                 tide::StatusCode::MisdirectedRequest,

@@ -1,6 +1,11 @@
 //! Log lines, pretty or JSON (ndjson in femme's shape: `level`, `time`, `msg`), written to stderr
 //! by one writer thread.
 //!
+//! A line may carry named fields (`log`'s key-values: `log::info!(conn = 5; "...")`). JSON lines
+//! have them as fields of their own after `msg`, so a collector can search them; pretty lines show
+//! only `msg`, which says the same in words. The names are kept stable, since operators' queries
+//! depend on them: [`fields`] lists them.
+//!
 //! femme 2.2 picks its format from the build profile (pretty in debug, ndjson in release) with no
 //! way to choose at run time, and it `unwrap`s every stdout write, so a closed pipe would panic
 //! the server. This logger takes the format from `--log-format`.
@@ -17,9 +22,29 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use log::kv::{self, Key, Source, Value, VisitSource, VisitValue};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogFormat;
+
+/// The field names log lines use (README "Logs"); a line has those that apply to it.
+pub mod fields {
+    /// The connection's number (`#N` in the message).
+    pub const CONN: &str = "conn";
+    /// The client's address (`TCP-PEER for CLIENT` behind a trusted proxy).
+    pub const PEER: &str = "peer";
+    pub const ROOM: &str = "room";
+    /// A websocket close code the server sent.
+    pub const CODE: &str = "code";
+    /// Why: a disconnect's ending, a refusal's cause.
+    pub const REASON: &str = "reason";
+    /// Which endpoint: `ws`, `chatSocket`, `page`, `static`, `stats`, `healthz`, ...
+    pub const ROUTE: &str = "route";
+    /// HTTP request lines also have `method`, `status` and `ms` (time to the response head).
+    pub const METHOD: &str = "method";
+    pub const STATUS: &str = "status";
+    pub const MS: &str = "ms";
+}
 
 /// Lines queued for the writer thread before new ones are dropped: enough for a burst of
 /// connects (two lines each) without holding more than a few hundred KiB.
@@ -94,6 +119,11 @@ fn write_lines(lines: Receiver<String>, progress: &Progress, format: LogFormat) 
 }
 
 fn format_line(format: LogFormat, level: Level, msg: &str) -> String {
+    format_record(format, level, msg, &None::<(&str, u64)>)
+}
+
+/// The line for a message and its fields.
+fn format_record(format: LogFormat, level: Level, msg: &str, kvs: &dyn Source) -> String {
     match format {
         LogFormat::Pretty => format!("{level:<5} {msg}\n"),
         LogFormat::Json => {
@@ -108,8 +138,71 @@ fn format_line(format: LogFormat, level: Level, msg: &str) -> String {
                 Level::Error => 50,
             };
             let msg = serde_json::Value::String(msg.to_string());
-            format!("{{\"level\":{level},\"time\":{millis},\"msg\":{msg}}}\n")
+            let mut line = format!("{{\"level\":{level},\"time\":{millis},\"msg\":{msg}");
+            // Formatting into a String cannot fail, and neither does the visitor.
+            let _ = kvs.visit(&mut JsonFields(&mut line));
+            line.push_str("}\n");
+            line
         }
+    }
+}
+
+/// Appends each field as `,"key":value` (a number, a boolean or a string; absent values are left
+/// out, so a field is there only when the line has it).
+struct JsonFields<'a>(&'a mut String);
+
+impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
+        let key = key.as_str();
+        // The line's own fields are not to be shadowed.
+        if matches!(key, "level" | "time" | "msg") {
+            return Ok(());
+        }
+        let mut json = JsonValue(None);
+        value.visit(&mut json)?;
+        if let Some(v) = json.0 {
+            self.0.push(',');
+            self.0
+                .push_str(&serde_json::Value::String(key.to_owned()).to_string());
+            self.0.push(':');
+            self.0.push_str(&v.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// One field's value as JSON (`None`: absent).
+struct JsonValue(Option<serde_json::Value>);
+
+impl<'v> VisitValue<'v> for JsonValue {
+    fn visit_any(&mut self, value: Value) -> Result<(), kv::Error> {
+        self.0 = Some(serde_json::Value::String(value.to_string()));
+        Ok(())
+    }
+    fn visit_null(&mut self) -> Result<(), kv::Error> {
+        self.0 = None;
+        Ok(())
+    }
+    fn visit_u64(&mut self, v: u64) -> Result<(), kv::Error> {
+        self.0 = Some(v.into());
+        Ok(())
+    }
+    fn visit_i64(&mut self, v: i64) -> Result<(), kv::Error> {
+        self.0 = Some(v.into());
+        Ok(())
+    }
+    fn visit_f64(&mut self, v: f64) -> Result<(), kv::Error> {
+        // NaN and infinities have no JSON form.
+        self.0 = Some(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into));
+        Ok(())
+    }
+    fn visit_bool(&mut self, v: bool) -> Result<(), kv::Error> {
+        self.0 = Some(v.into());
+        Ok(())
+    }
+    fn visit_str(&mut self, v: &str) -> Result<(), kv::Error> {
+        self.0 = Some(v.into());
+        Ok(())
     }
 }
 
@@ -132,7 +225,12 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format_line(self.format, record.level(), &record.args().to_string());
+        let line = format_record(
+            self.format,
+            record.level(),
+            &record.args().to_string(),
+            record.key_values(),
+        );
         match self.queue.try_send(line) {
             Ok(()) => {
                 self.progress.queued.fetch_add(1, Ordering::Relaxed);
@@ -163,5 +261,52 @@ impl Log for Logger {
                 Err(e) => e.into_inner().0,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(kvs: &dyn Source) -> serde_json::Value {
+        let line = format_record(LogFormat::Json, Level::Info, "said \"hi\"\n", kvs);
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn json_lines_carry_their_fields_typed_and_leave_out_absent_ones() {
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 5000));
+        let v = json(&[
+            ("conn", Value::from(7u64)),
+            ("peer", Value::from_display(&peer)),
+            ("room", Value::from("lobby \"x\"")),
+            ("code", Value::null()),
+            ("ms", Value::from(1.5f64)),
+            ("msg", Value::from("shadowed")),
+        ]);
+        assert_eq!(v["level"], 30);
+        assert_eq!(v["msg"], "said \"hi\"\n");
+        assert_eq!(v["conn"], 7);
+        assert_eq!(v["peer"], "127.0.0.1:5000");
+        assert_eq!(v["room"], "lobby \"x\"");
+        assert_eq!(v["ms"], 1.5);
+        assert!(v.get("code").is_none(), "{v}");
+        let fields = v.as_object().unwrap().len();
+        assert_eq!(fields, 7, "level, time, msg and the four present: {v}");
+    }
+
+    #[test]
+    fn pretty_lines_are_the_message_alone() {
+        let line = format_record(
+            LogFormat::Pretty,
+            Level::Warn,
+            "connect #7",
+            &[("conn", 7u64)],
+        );
+        assert_eq!(line, "WARN  connect #7\n");
     }
 }

@@ -2,13 +2,25 @@
 
 use anyhow::Context;
 use async_std::net::TcpListener;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tidechat::config::Args;
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // The matches too: --check-config says where each value came from.
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.help_markdown {
+        print!("{}", tidechat::options_doc::markdown());
+        return Ok(());
+    }
+    if args.check_config {
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        std::process::exit(tidechat::check_config::run(
+            args, &matches, &mut out, &mut err,
+        ));
+    }
     let (bind, threads) = (args.bind, args.executor_threads());
     tidechat::logging::init(args.log_level, args.log_format);
     let config = match args.into_config() {

@@ -240,7 +240,7 @@ impl State {
     /// Whether this node takes traffic: not shutting down, and its broker (store or Redis)
     /// works.
     pub fn ready(&self) -> bool {
-        !self.shutdown.started() && self.hub.broker().ready()
+        crate::health::readiness(self).is_ok()
     }
 
     /// What a connection gets to work with.

@@ -68,6 +68,7 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         // At debug, and cut short: a client chooses how often and what it sends here.
         let origin: Option<String> = header("Origin").map(|o| o.chars().take(100).collect());
         log::debug!(
+            peer = crate::access_log::peer(&req).as_str(), route = mode.route(), reason = "origin";
             "refused websocket from {:?}: origin {origin:?}",
             req.peer_addr()
         );
@@ -86,7 +87,14 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         None => None,
         Some(Ok(slot)) => Some(slot),
         Some(Err(refused)) => {
-            log::debug!("refused websocket from {client:?}: {refused:?}");
+            let reason = match refused {
+                Refused::Rate { .. } => "per_ip_rate",
+                Refused::Connections => "per_ip_cap",
+            };
+            log::debug!(
+                peer = crate::access_log::peer(&req).as_str(), route = mode.route(), reason = reason;
+                "refused websocket from {client:?}: {refused:?}"
+            );
             if let Some(m) = state.metrics() {
                 m.refused(match refused {
                     Refused::Rate { .. } => Refusal::PerIpRate,

@@ -37,6 +37,16 @@ pub enum Mode {
     Seed,
 }
 
+impl Mode {
+    /// The route it is served on, as logs name it.
+    pub fn route(self) -> &'static str {
+        match self {
+            Mode::V1 => "ws",
+            Mode::Seed => "chatSocket",
+        }
+    }
+}
+
 /// Once a connection's end is decided: time for the writer to send the close frame and for the
 /// client to answer it.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -148,6 +158,25 @@ pub(crate) enum Ending {
     Closed(u16, &'static str),
 }
 
+impl Ending {
+    /// The close code the server sent, if it closed the connection.
+    fn code(&self) -> Option<u16> {
+        match self {
+            Ending::Closed(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Why, without the code: the log line's `reason`.
+    fn reason(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Ending::ClientClosed => "client closed".into(),
+            Ending::Gone(e) => format!("connection lost: {e}").into(),
+            Ending::Closed(_, reason) => (*reason).into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Ending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -179,7 +208,10 @@ pub async fn run<S, W>(
     W: AsyncWrite + Unpin + Send,
 {
     let conn = peer.conn;
-    log::info!("connect #{conn} {} {mode:?}", peer.addr);
+    log::info!(
+        conn = conn, peer = peer.addr.as_str(), route = mode.route();
+        "connect #{conn} {} {mode:?}", peer.addr
+    );
     let inbox: Arc<Inbox<Out>> = Arc::default();
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
@@ -235,7 +267,11 @@ pub async fn run<S, W>(
         let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
     }
     reader::count_received(ctx, &mut ws);
-    log::info!("disconnect #{conn} {}: {ending}", peer.addr);
+    log::info!(
+        conn = conn, peer = peer.addr.as_str(), route = mode.route(), code = ending.code(),
+        reason = ending.reason().as_ref();
+        "disconnect #{conn} {}: {ending}", peer.addr
+    );
 }
 
 /// Reads until the client's close frame or the end of the stream, discarding the rest: the

@@ -253,8 +253,12 @@ impl<'a> Writer<'a> {
                 );
             }
             Input::Event(i, Some(Ok(ev))) => self.event(i, &ev, batch),
-            Input::Event(_, Some(Err(RecvError::Overflowed(n)))) => {
-                log::debug!("receiver lagged by {n} events");
+            Input::Event(i, Some(Err(RecvError::Overflowed(n)))) => {
+                let room = &*self.subs[i].room;
+                log::debug!(
+                    conn = self.conn, room = room;
+                    "#{}: receiver lagged by {n} events in {room:?}", self.conn
+                );
                 if let Some(m) = self.ctx.metrics {
                     m.slow_consumer();
                 }

@@ -495,14 +495,15 @@ impl Broker for MemoryBroker {
         &self.commits
     }
 
+    /// Not while the store's syncs fail: `say` is refused with `unavailable` then.
+    fn ready(&self) -> bool {
+        !self.commits.failing()
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         self.commits.stop();
         self.store.close()?;
         Ok(())
-    }
-
-    fn ready(&self) -> bool {
-        !self.commits.failing()
     }
 
     fn history_messages(&self) -> Option<u64> {

@@ -80,12 +80,9 @@ impl std::fmt::Debug for Instance {
     }
 }
 
-/// Redacts the password of a Redis URL.
+/// Redacts the password of a Redis URL (also a `?pass=` one).
 fn display_name(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    crate::config::redact_url(url)
 }
 
 impl Instance {

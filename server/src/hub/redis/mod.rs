@@ -352,7 +352,7 @@ impl RedisBroker {
                             }
                         }
                     }
-                    Err(e) => log::debug!("presence refresh of {room:?}: {e}"),
+                    Err(e) => log::debug!(room = &**room; "presence refresh of {room:?}: {e}"),
                 }
             },
         )
@@ -371,7 +371,7 @@ impl RedisBroker {
                     .presence_script(&scripts::SWEEP_SCRIPT, &room, &[channel, cap])
                     .await
                 {
-                    log::debug!("presence sweep of {room:?}: {e}");
+                    log::debug!(room = &*room; "presence sweep of {room:?}: {e}");
                 }
             }
         })
@@ -544,7 +544,7 @@ impl Broker for RedisBroker {
             .await
         {
             // It runs out by itself: this node no longer refreshes it.
-            log::debug!("leave of {name:?} in {room:?}: {e}");
+            log::debug!(room = &**room; "leave of {name:?} in {room:?}: {e}");
         }
     }
 
@@ -564,7 +564,7 @@ impl Broker for RedisBroker {
             )
             .await
         {
-            log::debug!("grace of {name:?} in {room:?}: {e}");
+            log::debug!(room = &**room; "grace of {name:?} in {room:?}: {e}");
         }
     }
 
@@ -584,7 +584,7 @@ impl Broker for RedisBroker {
         {
             Ok(v) => v,
             Err(e) => {
-                log::debug!("presence of {room:?}: {e}");
+                log::debug!(room = room; "presence of {room:?}: {e}");
                 return Names::default();
             }
         };
@@ -622,14 +622,16 @@ impl Broker for RedisBroker {
         &self.commits
     }
 
+    /// Only with every instance connected: the rooms of one that is down are refused.
+    fn ready(&self) -> bool {
+        self.instances.iter().all(|i| i.is_up())
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         for i in &self.instances {
             i.stop();
         }
         Ok(())
-    }
-    fn ready(&self) -> bool {
-        self.instances.iter().all(|i| i.is_up())
     }
 }
 

@@ -359,6 +359,7 @@ impl DurableStore {
         // a damaged journal. Their messages may still be there, under their old id.
         for (name, (id, epoch, last)) in marks {
             log::error!(
+                room = name.as_str();
                 "history store {}: room {name:?} was lost from the store since its last clean \
                  stop (it had {last} messages); what is left of it is kept",
                 self.dir.display()
@@ -386,6 +387,7 @@ impl DurableStore {
                         // The store held more at its last clean close: its tail was cut (a
                         // damaged journal). Those ids stay used, and nobody recovers past them.
                         log::error!(
+                            room = &*room;
                             "history store {}: room {room:?}: messages {}..={recorded} are \
                              missing (the store held them at its last clean stop); ids continue \
                              after {recorded}",
@@ -413,6 +415,7 @@ impl DurableStore {
                     index.next_id += 1;
                     let epoch = Epoch::random();
                     log::error!(
+                        room = &*room;
                         "history store {}: room {room:?}: {why}; its history is dropped and \
                          it starts over with epoch {}",
                         self.dir.display(),
