@@ -885,3 +885,36 @@ async fn with_redis_the_ping_round_trip_is_timed_and_broker_up_follows_redis() {
     until_scrape("broker_up 1 again", |m| m.get("tidechat_broker_up") == 1.0).await;
     s.stop().await;
 }
+
+/// The README's list of metrics (between its `metrics:begin` and `metrics:end` lines) names
+/// exactly the families a real server exposes, so the list (and the dashboard, which the
+/// operating tests hold to it) cannot drift from the code.
+#[async_std::test]
+async fn the_readme_lists_exactly_the_metrics_served() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let list = readme
+        .split("<!-- metrics:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- metrics:end -->").next())
+        .expect("the README has a metrics list");
+    let listed: std::collections::BTreeSet<String> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("- `"))
+        .map(|l| l.split(['`', '{']).next().unwrap().to_string())
+        .collect();
+    let server = TestServer::default().await;
+    // The second scrape has a request to count (the first).
+    http(server.addr, "/metrics", &server.addr.to_string(), &[]).await;
+    let (status, _, body) = http(server.addr, "/metrics", &server.addr.to_string(), &[]).await;
+    assert_eq!(status, 200);
+    // Only a Redis broker has a round trip to time.
+    let mut listed = listed;
+    assert!(listed.remove("tidechat_broker_roundtrip_seconds"));
+    let served: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, served, "README metrics list vs /metrics");
+}
