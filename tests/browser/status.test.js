@@ -38,6 +38,10 @@ test("the status page shows live connections, rooms and messages per second", as
   await status.waitForFunction(() => Number(document.getElementById("rate").textContent) > 0, null, {
     timeout: WAIT,
   });
+  await status.waitForFunction(() => Number(document.getElementById("deliveries").textContent) > 0, null, {
+    timeout: WAIT,
+  });
+  assert.match(await status.locator("#p99").textContent(), /^\d+(\.\d)? ms$/, "fan-out p99 from the server's histogram");
   const points = await status.locator("#line").getAttribute("points");
   assert.ok(points.split(" ").length >= 2, `the chart has a line: ${points}`);
   assert.match(await status.locator("#max").textContent(), /\/s$/);
