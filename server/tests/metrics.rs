@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,14 +22,10 @@ use async_std::io::{ReadExt, WriteExt};
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
+use common::store::TestStore;
 use common::*;
 use futures::{AsyncRead, AsyncWrite, SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tidechat::hub::position::StreamState;
-use tidechat::hub::record::Publication;
-use tidechat::hub::store::memory::MemoryStore;
-use tidechat::hub::store::{HistoryStore, Read, StoreError};
-use tidechat::hub::Page;
 use tidechat::{Config, Server};
 
 /// One direction of a socket, parsed into websocket frames after the HTTP head.
@@ -748,83 +743,29 @@ async fn the_binary_takes_metrics_bind_and_metrics_off() {
     t.kill();
 }
 
-/// A durable store (over the memory store) whose appends or syncs fail while told to.
-#[derive(Debug)]
-struct Flaky {
-    inner: MemoryStore,
-    appends_fail: AtomicBool,
-    syncs_fail: AtomicBool,
-}
-
-impl HistoryStore for Flaky {
-    fn open(&self, room: &Arc<str>) -> Result<StreamState, StoreError> {
-        self.inner.open(room)
-    }
-    fn append(&self, p: &Arc<Publication>) -> Result<(), StoreError> {
-        if self.appends_fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Failed("test: appends fail".into()));
-        }
-        self.inner.append(p)
-    }
-    fn read(
-        &self,
-        room: &Arc<str>,
-        page: Page,
-        max: usize,
-        bytes: usize,
-    ) -> Result<Read, StoreError> {
-        self.inner.read(room, page, max, bytes)
-    }
-    fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.inner.expire(now_ms)
-    }
-    fn forget(&self, room: &str) {
-        self.inner.forget(room)
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        if self.syncs_fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Failed("test: syncs fail".into()));
-        }
-        Ok(())
-    }
-    fn close(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn messages(&self) -> Option<u64> {
-        self.inner.messages()
-    }
-}
-
 #[async_std::test]
 async fn store_failures_show_in_store_errors_broker_up_and_ready() {
     let config = Config::default();
-    let store = Arc::new(Flaky {
-        inner: MemoryStore::new(config.retention()),
-        appends_fail: AtomicBool::new(false),
-        syncs_fail: AtomicBool::new(false),
-    });
+    let store = TestStore::new(config.retention());
     let s = TestServer::serve(Server::with_store(config, store.clone())).await;
     let (mut a, _) = s.join("lobby", "alice").await;
     let m = scrape(s.addr).await;
     assert_eq!(m.get("tidechat_store_errors_total"), 0.0);
 
     // Each refused append is one store error.
-    store.appends_fail.store(true, Ordering::SeqCst);
+    store.fail_appends(true);
     for _ in 0..3 {
         a.say("lobby", "lost").await;
         assert_eq!(a.recv_type("error").await["code"], "unavailable");
     }
-    store.appends_fail.store(false, Ordering::SeqCst);
+    store.fail_appends(false);
     let m = scrape(s.addr).await;
     assert_eq!(m.get("tidechat_store_errors_total"), 3.0);
     assert_eq!(m.get("tidechat_history_messages"), 0.0);
     assert_eq!(m.get("tidechat_broker_up"), 1.0);
 
     // A disk that stops syncing: the broker is down and the node not ready until it syncs.
-    store.syncs_fail.store(true, Ordering::SeqCst);
+    store.fail_syncs(true);
     a.say("lobby", "unsynced").await;
     let deadline = Instant::now() + PATIENCE;
     let m = loop {
@@ -837,7 +778,7 @@ async fn store_failures_show_in_store_errors_broker_up_and_ready() {
     };
     assert_eq!(m.get("tidechat_ready"), 0.0);
     assert!(m.get("tidechat_store_errors_total") >= 4.0);
-    store.syncs_fail.store(false, Ordering::SeqCst);
+    store.fail_syncs(false);
     assert_eq!(a.recv_type("message").await["text"], "unsynced");
     let m = scrape(s.addr).await;
     assert_eq!(

@@ -8,8 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_std::io::{BufReader, ReadExt, WriteExt};
@@ -18,42 +16,13 @@ use async_std::prelude::*;
 use async_tungstenite::tungstenite::Message;
 use common::node::Tidechat;
 use common::redis::RedisServer;
+use common::store::TestStore;
 use common::*;
 use serde_json::Value;
-use tidechat::hub::position::StreamState;
-use tidechat::hub::record::Publication;
-use tidechat::hub::store::memory::MemoryStore;
-use tidechat::hub::store::{HistoryStore, Read, StoreError};
-use tidechat::hub::Page;
 use tidechat::{Config, Server};
 
 // ---------------------------------------------------------------------------------------------
 // HTTP as a probe speaks it.
-
-/// Sends `GET path` with `Host: host` on a keep-alive connection and reads the whole response:
-/// its status and body, or `None` once the server has closed the connection.
-async fn get_on(tcp: &mut BufReader<TcpStream>, host: &str, path: &str) -> Option<(u16, String)> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    tcp.get_mut().write_all(req.as_bytes()).await.ok()?;
-    let mut status = None;
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if tcp.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if status.is_none() {
-            status = line.split(' ').nth(1)?.parse().ok();
-        } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
-        } else if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    tcp.read_exact(&mut body).await.ok()?;
-    Some((status?, String::from_utf8(body).ok()?))
-}
 
 /// A keep-alive HTTP connection to `addr`.
 async fn keep_alive(addr: SocketAddr) -> BufReader<TcpStream> {
@@ -89,61 +58,15 @@ async fn until_status(addr: SocketAddr, path: &str, status: u16) -> String {
 // ---------------------------------------------------------------------------------------------
 // Probes.
 
-/// A durable history store (the memory store inside) whose syncs fail while the test says so.
-#[derive(Debug)]
-struct Flaky {
-    inner: MemoryStore,
-    failing: AtomicBool,
-}
-
-impl HistoryStore for Flaky {
-    fn open(&self, room: &Arc<str>) -> Result<StreamState, StoreError> {
-        self.inner.open(room)
-    }
-    fn append(&self, p: &Arc<Publication>) -> Result<(), StoreError> {
-        self.inner.append(p)
-    }
-    fn read(
-        &self,
-        room: &Arc<str>,
-        page: Page,
-        max: usize,
-        bytes: usize,
-    ) -> Result<Read, StoreError> {
-        self.inner.read(room, page, max, bytes)
-    }
-    fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.inner.expire(now_ms)
-    }
-    fn forget(&self, room: &str) {
-        self.inner.forget(room)
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        if self.failing.load(Ordering::Acquire) {
-            return Err(StoreError::Failed("test: the disk refuses".into()));
-        }
-        Ok(())
-    }
-    fn close(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 #[async_std::test]
 async fn readyz_says_503_while_the_history_store_fails_and_ok_once_it_works_again() {
     let config = Config::default();
-    let store = Arc::new(Flaky {
-        inner: MemoryStore::new(config.retention()),
-        failing: AtomicBool::new(false),
-    });
+    let store = TestStore::new(config.retention());
     let s = TestServer::serve(Server::with_store(config, store.clone())).await;
     assert_eq!(get(s.addr, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(get(s.addr, "/readyz").await, (200, "ok\n".into()));
 
-    store.failing.store(true, Ordering::Release);
+    store.fail_syncs(true);
     let (mut alice, _) = s.join("r", "alice").await;
     // Appended, so the committer syncs: that sync fails.
     alice.say("r", "not acknowledged").await;
@@ -155,7 +78,7 @@ async fn readyz_says_503_while_the_history_store_fails_and_ok_once_it_works_agai
         "alive all the same"
     );
 
-    store.failing.store(false, Ordering::Release);
+    store.fail_syncs(false);
     assert_eq!(until_status(s.addr, "/readyz", 200).await, "ok\n");
     assert_eq!(alice.recv_type("message").await["text"], "not acknowledged");
     s.stop().await;

@@ -283,26 +283,7 @@ async fn header_trickle_is_cut() {
 /// Sends `GET /stats` on a keep-alive connection and reads the whole response; `None` once the
 /// server has closed the connection.
 async fn keep_alive_stats(tcp: &mut BufReader<TcpStream>, host: &str) -> Option<u16> {
-    let req = format!("GET /stats HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    tcp.get_mut().write_all(req.as_bytes()).await.ok()?;
-    let mut status = None;
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if tcp.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if status.is_none() {
-            status = line.split(' ').nth(1)?.parse().ok();
-        } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
-        } else if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    tcp.read_exact(&mut body).await.ok()?;
-    status
+    get_on(tcp, host, "/stats").await.map(|(status, _)| status)
 }
 
 #[async_std::test]

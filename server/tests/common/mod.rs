@@ -18,6 +18,7 @@ use tidechat::{Config, Server};
 pub mod msg;
 pub mod node;
 pub mod redis;
+pub mod store;
 
 /// Generous bound for anything a test waits on; never a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -302,4 +303,34 @@ pub fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
         .iter()
         .find(|(op, p)| *op == 0x8 && p.len() >= 2)
         .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// Sends `GET path` with `Host: host` on a keep-alive connection and reads the whole response:
+/// its status and body, or `None` once the server has closed the connection.
+pub async fn get_on(
+    tcp: &mut async_std::io::BufReader<TcpStream>,
+    host: &str,
+    path: &str,
+) -> Option<(u16, String)> {
+    use async_std::io::{BufReadExt, ReadExt, WriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    tcp.get_mut().write_all(req.as_bytes()).await.ok()?;
+    let mut status = None;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if tcp.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if status.is_none() {
+            status = line.split(' ').nth(1)?.parse().ok();
+        } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        } else if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    tcp.read_exact(&mut body).await.ok()?;
+    Some((status?, String::from_utf8(body).ok()?))
 }
