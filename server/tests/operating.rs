@@ -644,7 +644,10 @@ fn the_readme_table_of_options_is_the_one_clap_renders() {
     let mut in_help: Vec<String> = help
         .stdout
         .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        // Option lines only: clap indents them by 2 to 6 spaces and their wrapped descriptions
+        // by 10 (how a description wraps depends on the terminal's width).
+        .filter(|l| l.len() - l.trim_start().len() <= 6)
+        .filter_map(|l| l.trim_start().split(", ").last()?.strip_prefix("--"))
         .map(|l| format!("--{}", l.split([' ', '=']).next().unwrap()))
         .filter(|o| o != "--help" && o != "--version")
         .collect();
