@@ -595,11 +595,8 @@ impl Deliver for Hub {
         };
         room.tx.try_broadcast(Arc::new(Event {
             offset: 0,
-            wire: Wire::render(&RoomEvent::Presence {
-                room: name.clone(),
-                name: "".into(),
-                joined: false,
-            }),
+            // Never shown: the writer closes on it.
+            wire: Wire::default(),
             ticket: 0,
             origin: 0,
             presence: 0,

@@ -16,7 +16,7 @@ use crate::hub::record::RoomEvent;
 pub use v1::{history_frame, joined_frame, HistoryHead, JoinedHead};
 
 /// A room event as this node's connections send it: rendered once, shared by every receiver.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Wire {
     /// The protocol v1 frame.
     pub v1: Utf8Bytes,

@@ -458,15 +458,27 @@ impl Instance {
         let Some(feed) = lock(&self.feeds).get(room).copied() else {
             return Ok(());
         };
-        if let Some((p, _)) = &next {
-            if p.pos.epoch == feed.epoch && p.pos.offset <= feed.last {
-                return Ok(());
-            }
-            if p.pos.epoch == feed.epoch && p.pos.offset == feed.last + 1 {
+        match next {
+            // Already delivered (a duplicate, or the gap fill had it).
+            Some((p, _)) if p.pos.epoch == feed.epoch && p.pos.offset <= feed.last => Ok(()),
+            Some((p, origin)) if p.pos.epoch == feed.epoch && p.pos.offset == feed.last + 1 => {
                 self.advance(room, feed.epoch, p.pos.offset);
-                return self.deliver_message(next);
+                self.deliver_message(p, origin);
+                Ok(())
             }
+            next => self.fill(link, room, feed, next).await,
         }
+    }
+
+    /// Reads what follows `feed.last` from the stream and delivers it up to `next` (or the
+    /// stream's end), or resets the room when the stream cannot prove nothing is missing.
+    async fn fill(
+        &self,
+        link: &Link,
+        room: &Arc<str>,
+        feed: Feed,
+        next: Option<(Publication, u64)>,
+    ) -> Result<(), Unreachable> {
         // A gap (or a check after a reconnect): read what follows `last` from the stream.
         let mut conn = link.clone();
         let (state, found) = super::read_history(&mut conn, room, Some(feed.last), MAX_FILL)
@@ -503,7 +515,7 @@ impl Instance {
                 Some((n, origin)) if n.pos.offset == p.pos.offset => *origin,
                 _ => 0,
             };
-            self.deliver_message(Some((p, origin)))?;
+            self.deliver_message(p, origin);
         }
         self.advance(room, feed.epoch, last);
         Ok(())
@@ -515,16 +527,13 @@ impl Instance {
         }
     }
 
-    fn deliver_message(&self, m: Option<(Publication, u64)>) -> Result<(), Unreachable> {
-        if let Some((p, origin)) = m {
-            self.deliver(Delivery {
-                event: RoomEvent::Message(Arc::new(p)),
-                ticket: 0,
-                origin,
-                presence: 0,
-            });
-        }
-        Ok(())
+    fn deliver_message(&self, p: Publication, origin: u64) {
+        self.deliver(Delivery {
+            event: RoomEvent::Message(Arc::new(p)),
+            ticket: 0,
+            origin,
+            presence: 0,
+        });
     }
 }
 
