@@ -241,6 +241,16 @@ pub struct Args {
     /// Performance): cross-thread wake-ups cost more than a second core gives.
     #[arg(long, env = "TIDECHAT_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// A publisher writes a room's new events straight to the sockets of members whose writers
+    /// are idle, instead of waking each connection's task (README, Performance). `off` wakes
+    /// every receiver's task, as before 0.13; for comparison.
+    #[arg(long, env = "TIDECHAT_DIRECT_WRITE", value_enum, default_value = "on")]
+    pub direct_write: Switch,
+    /// How long a room's direct writes wait for more events to go with them in one write per
+    /// socket: less CPU per delivery at high rates for that much more latency (README,
+    /// Performance). At most 1s.
+    #[arg(long, env = "TIDECHAT_WRITE_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub write_delay: Duration,
     /// Check the configuration and exit instead of serving: the options, the `TIDECHAT_*`
     /// environment, the static directory and the data directory (it must exist or be creatable,
     /// and be writable; nothing is left in it). Prints every option's effective value and where
@@ -292,6 +302,8 @@ pub enum ConfigError {
     Proxy(String),
     #[error("--handshake-rate-per-ip must be a positive number, got {0}")]
     HandshakeRate(f64),
+    #[error("--write-delay ({0:?}) must be at most 1s")]
+    WriteDelay(Duration),
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleBelowPing { idle: Duration, ping: Duration },
     #[error("--redis {0:?}: {1} (e.g. redis://127.0.0.1:6379/0 or unix:///run/redis.sock)")]
@@ -353,6 +365,9 @@ pub struct Config {
     pub metrics: bool,
     /// `--metrics-bind`: `/metrics` is served there only.
     pub metrics_bind: Option<SocketAddr>,
+    /// `--direct-write on`.
+    pub direct_write: bool,
+    pub write_delay: Duration,
     /// See [`Args::test_work_per_delivery`].
     pub test_work_per_delivery: Duration,
 }
@@ -505,6 +520,9 @@ impl Args {
         if !(self.handshake_rate_per_ip.is_finite() && self.handshake_rate_per_ip > 0.0) {
             return Err(ConfigError::HandshakeRate(self.handshake_rate_per_ip));
         }
+        if self.write_delay > Duration::from_secs(1) {
+            return Err(ConfigError::WriteDelay(self.write_delay));
+        }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBelowPing {
                 idle: self.idle_timeout,
@@ -575,6 +593,8 @@ impl Args {
             shutdown_timeout: self.shutdown_timeout,
             metrics: self.metrics == Switch::On,
             metrics_bind: self.metrics_bind,
+            direct_write: self.direct_write == Switch::On,
+            write_delay: self.write_delay,
             test_work_per_delivery: self.test_work_per_delivery,
         })
     }

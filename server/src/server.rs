@@ -206,6 +206,7 @@ impl State {
                 page_bytes: config.join_history_bytes,
                 name_grace: config.name_grace,
                 timestamps: metrics.is_some(),
+                write_delay: config.write_delay,
             },
             broker,
         );
@@ -250,7 +251,7 @@ impl State {
             limits: &self.limits,
             shutdown: &self.shutdown,
             hello: &self.hello,
-            metrics: self.metrics.as_deref(),
+            metrics: self.metrics.as_ref(),
         }
     }
 

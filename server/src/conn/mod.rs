@@ -6,6 +6,8 @@
 //! rule (the writer then sends the close frame), the writer because the socket failed, fell
 //! behind (4008), went idle (4000) or the server is shutting down (1001).
 
+mod direct;
+mod frame;
 pub mod inbox;
 pub mod race;
 mod read_only;
@@ -16,10 +18,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use futures::future::Either;
-use futures::{AsyncRead, AsyncWrite, StreamExt};
+use futures::{AsyncRead, StreamExt};
 
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
@@ -66,6 +69,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// See [`crate::config::Args::message_timeout`].
     pub message_timeout: Duration,
+    /// See [`crate::config::Args::direct_write`].
+    pub direct_write: bool,
     /// See [`crate::config::Args::test_work_per_delivery`].
     pub test_work_per_delivery: Duration,
 }
@@ -83,6 +88,7 @@ impl From<&Config> for Limits {
             idle_timeout: c.idle_timeout,
             write_timeout: c.write_timeout,
             message_timeout: c.message_timeout,
+            direct_write: c.direct_write,
             test_work_per_delivery: c.test_work_per_delivery,
         }
     }
@@ -97,7 +103,7 @@ pub struct Ctx<'a> {
     pub shutdown: &'a Shutdown,
     pub hello: &'a Utf8Bytes,
     /// `None` with `--metrics off`.
-    pub metrics: Option<&'a Metrics>,
+    pub metrics: Option<&'a Arc<Metrics>>,
 }
 
 /// What the reader (and the hub) ask the writer to do.
@@ -197,15 +203,14 @@ pub struct Peer {
 
 /// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
 /// must not write: see [`ReadOnly`]); every byte to the client goes through `out`.
-pub async fn run<S, W>(
+pub async fn run<S>(
     mut ws: Box<WebSocketStream<ReadOnly<S>>>,
-    out: W,
+    out: TcpStream,
     ctx: Ctx<'_>,
     mode: Mode,
     peer: Peer,
 ) where
     S: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send,
 {
     let conn = peer.conn;
     log::info!(
@@ -216,6 +221,15 @@ pub async fn run<S, W>(
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
     let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
+    let direct = ctx.limits.direct_write.then(|| {
+        Arc::new(direct::Direct::new(
+            out.clone(),
+            mode,
+            conn,
+            ctx.metrics.cloned(),
+            ctx.limits.test_work_per_delivery,
+        ))
+    });
 
     let (ending, closing) = {
         let reader = reader::Reader::new(
@@ -227,6 +241,7 @@ pub async fn run<S, W>(
             started,
             &last_seen,
         )
+        .pushing(direct.clone().map(|d| d as crate::hub::Pusher))
         .run(&mut ws);
         let writer = writer::Writer {
             ctx,
@@ -237,6 +252,10 @@ pub async fn run<S, W>(
             started,
             last_seen: &last_seen,
             ack: 0,
+            direct: direct.as_deref(),
+            parked: false,
+            rest: None,
+            handoff: Default::default(),
         }
         .run(out, &inbox);
         futures::pin_mut!(reader, writer);
@@ -250,6 +269,9 @@ pub async fn run<S, W>(
             Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
         }
     };
+    if let Some(d) = &direct {
+        d.retire();
+    }
     // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
     // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
     // users cannot resume.

@@ -16,7 +16,7 @@ use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out, ReadOnly};
-use crate::hub::{HubError, JoinRequest, Joined, Page};
+use crate::hub::{HubError, JoinRequest, Joined, Page, Pusher};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
 use crate::protocol::seed::ROOM as SEED_ROOM;
 use crate::protocol::{self, close, error_code, ClientFrame, ServerFrame};
@@ -64,6 +64,8 @@ pub(super) struct Reader<'a> {
     mode: Mode,
     conn: u64,
     inbox: &'a Arc<Inbox<Out>>,
+    /// Given to the hub with each join: see [`super::direct`].
+    pusher: Option<Pusher>,
     memberships: &'a mut Vec<Membership>,
     started: Instant,
     last_seen: &'a AtomicU64,
@@ -86,12 +88,21 @@ impl<'a> Reader<'a> {
             mode,
             conn,
             inbox,
+            pusher: None,
             memberships,
             started,
             last_seen,
             bucket: TokenBucket::new(ctx.limits.rate, ctx.limits.burst),
             strikes: 0,
         }
+    }
+}
+
+impl Reader<'_> {
+    /// Joins hand the hub `pusher` (with `--direct-write on`).
+    pub(super) fn pushing(mut self, pusher: Option<Pusher>) -> Self {
+        self.pusher = pusher;
+        self
     }
 }
 
@@ -465,6 +476,7 @@ impl Reader<'_> {
                 token,
                 conn: self.conn,
                 evictor: self.inbox.clone(),
+                pusher: self.pusher.clone(),
                 snapshot: self.mode == Mode::V1,
             })
             .await?;

@@ -12,82 +12,37 @@
 //! waiting. Behind for longer than the timeout, it is a slow consumer (4008), however steadily
 //! the client takes a few bytes. While a write is blocked it still watches the shutdown (1001),
 //! the idle check of the ping tick (4000) and that deadline, but takes no new input.
+//!
+//! With `--direct-write on` the writer does not listen to its rooms while it has nothing to do:
+//! it parks, and publishers write to the socket directly (see [`super::direct`]). It unparks for
+//! its inbox, the ping tick, the shutdown, or when a publisher hands it what it could not send.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{Cursor, IoSlice};
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_broadcast::{Receiver, RecvError, TryRecvError};
-use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
-use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+use async_broadcast::{RecvError, TryRecvError};
+use async_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+use async_tungstenite::tungstenite::Bytes;
 use futures::future::Either;
 use futures::{AsyncWrite, StreamExt};
 
+use super::direct::{Direct, Handoff, Sub, Unparked};
+use super::frame::{account, busy, frame_for, Frame};
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
 use crate::hub::EventRef;
-use crate::metrics::{Metrics, Tally};
+use crate::metrics::Metrics;
 use crate::protocol::{self, close, ServerFrame};
 
 /// Frames the writer sends in one `writev` before it looks at its inputs again (two iovecs a
 /// frame, well under the kernel's limit of 1,024).
 const MAX_BATCH: usize = 256;
-
-/// A frame ready to go: header bytes and the (shared) payload.
-#[derive(Debug)]
-struct Frame {
-    header: [u8; 10],
-    header_len: u8,
-    payload: Bytes,
-    /// When its room event was rendered (for the fan-out histogram).
-    published: Option<Instant>,
-}
-
-impl Frame {
-    fn new(opcode: OpCode, payload: Bytes) -> Self {
-        let mut header = [0u8; 10];
-        let mut cursor = Cursor::new(&mut header[..]);
-        let head = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
-        };
-        // unwrap: an unmasked header is at most 10 bytes, which the cursor holds.
-        head.format(payload.len() as u64, &mut cursor).unwrap();
-        let header_len = cursor.position() as u8;
-        Frame {
-            header,
-            header_len,
-            payload,
-            published: None,
-        }
-    }
-
-    /// Its bytes on the wire.
-    fn wire_len(&self) -> usize {
-        self.header_len as usize + self.payload.len()
-    }
-
-    /// Its close code, if it is a close frame.
-    fn close_code(&self) -> Option<u16> {
-        (self.header[0] & 0x0f == 0x8 && self.payload.len() >= 2)
-            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
-    }
-
-    fn text(text: Utf8Bytes) -> Self {
-        Self::new(OpCode::Data(Data::Text), text.into())
-    }
-
-    fn close(code: u16, reason: &str) -> Self {
-        let mut payload = code.to_be_bytes().to_vec();
-        payload.extend_from_slice(reason.as_bytes());
-        Self::new(OpCode::Control(Control::Close), payload.into())
-    }
-}
 
 pub(super) struct Writer<'a> {
     pub ctx: Ctx<'a>,
@@ -99,22 +54,22 @@ pub(super) struct Writer<'a> {
     /// The newest commit ticket of this connection's own messages in the batch being built: the
     /// batch waits until it is durable (a sender's echo is its acknowledgement).
     pub ack: u64,
-}
-
-/// A room this connection receives.
-pub(super) struct Sub {
-    room: Arc<str>,
-    rx: Receiver<EventRef>,
-    /// The `joined` frame covered messages up to here; live copies of them are dropped.
-    after: u64,
-    /// Its member list covered presence changes up to here (numbered ones; see `Delivery`).
-    presence_after: u64,
+    /// With `--direct-write on`: where the writer parks.
+    pub direct: Option<&'a Direct>,
+    /// Parked: `subs` are with `direct`.
+    pub parked: bool,
+    /// The rest of a direct write the socket cut (its frames and the bytes written): first out.
+    pub rest: Option<(Vec<Frame>, usize)>,
+    /// Inputs a publisher took from the subscriptions and left to the writer, oldest first.
+    pub handoff: VecDeque<Handoff>,
 }
 
 /// One thing the writer reacts to.
 enum Input {
     Ctl(Out),
     Event(usize, Option<Result<EventRef, RecvError>>),
+    /// The rest of a cut direct write: its frames and the bytes already written.
+    Rest(Vec<Frame>, usize),
     Tick,
     Shutdown,
 }
@@ -133,6 +88,7 @@ impl<'a> Writer<'a> {
         inbox: &Inbox<Out>,
     ) -> Ending {
         let ctx = self.ctx;
+        let metrics = ctx.metrics.map(|m| &**m);
         let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
         let mut shutdown = ctx.shutdown.wait();
         // Boxed: only a writer that falls behind needs it, and every connection's future holds
@@ -140,7 +96,10 @@ impl<'a> Writer<'a> {
         let mut behind: Option<Box<Behind>> = None;
         loop {
             let first = futures::future::poll_fn(|cx| {
-                let input = self.poll_input(cx, inbox, &mut ticks, &mut shutdown);
+                let input = match self.direct {
+                    Some(direct) => self.poll_parked(cx, direct, inbox, &mut ticks, &mut shutdown),
+                    None => self.poll_input(cx, inbox, &mut ticks, &mut shutdown),
+                };
                 if input.is_pending() {
                     // Everything written and nothing waiting: caught up.
                     behind = None;
@@ -149,7 +108,15 @@ impl<'a> Writer<'a> {
             })
             .await;
             let mut batch = Vec::new();
-            let mut then = self.apply(first, &mut batch);
+            let mut skip = 0;
+            let mut then = match first {
+                Input::Rest(frames, written) => {
+                    batch = frames;
+                    skip = written;
+                    Then::Continue
+                }
+                first => self.apply(first, &mut batch),
+            };
             // Take what is already queued, without registering wakers (polling with another
             // waker would re-register listeners and the ping timer every time).
             while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
@@ -166,7 +133,7 @@ impl<'a> Writer<'a> {
                 if let Some(m) = ctx.metrics {
                     m.slow_consumer();
                 }
-                return give_up(&mut out, &[], Stop::SlowConsumer, ctx.metrics, (&[], 0));
+                return give_up(&mut out, &[], Stop::SlowConsumer, metrics, (&[], 0, 0));
             }
             if self.ack != 0 {
                 // The sender's own message goes out (with what came before it) once it is on
@@ -176,7 +143,7 @@ impl<'a> Writer<'a> {
                 if let Either::Right(_) =
                     futures::future::select(Box::pin(durable), shutdown.as_mut()).await
                 {
-                    return give_up(&mut out, &[], Stop::Shutdown, ctx.metrics, (&[], 0));
+                    return give_up(&mut out, &[], Stop::Shutdown, metrics, (&[], 0, 0));
                 }
             }
             let work = ctx.limits.test_work_per_delivery;
@@ -190,9 +157,9 @@ impl<'a> Writer<'a> {
                 ticks: &mut ticks,
                 shutdown: &mut shutdown,
                 idle: || self.idle(),
-                metrics: ctx.metrics,
+                metrics,
             };
-            if let Err(ending) = write.all(&batch).await {
+            if let Err(ending) = write.all(&batch, skip).await {
                 return ending;
             }
             if let Then::End(ending) = then {
@@ -225,10 +192,78 @@ impl<'a> Writer<'a> {
         Poll::Pending
     }
 
+    /// [`Self::poll_input`] with `--direct-write on`: the subscriptions are read without
+    /// listening, and with nothing to do the writer parks them with `direct` instead.
+    fn poll_parked(
+        &mut self,
+        cx: &mut Context<'_>,
+        direct: &Direct,
+        inbox: &Inbox<Out>,
+        ticks: &mut async_io::Timer,
+        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Poll<Input> {
+        if self.parked {
+            // Polled only when woken (see `race`): for an unpark or one of the inputs below.
+            self.parked = false;
+            if let Poll::Ready(back) = direct.poll_unpark(cx, true) {
+                self.take_back(back);
+            }
+        }
+        let commits = self.ctx.hub.broker().commits();
+        loop {
+            // A cut frame is finished before anything else can go out.
+            if let Some((frames, written)) = self.rest.take() {
+                return Poll::Ready(Input::Rest(frames, written));
+            }
+            if let Some((i, ev)) = self.handoff.pop_front() {
+                return Poll::Ready(Input::Event(i, ev));
+            }
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Input::Shutdown);
+            }
+            if let Poll::Ready(out) = inbox.poll_next(cx) {
+                return Poll::Ready(Input::Ctl(out));
+            }
+            if let Some(input) = self.try_event() {
+                return Poll::Ready(input);
+            }
+            if ticks.poll_next_unpin(cx).is_ready() {
+                return Poll::Ready(Input::Tick);
+            }
+            match direct.park(std::mem::take(&mut self.subs), commits, cx) {
+                Ok(()) => {
+                    self.parked = true;
+                    return Poll::Pending;
+                }
+                Err(back) => self.take_back(back),
+            }
+        }
+    }
+
+    fn take_back(&mut self, back: Unparked) {
+        debug_assert!(self.subs.is_empty() && self.rest.is_none());
+        self.subs = back.subs;
+        self.rest = back.rest;
+        self.handoff.extend(back.handoff);
+    }
+
     /// The next queued input, if any, without waiting.
     fn try_input(&mut self, inbox: &Inbox<Out>) -> Option<Input> {
+        // A handed-off event first: it names its subscription by index, which an unsubscribe
+        // from the inbox would shift.
+        if let Some((i, ev)) = self.handoff.pop_front() {
+            return Some(Input::Event(i, ev));
+        }
         if let Some(out) = inbox.try_next() {
             return Some(Input::Ctl(out));
+        }
+        self.try_event()
+    }
+
+    /// The next room event (or the end of a room), if any, without waiting.
+    fn try_event(&mut self) -> Option<Input> {
+        if let Some((i, ev)) = self.handoff.pop_front() {
+            return Some(Input::Event(i, ev));
         }
         for (i, sub) in self.subs.iter_mut().enumerate() {
             match sub.rx.try_recv() {
@@ -295,13 +330,13 @@ impl<'a> Writer<'a> {
             Input::Ctl(Out::Unsubscribe { room, reason }) => self.unsubscribe(batch, room, reason),
             Input::Ctl(Out::Close(code, reason)) => {
                 // What was already published (e.g. the client's own last message) goes first.
-                for i in 0..self.subs.len() {
-                    while let Ok(ev) = self.subs[i].rx.try_recv() {
-                        self.event(i, &ev, batch);
-                    }
+                while let Some(Input::Event(i, Some(Ok(ev)))) = self.try_event() {
+                    self.event(i, &ev, batch);
                 }
                 return close(batch, code, reason);
             }
+            // Only ever the first input of a batch (see `run`).
+            Input::Rest(..) => unreachable!("a cut direct write is the first input of a batch"),
             // The reader ended on a dead socket: nothing more to say.
             Input::Ctl(Out::Finish) => return Then::End(Ending::Gone("reader ended".into())),
             Input::Tick => {
@@ -321,10 +356,7 @@ impl<'a> Writer<'a> {
             // Only while closing anyway (see `apply`): nothing to show.
             return;
         }
-        if ev.offset != 0 && ev.offset <= self.subs[i].after {
-            return;
-        }
-        if ev.presence != 0 && ev.presence <= self.subs[i].presence_after {
+        if !self.subs[i].wants(ev) {
             return;
         }
         if ev.origin == self.conn {
@@ -357,37 +389,6 @@ fn close(batch: &mut Vec<Frame>, code: u16, reason: &'static str) -> Then {
     Then::End(Ending::Closed(code, reason))
 }
 
-/// The frame a room event becomes on this connection (seed clients see only messages).
-fn frame_for(mode: Mode, ev: &EventRef) -> Option<Frame> {
-    let mut frame = match mode {
-        Mode::V1 => Frame::text(ev.wire.v1.clone()),
-        Mode::Seed => Frame::text(ev.wire.seed.clone()?),
-    };
-    frame.published = ev.published;
-    Some(frame)
-}
-
-/// Adds to the metrics what reached the socket: the first `written` bytes of `frames` (in
-/// order), whole frames counted as such. Once per batch (or per given-up write).
-fn account<'f>(m: Option<&Metrics>, frames: impl IntoIterator<Item = &'f Frame>, written: usize) {
-    let Some(m) = m else { return };
-    let mut t = Tally::new(Instant::now());
-    t.bytes(written);
-    let mut left = written;
-    for f in frames {
-        let len = f.wire_len();
-        if len > left {
-            break;
-        }
-        left -= len;
-        match f.close_code() {
-            Some(code) => t.close(code),
-            None => t.frame(f.published),
-        }
-    }
-    m.record(&t);
-}
-
 /// How many of `frames` the socket has taken bytes of, when it took `written` bytes of them.
 fn touched(frames: &[Frame], written: usize) -> usize {
     let mut end = 0;
@@ -398,15 +399,6 @@ fn touched(frames: &[Frame], written: usize) -> usize {
         end += f.wire_len();
     }
     frames.len()
-}
-
-/// Spins for `d` (`--test-work-per-delivery`: a measurably costlier server for the benchmark
-/// gate's own tests).
-fn busy(d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        std::hint::spin_loop();
-    }
 }
 
 /// Since when the writer is behind, and the timer that wakes it when that has lasted too long.
@@ -448,7 +440,7 @@ struct Write<'w, 's, W, I> {
 
 impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
     /// Writes every frame with as few `writev` calls as the socket allows.
-    async fn all(self, frames: &[Frame]) -> Result<(), Ending> {
+    async fn all(self, frames: &[Frame], skip: usize) -> Result<(), Ending> {
         let Write {
             out,
             behind,
@@ -467,7 +459,9 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         }
         let total = slices.len();
         let mut bufs = &mut slices[..];
-        let mut written = 0;
+        // A cut direct write: its first `skip` bytes are on the wire already.
+        IoSlice::advance_slices(&mut bufs, skip);
+        let mut written = skip;
         let stop = futures::future::poll_fn(|cx| {
             while !bufs.is_empty() {
                 match Pin::new(&mut *out).poll_write_vectored(cx, bufs) {
@@ -513,7 +507,7 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         let stop = match stop.await {
             Ok(Some(stop)) => stop,
             done => {
-                account(metrics, frames, written);
+                account(metrics, frames, skip, written);
                 return done.map(|_| ());
             }
         };
@@ -523,13 +517,13 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
         // The frame the socket stopped in must be finished before a close frame can follow.
         let done = total - bufs.len();
         let (rest, was_close) = frame_rest(frames, done, bufs);
-        let sent = (&frames[..touched(frames, written)], written);
+        let sent = (&frames[..touched(frames, written)], skip, written);
         if was_close {
             // Cut in our own close frame: finish it if the socket takes it, send no second one.
             let (code, reason) = stop.close();
             let want: usize = rest.iter().map(|s| s.len()).sum();
             let more = try_write(out, rest);
-            account(metrics, sent.0, sent.1 + more);
+            account(metrics, sent.0, sent.1, sent.2 + more);
             return Err(match more == want {
                 true => Ending::Closed(code, reason),
                 false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
@@ -588,13 +582,14 @@ fn try_write<W: AsyncWrite + Unpin>(out: &mut W, mut slices: Vec<IoSlice<'_>>) -
 /// The unwritten rest of the batch is dropped either way (a client that resumes with `since`
 /// gets those messages from history); what the kernel already holds still goes out before the
 /// FIN, so a client cut mid-frame sees the stream end without a close frame (1006).
-/// `sent` is what the socket already took bytes of (frames, bytes), for the metrics.
+/// `sent` is what the socket already took bytes of (frames, and the bytes of them this writer
+/// wrote: from, to), for the metrics.
 fn give_up<W: AsyncWrite + Unpin>(
     out: &mut W,
     rest: &[IoSlice<'_>],
     stop: Stop,
     metrics: Option<&Metrics>,
-    sent: (&[Frame], usize),
+    sent: (&[Frame], usize, usize),
 ) -> Ending {
     let (code, reason) = stop.close();
     let frame = Frame::close(code, reason);
@@ -603,39 +598,17 @@ fn give_up<W: AsyncWrite + Unpin>(
     slices.push(IoSlice::new(&frame.payload));
     let want: usize = slices.iter().map(|s| s.len()).sum();
     let written = try_write(out, slices);
-    account(metrics, sent.0.iter().chain([&frame]), sent.1 + written);
+    account(
+        metrics,
+        sent.0.iter().chain([&frame]),
+        sent.1,
+        sent.2 + written,
+    );
     if written == want {
         Ending::Closed(code, reason)
     } else {
         Ending::Gone(format!(
             "{reason}: socket blocked, dropped without a close frame"
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use async_tungstenite::tungstenite::protocol::frame::Frame as TFrame;
-
-    /// Our frames are byte for byte what tungstenite writes for a server, at every length form.
-    #[test]
-    fn frames_match_tungstenite() {
-        for len in [0usize, 1, 125, 126, 65_535, 65_536, 100_000] {
-            let text = "a".repeat(len);
-            let ours = Frame::text(text.clone().into());
-            let mut bytes = ours.header[..ours.header_len as usize].to_vec();
-            bytes.extend_from_slice(&ours.payload);
-            let mut theirs = Vec::new();
-            TFrame::message(text, OpCode::Data(Data::Text), true)
-                .format(&mut theirs)
-                .unwrap();
-            assert_eq!(bytes, theirs, "length {len}");
-        }
-        let ours = Frame::close(4008, "slow consumer");
-        let mut bytes = ours.header[..ours.header_len as usize].to_vec();
-        bytes.extend_from_slice(&ours.payload);
-        assert_eq!(bytes[..4], [0x88, 15, 0x0f, 0xa8]);
-        assert_eq!(&bytes[4..], b"slow consumer");
     }
 }

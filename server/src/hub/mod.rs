@@ -21,7 +21,7 @@ pub mod redis;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,16 @@ pub trait Evict: Send + Sync + std::fmt::Debug {
 /// What a connection gives the hub with each join.
 pub type Evictor = Arc<dyn Evict>;
 
+/// How the hub hands a room's new events to a member right after queueing them: a connection
+/// whose writer is idle writes them to its socket there and then (`conn::direct`), so a
+/// delivery does not wait for (or cost) a wake-up of the connection's task.
+pub trait Push: Send + Sync + std::fmt::Debug {
+    fn push(&self, room: &str, commits: &store::Commits);
+}
+
+/// A member's [`Push`], if it takes direct writes.
+pub type Pusher = Arc<dyn Push>;
+
 /// Sizes the hub works within (from [`crate::Config`]).
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -58,6 +68,8 @@ pub struct HubConfig {
     pub name_grace: Duration,
     /// Stamp each event with the time it is rendered (for the fan-out histogram).
     pub timestamps: bool,
+    /// How long a room's direct writes wait for more events to send with them (0: none).
+    pub write_delay: Duration,
 }
 
 /// A `join` request, already checked for syntax.
@@ -71,6 +83,7 @@ pub struct JoinRequest<'a> {
     /// Id of the joining connection.
     pub conn: u64,
     pub evictor: Evictor,
+    pub pusher: Option<Pusher>,
     /// Whether the joiner wants members and history (a seed connection shows neither).
     pub snapshot: bool,
 }
@@ -204,6 +217,8 @@ struct Room {
     /// Changed only under the room map's lock (so pin, idle and evict agree).
     slot: Mutex<Slot>,
     members: Mutex<HashMap<Arc<str>, Member>>,
+    /// A [`Room::push`] is scheduled and has not started.
+    push_scheduled: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -218,12 +233,46 @@ struct Slot {
 struct Member {
     conn: u64,
     evictor: Evictor,
+    pusher: Option<Pusher>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a hub lock leaves consistent data (every update is a single step
     // after its checks), so poisoning is not a reason to take the server down.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Room {
+    /// Has [`Room::push`] run soon (after `delay`, `--write-delay`), once for however many
+    /// events come before it runs: like uWebSockets' drain at the end of its loop iteration,
+    /// the events published meanwhile (by other senders, or while the last pass was writing) go
+    /// to each socket in one write.
+    fn schedule_push(self: &Arc<Self>, broker: &Arc<dyn Broker>, delay: Duration) {
+        if self.push_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (room, broker) = (self.clone(), broker.clone());
+        async_std::task::spawn(async move {
+            if !delay.is_zero() {
+                async_io::Timer::after(delay).await;
+            }
+            // Cleared before the pass: an event queued during it schedules the next one.
+            room.push_scheduled.store(false, Ordering::Release);
+            room.push(broker.commits());
+        });
+    }
+
+    /// Hands the room's newest events to the members that take direct writes. The member list
+    /// is copied out first: writing to sockets under the members lock would hold up joins.
+    fn push(&self, commits: &store::Commits) {
+        let pushers: Vec<Pusher> = lock(&self.members)
+            .values()
+            .filter_map(|m| m.pusher.clone())
+            .collect();
+        for p in &pushers {
+            p.push(&self.name, commits);
+        }
+    }
 }
 
 impl Rooms {
@@ -307,6 +356,7 @@ impl Hub {
                 Member {
                     conn: req.conn,
                     evictor: req.evictor.clone(),
+                    pusher: req.pusher.clone(),
                 },
             );
             room.tx.new_receiver()
@@ -437,6 +487,7 @@ impl Hub {
             _keep_open: keep_open,
             slot: Mutex::default(),
             members: Mutex::default(),
+            push_scheduled: AtomicBool::new(false),
         }
     }
 
@@ -587,6 +638,7 @@ impl Deliver for Hub {
             published: self.config.timestamps.then(Instant::now),
         });
         room.tx.try_broadcast(event);
+        room.schedule_push(&self.broker, self.config.write_delay);
     }
 
     fn reset(&self, name: &Arc<str>) {
@@ -603,6 +655,7 @@ impl Deliver for Hub {
             reset: true,
             published: None,
         }));
+        room.schedule_push(&self.broker, self.config.write_delay);
     }
 
     fn replaced(&self, name: &Arc<str>, member: &str, conn: u64) {

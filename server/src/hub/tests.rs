@@ -41,6 +41,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             page_bytes: 1 << 20,
             name_grace: GRACE,
             timestamps: false,
+            write_delay: Duration::ZERO,
         },
         Arc::new(MemoryBroker::new(store, 100)),
     )
@@ -68,6 +69,7 @@ fn join_with(
         token,
         conn,
         evictor: evictions.clone(),
+        pusher: None,
         snapshot: true,
     }))?;
     Ok((joined, evictions))
