@@ -41,6 +41,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             page_bytes: 1 << 20,
             name_grace: GRACE,
             timestamps: false,
+            presence_window: Duration::ZERO,
         },
         Arc::new(MemoryBroker::new(store, 100)),
     )

@@ -365,6 +365,7 @@ fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
             page_bytes: 1 << 20,
             name_grace: Duration::from_secs(1),
             timestamps: false,
+            presence_window: Duration::ZERO,
         },
         broker(&redis),
     );
