@@ -374,20 +374,37 @@ client.addEventListener("message", (e) => {
   if (countsAsUnread && !m.fromHistory) announce(m);
 });
 
+/** "ann joined", "ann and bob joined", "ann, bob and 3 others joined; cy left". */
+function presenceNotice(came, went) {
+  const list = (names) => {
+    if (names.length <= 2) return names.join(" and ");
+    if (names.length === 3) return `${names[0]}, ${names[1]} and ${names[2]}`;
+    return `${names[0]}, ${names[1]} and ${names.length - 2} others`;
+  };
+  const parts = [];
+  if (came.length) parts.push(`${list(came)} joined`);
+  if (went.length) parts.push(`${list(went)} left`);
+  return parts.join("; ");
+}
+
 client.addEventListener("presence", (e) => {
   const p = e.detail;
   const r = rooms.get(p.room);
   if (!r) return;
   const stick = p.room === active && atBottom();
-  if (p.event === "joined") {
-    r.members.add(p.name);
-    r.memberCount = Math.max(r.memberCount + 1, r.members.size);
-  } else {
-    r.members.delete(p.name);
-    r.memberCount = Math.max(r.memberCount - 1, r.members.size);
+  // Set semantics: a batch may repeat what the member list already shows, and only real
+  // changes are announced.
+  const came = p.joined.filter((name) => !r.members.has(name));
+  const went = p.left.filter((name) => r.members.has(name));
+  for (const name of came) r.members.add(name);
+  for (const name of went) r.members.delete(name);
+  r.memberCount =
+    p.memberCount ?? Math.max(r.memberCount + came.length - went.length, r.members.size);
+  const notice = presenceNotice(came, went);
+  if (notice) {
+    const li = r.stream.addNotice(notice);
+    afterAppend(p.room, li, { countsAsUnread: false, stick });
   }
-  const li = r.stream.addNotice(`${p.name} ${p.event === "joined" ? "joined" : "left"}`);
-  afterAppend(p.room, li, { countsAsUnread: false, stick });
   if (p.room === active) renderMembers();
 });
 

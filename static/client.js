@@ -213,7 +213,18 @@ export class ChatClient extends EventTarget {
       case "message":
         return this.onMessage(frame, false);
       case "presence":
-        return this.emit("presence", frame);
+        return this.onPresence({
+          room: frame.room,
+          joined: frame.event === "joined" ? [frame.name] : [],
+          left: frame.event === "joined" ? [] : [frame.name],
+        });
+      case "presence_batch":
+        return this.onPresence({
+          room: frame.room,
+          joined: frame.joined ?? [],
+          left: frame.left ?? [],
+          memberCount: frame.member_count,
+        });
       case "left":
         return this.onLeft(frame);
       case "error":
@@ -221,6 +232,15 @@ export class ChatClient extends EventTarget {
       default:
         return undefined; // pong and future frame types
     }
+  }
+
+  /**
+   * One presence change or a batch of them, as one event: `joined` and `left` are names (each
+   * at most once), `memberCount` the room's exact count when the server sent it. Apply it as a
+   * set: a batch may repeat changes the `joined` member list already showed.
+   */
+  onPresence(p) {
+    this.emit("presence", p);
   }
 
   onHello(frame) {

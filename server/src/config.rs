@@ -186,6 +186,11 @@ pub struct Args {
     /// members in `joined`, so very large rooms do not cost O(members²).
     #[arg(long, env = "TIDECHAT_PRESENCE_CAP", default_value_t = 1_000)]
     pub presence_cap: usize,
+    /// Presence changes of a room within this long go out as one frame (a join storm sends
+    /// one per member per window, not one per join); the first change after a quiet window
+    /// goes at once. 0s sends every change at once.
+    #[arg(long, env = "TIDECHAT_PRESENCE_WINDOW", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub presence_window: Duration,
     /// Sustained frames per second a connection may send, control frames included (token
     /// bucket; a refused `say` gets `rate_limited`).
     #[arg(long, env = "TIDECHAT_RATE", default_value_t = 20.0)]
@@ -352,6 +357,7 @@ pub struct Config {
     pub room_buffer: usize,
     pub room_buffer_bytes: usize,
     pub presence_cap: usize,
+    pub presence_window: Duration,
     pub rate: f64,
     pub burst: u32,
     pub rate_strikes: u32,
@@ -582,6 +588,7 @@ impl Args {
             room_buffer: self.room_buffer,
             room_buffer_bytes: self.room_buffer_bytes,
             presence_cap: self.presence_cap,
+            presence_window: self.presence_window,
             rate: self.rate,
             burst: self.burst,
             rate_strikes: self.rate_strikes,

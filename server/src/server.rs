@@ -207,6 +207,7 @@ impl State {
                 name_grace: config.name_grace,
                 timestamps: metrics.is_some(),
                 write_delay: config.write_delay,
+                presence_window: config.presence_window,
             },
             broker,
         );
@@ -402,14 +403,26 @@ pub async fn serve(
                 }
             }
         };
+        let presence = async {
+            let window = state.hub.presence_window();
+            if window.is_zero() {
+                return futures::future::pending().await;
+            }
+            let mut ticks = async_io::Timer::interval(window);
+            loop {
+                futures::StreamExt::next(&mut ticks).await;
+                state.hub.flush_presence(Instant::now());
+            }
+        };
         let metrics = async {
             match &metrics_listener {
                 Some(l) => serve_metrics(l, crate::metrics_app(state.clone()), &state).await,
                 None => futures::future::pending().await,
             }
         };
-        futures::pin_mut!(accept, housekeeping, metrics, shutdown);
+        futures::pin_mut!(accept, housekeeping, presence, metrics, shutdown);
         let work = futures::future::select(accept, housekeeping);
+        let work = futures::future::select(work, presence);
         futures::future::select(futures::future::select(work, metrics), shutdown).await;
     }
     drop(listener);

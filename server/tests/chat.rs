@@ -18,10 +18,8 @@ async fn say_reaches_everyone_in_order() {
     let mut members: Vec<String> = serde_json::from_value(joined_c["members"].clone()).unwrap();
     members.sort();
     assert_eq!(members, ["alice", "bob", "carol"]);
-    assert_eq!(
-        a.recv().await,
-        json!({"type": "presence", "room": "lobby", "name": "bob", "event": "joined"})
-    );
+    // bob and carol joined within one presence window: one frame or two.
+    assert!(common::presence::next_change_of(&mut a, "bob").await);
     // Two senders interleave; everyone sees one order, ids 1..=10 without gaps.
     for i in 0..5 {
         a.say("lobby", &format!("a{i}")).await;
@@ -113,7 +111,7 @@ async fn one_connection_in_several_rooms() {
         a.recv_type("left").await,
         json!({"type": "left", "room": "two", "reason": "left"})
     );
-    assert_eq!(b.recv_type("presence").await["event"], "left");
+    assert!(!common::presence::next_change_of(&mut b, "alice").await);
     b.say("two", "after leave").await;
     b.recv_type("message").await;
     a.say("two", "not a member").await;

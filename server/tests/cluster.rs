@@ -792,14 +792,17 @@ async fn node_killed_on(kind: Kind) {
             while left.len() < gone.len() {
                 let v = w.next().await;
                 let took = killed.elapsed();
-                assert_eq!(v["type"], "presence", "{watcher}: {v}");
-                assert_eq!(v["event"], "left", "{watcher}: {v}");
-                let name = str_of(&v, "name").to_owned();
-                assert!(gone.contains(&name.as_str()), "{watcher}: {v}");
-                assert!(!left.contains(&name), "{watcher}: {name} left twice");
-                eprintln!("{watcher}: {name} left {took:?} after the SIGKILL of node A");
-                assert!(took < bound, "{watcher}: {name} left after {took:?}");
-                left.push(name);
+                // One sweep removes them together: one `presence_batch`, or single frames.
+                let changes = common::presence::changes(&v);
+                let changes = changes.unwrap_or_else(|| panic!("{watcher}: {v}"));
+                for (name, joined) in changes {
+                    assert!(!joined, "{watcher}: {v}");
+                    assert!(gone.contains(&name.as_str()), "{watcher}: {v}");
+                    assert!(!left.contains(&name), "{watcher}: {name} left twice");
+                    eprintln!("{watcher}: {name} left {took:?} after the SIGKILL of node A");
+                    assert!(took < bound, "{watcher}: {name} left after {took:?}");
+                    left.push(name);
+                }
             }
             w
         })
@@ -1200,4 +1203,55 @@ fn the_redis_fixture_keeps_data_only_when_told() {
         );
         assert!(aof.url().starts_with("unix:///"), "{}", aof.url());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence batches over Redis (issue 13).
+
+/// An in-process node over `redis` whose presence window never ends by itself: the test
+/// flushes it (`Hub::flush_presence`), so it decides which changes share a batch.
+async fn held_node(redis: &RedisServer) -> TestServer {
+    let config = tidechat::Config {
+        redis: vec![redis.url()],
+        presence_window: Duration::from_secs(3600),
+        presence_ttl: TTL,
+        ..tidechat::Config::default()
+    };
+    TestServer::serve(tidechat::Server::open(config).await.expect("node")).await
+}
+
+async fn batch_straddles_a_joiners_list_on(kind: Kind) {
+    let redis = RedisServer::of(kind, &[]);
+    let a = held_node(&redis).await;
+    let b = held_node(&redis).await;
+    let (mut w, _) = joined_at(b.addr, "s", "w", None).await;
+    let (mut carol, _) = joined_at(a.addr, "s", "carol", None).await;
+    // dave's list is read between carol's join and her leave, which B holds in one batch.
+    let (mut dave, j) = joined_at(b.addr, "s", "dave", None).await;
+    assert_eq!(members(&j), ["carol", "dave", "w"], "{j}");
+    let mut dave_view = presence::Members::of(&j);
+    carol.send(json!({"type": "leave", "room": "s"})).await;
+    carol.recv_type("left").await;
+    // The feed is in order: once dave has his message back, B has every change before it.
+    let held = frames_until_echo(&mut dave, "s", "m").await;
+    assert!(held.is_empty(), "{held:?}");
+    b.state.hub.flush_presence(Instant::now());
+    let batch = json!({"type": "presence_batch", "room": "s", "joined": ["dave"],
+                       "left": ["carol"], "member_count": 2});
+    for v in frames_until_echo(&mut dave, "s", "end").await {
+        assert_eq!(v, batch);
+        dave_view.apply(&v);
+    }
+    assert_eq!(dave_view.sorted(), ["dave", "w"], "dave keeps carol");
+    assert_eq!(dave_view.count, 2);
+    let frames: Vec<Value> = frames_until_echo(&mut w, "s", "end w").await;
+    assert_eq!(frames, [batch]);
+    drop((w, carol, dave));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[async_std::test]
+async fn a_presence_batch_that_straddles_a_joiners_list_leaves_the_exact_set() {
+    each_kind(batch_straddles_a_joiners_list_on).await;
 }

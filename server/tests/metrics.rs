@@ -476,6 +476,9 @@ fn session_config() -> Config {
         // No server pings (and so no client pongs) during the test.
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
+        // Every presence change goes out as it happens: a batch flushed after a client's tap
+        // was read would be counted by the server only.
+        presence_window: Duration::ZERO,
         ..Config::default()
     }
 }

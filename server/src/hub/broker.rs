@@ -40,9 +40,10 @@ pub struct Delivery {
     pub ticket: u64,
     /// The connection that caused it (0 for none).
     pub origin: u64,
-    /// A presence change's place in the room's presence sequence (0: unnumbered, which the
-    /// memory broker's are: they happen before the joiner's receiver exists). A joiner skips
-    /// changes at or below the [`Names::version`] its member list was read at.
+    /// A presence change's place in the room's presence sequence (0: unnumbered). A joiner
+    /// skips changes at or below the [`Names::version`] its member list was read at (the hub
+    /// holds changes back for a presence window, so a joiner's receiver may get changes from
+    /// before its list).
     pub presence: u64,
 }
 
@@ -206,6 +207,9 @@ struct Presence {
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Holder>>,
     /// Graces by deadline: (until, room, name) -> the connection whose grace it is.
     graces: BTreeMap<(Instant, Arc<str>, Arc<str>), u64>,
+    /// The number of the last presence change announced, in any room (one sequence for all
+    /// rooms, so a room that empties and fills again never reuses a number).
+    number: u64,
 }
 
 #[derive(Debug)]
@@ -261,17 +265,29 @@ impl MemoryBroker {
             .clone())
     }
 
-    fn presence_event(&self, room: &Arc<str>, name: &Arc<str>, joined: bool, count: usize) {
-        if count < self.presence_cap {
+    /// Announces a change, under the presence lock (`number`, its sequence, is in the
+    /// guarded state): the hub gets a room's changes in the order of their numbers. `before`
+    /// is the room's member count without the name.
+    fn presence_event(
+        &self,
+        number: &mut u64,
+        room: &Arc<str>,
+        name: &Arc<str>,
+        joined: bool,
+        before: usize,
+    ) {
+        if before < self.presence_cap {
+            *number += 1;
             self.deliver(Delivery {
                 event: RoomEvent::Presence {
                     room: room.clone(),
                     name: name.clone(),
                     joined,
+                    count: Some(before + usize::from(joined)),
                 },
                 ticket: 0,
                 origin: 0,
-                presence: 0,
+                presence: *number,
             });
         }
     }
@@ -358,7 +374,11 @@ impl Broker for MemoryBroker {
         token: Option<&str>,
     ) -> Result<Claim, BrokerError> {
         let mut guard = lock(&self.presence);
-        let Presence { rooms, graces } = &mut *guard;
+        let Presence {
+            rooms,
+            graces,
+            number,
+        } = &mut *guard;
         let names = rooms.entry(room.clone()).or_default();
         let fresh = super::new_token();
         match names.get_mut(name) {
@@ -390,8 +410,7 @@ impl Broker for MemoryBroker {
                     },
                 );
                 let count = names.len() - 1;
-                drop(guard);
-                self.presence_event(room, name, true, count);
+                self.presence_event(number, room, name, true, count);
                 Ok(Claim {
                     token: fresh,
                     replaced: None,
@@ -418,13 +437,12 @@ impl Broker for MemoryBroker {
         if let Some(until) = h.detached {
             guard.graces.remove(&(until, room.clone(), name.clone()));
         }
-        drop(guard);
-        self.presence_event(room, &name, false, count);
+        self.presence_event(&mut guard.number, room, &name, false, count);
     }
 
     async fn presence_detach(&self, room: &Arc<str>, name: &str, conn: u64, until: Instant) {
         let mut guard = lock(&self.presence);
-        let Presence { rooms, graces } = &mut *guard;
+        let Presence { rooms, graces, .. } = &mut *guard;
         let Some(names) = rooms.get_mut(room) else {
             return;
         };
@@ -442,12 +460,15 @@ impl Broker for MemoryBroker {
     async fn presence_list(&self, room: &str, max: usize) -> Names {
         let guard = lock(&self.presence);
         let Some(names) = guard.rooms.get(room) else {
-            return Names::default();
+            return Names {
+                version: guard.number,
+                ..Names::default()
+            };
         };
         Names {
             names: names.keys().take(max).cloned().collect(),
             count: names.len(),
-            version: 0,
+            version: guard.number,
         }
     }
 
@@ -486,8 +507,7 @@ impl Broker for MemoryBroker {
             if count == 0 {
                 guard.rooms.remove(&room);
             }
-            drop(guard);
-            self.presence_event(&room, &name, false, count);
+            self.presence_event(&mut guard.number, &room, &name, false, count);
         }
     }
 

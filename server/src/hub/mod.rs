@@ -16,6 +16,7 @@
 pub mod broker;
 pub mod channel;
 pub mod position;
+pub mod presence_batch;
 pub mod record;
 pub mod redis;
 pub mod store;
@@ -70,6 +71,9 @@ pub struct HubConfig {
     pub timestamps: bool,
     /// How long a room's direct writes wait for more events to send with them (0: none).
     pub write_delay: Duration,
+    /// Presence changes of a room within this long go out together (0: each at once); see
+    /// [`presence_batch`]. Whoever runs the hub calls [`Hub::flush_presence`] this often.
+    pub presence_window: Duration,
 }
 
 /// A `join` request, already checked for syntax.
@@ -198,6 +202,7 @@ pub struct Hub {
     broker: Arc<dyn Broker>,
     rooms: Mutex<Rooms>,
     published: AtomicU64,
+    presence: presence_batch::PresenceBatches,
 }
 
 #[derive(Debug, Default)]
@@ -304,6 +309,7 @@ impl Hub {
     /// A hub over `broker`, which delivers to it from now on.
     pub fn new(config: HubConfig, broker: Arc<dyn Broker>) -> Arc<Self> {
         let hub = Arc::new(Self {
+            presence: presence_batch::PresenceBatches::new(config.presence_window),
             config,
             broker,
             rooms: Mutex::default(),
@@ -603,6 +609,35 @@ impl Hub {
         self.broker.expire(now).await;
     }
 
+    /// Sends the presence changes held back since the last flush, one event per room.
+    pub fn flush_presence(&self, now: Instant) {
+        let mut batches = self.presence.lock();
+        for (room, batch) in batches.take(now) {
+            self.send_presence(&room, batch);
+        }
+    }
+
+    /// How often [`Self::flush_presence`] is to run (zero: never needed).
+    pub fn presence_window(&self) -> Duration {
+        self.presence.window()
+    }
+
+    fn send_presence(&self, name: &Arc<str>, batch: presence_batch::Batch) {
+        let Some(room) = lock(&self.rooms).map.get(name).cloned() else {
+            return;
+        };
+        room.tx.try_broadcast(Arc::new(Event {
+            offset: 0,
+            wire: batch.render(name),
+            ticket: 0,
+            origin: 0,
+            presence: batch.number,
+            reset: false,
+            published: self.config.timestamps.then(Instant::now),
+        }));
+        room.schedule_push(&self.broker, self.config.write_delay);
+    }
+
     /// Counts rooms, members and receivers.
     pub fn stats(&self) -> HubStats {
         let rooms: Vec<Arc<Room>> = lock(&self.rooms).map.values().cloned().collect();
@@ -621,6 +656,23 @@ impl Hub {
 
 impl Deliver for Hub {
     fn deliver(&self, d: Delivery) {
+        if let RoomEvent::Presence {
+            room,
+            name,
+            joined,
+            count,
+        } = &d.event
+        {
+            // Held for the room's presence batch; broadcast under its lock to keep the order.
+            let mut batches = self.presence.lock();
+            let now = Instant::now();
+            if let presence_batch::Added::Now(b) =
+                batches.add(room, name, *joined, d.presence, *count, now)
+            {
+                self.send_presence(room, b);
+            }
+            return;
+        }
         let (name, offset) = match &d.event {
             RoomEvent::Message(p) => (&p.room, p.pos.offset),
             RoomEvent::Presence { room, .. } => (room, 0),

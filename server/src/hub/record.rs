@@ -36,6 +36,8 @@ pub enum RoomEvent {
         room: Arc<str>,
         name: Arc<str>,
         joined: bool,
+        /// The room's member count after the change, where the broker knows it.
+        count: Option<usize>,
     },
 }
 

@@ -42,6 +42,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             name_grace: GRACE,
             timestamps: false,
             write_delay: Duration::ZERO,
+            presence_window: Duration::ZERO,
         },
         Arc::new(MemoryBroker::new(store, 100)),
     )

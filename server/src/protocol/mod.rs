@@ -31,7 +31,9 @@ impl Wire {
                 v1: v1::message(p).into(),
                 seed: (&*p.room == seed::ROOM).then(|| seed::line(p).into()),
             },
-            RoomEvent::Presence { room, name, joined } => Wire {
+            RoomEvent::Presence {
+                room, name, joined, ..
+            } => Wire {
                 v1: v1::presence(room, name, *joined).into(),
                 seed: None,
             },

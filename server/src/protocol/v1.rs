@@ -34,6 +34,22 @@ pub fn presence(room: &str, name: &str, joined: bool) -> String {
     })
 }
 
+/// The `presence_batch` frame of several changes in `room` (see `hub::presence_batch`):
+/// `member_count` is the room's count after them, where the broker knows it.
+pub fn presence_batch(
+    room: &str,
+    joined: Vec<&str>,
+    left: Vec<&str>,
+    member_count: Option<usize>,
+) -> String {
+    to_text(&PresenceBatchFrame {
+        room,
+        joined,
+        left,
+        member_count,
+    })
+}
+
 /// The `joined` frame of a join.
 pub fn joined(j: &Joined) -> String {
     let head = JoinedHead {
@@ -153,6 +169,18 @@ pub struct PresenceFrame<'a> {
     pub name: &'a str,
     /// `joined` or `left`.
     pub event: &'a str,
+}
+
+/// Several people joined or left a room within one presence window. Applying it is idempotent:
+/// a name in `joined` is in the room, one in `left` is not, whatever the client had.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "presence_batch")]
+pub struct PresenceBatchFrame<'a> {
+    pub room: &'a str,
+    pub joined: Vec<&'a str>,
+    pub left: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<usize>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tidechat::{Config, Server};
 
 pub mod msg;
 pub mod node;
+pub mod presence;
 pub mod redis;
 pub mod store;
 

@@ -413,14 +413,20 @@ impl Instance {
             }
             Some(kind @ (b'j' | b'l')) => {
                 let text = String::from_utf8_lossy(&payload[1..]);
-                let Some((number, name)) = text.split_once(':') else {
+                let Some((head, name)) = text.split_once(':') else {
                     return Ok(());
+                };
+                // `<number>,<count>`; a node from before counts were sent gives the number only.
+                let (number, count) = match head.split_once(',') {
+                    Some((n, c)) => (n, c.parse().ok()),
+                    None => (head, None),
                 };
                 self.deliver(Delivery {
                     event: RoomEvent::Presence {
                         room,
                         name: name.into(),
                         joined: *kind == b'j',
+                        count,
                     },
                     ticket: 0,
                     origin: 0,

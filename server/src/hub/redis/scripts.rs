@@ -7,7 +7,8 @@
 //! (name -> `node|conn|token hash`, conn `0` while the name waits out its grace), `tc:{R}:x`
 //! presence expiry zset (name -> ms of Redis time), `tc:{R}:v` the number of the room's last
 //! presence change. Channel `tc:{R}`, whose payloads are
-//! `m<offset>:<epoch>:<node>:<conn>:<record>`, `j<number>:<name>`, `l<number>:<name>` and
+//! `m<offset>:<epoch>:<node>:<conn>:<record>`, `j<number>,<count>:<name>`,
+//! `l<number>,<count>:<name>` (count: the room's members after the change) and
 //! `t<node>|<conn>|<name>` (a resume elsewhere took that connection's name).
 
 use std::sync::LazyLock;
@@ -119,10 +120,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- Every announced change takes the room's next presence number, so a joiner can skip the
--- ones its member list already shows.
-local function announce(channel, kind, name)
+-- ones its member list already shows; `count` is the room's members after it.
+local function announce(channel, kind, name, count)
   local n = redis.call('INCR', v)
-  redis.call('PUBLISH', channel, kind .. n .. ':' .. name)
+  redis.call('PUBLISH', channel, kind .. n .. ',' .. count .. ':' .. name)
 end
 local function sweep(channel, cap, now)
   local gone = redis.call('ZRANGEBYSCORE', x, '-inf', now, 'LIMIT', 0, 1000)
@@ -133,9 +134,10 @@ local function sweep(channel, cap, now)
     redis.call('HDEL', p, name)
     redis.call('ZREM', x, name)
   end
-  if redis.call('HLEN', p) < cap then
-    for _, name in ipairs(gone) do
-      announce(channel, 'l', name)
+  local left = redis.call('HLEN', p)
+  if left < cap then
+    for i, name in ipairs(gone) do
+      announce(channel, 'l', name, left + #gone - i)
     end
   end
 end
@@ -186,7 +188,7 @@ redis.call('HSET', p, name, mine)
 redis.call('ZADD', x, now + ttl, name)
 keep(ttl + 1000)
 if count < cap then
-  announce(channel, 'j', name)
+  announce(channel, 'j', name, count + 1)
 end
 return {'new'}
 "#;
@@ -204,8 +206,9 @@ if cnode ~= node or cconn ~= conn then
 end
 redis.call('HDEL', p, name)
 redis.call('ZREM', x, name)
-if redis.call('HLEN', p) < cap then
-  announce(channel, 'l', name)
+local count = redis.call('HLEN', p)
+if count < cap then
+  announce(channel, 'l', name, count)
 end
 return 1
 "#;
@@ -244,7 +247,7 @@ for i = 5, #ARGV, 3 do
     redis.call('HSET', p, name, node .. '|' .. conn .. '|' .. ARGV[i + 2])
     redis.call('ZADD', x, now + ttl, name)
     if count < cap then
-      announce(channel, 'j', name)
+      announce(channel, 'j', name, count + 1)
     end
   else
     local cnode, cconn = holder(cur)
