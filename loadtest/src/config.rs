@@ -84,8 +84,9 @@ pub struct Options {
     /// Text bytes per message (at least the ~30 bytes of the embedded timestamp).
     #[arg(long, help_heading = "Chat")]
     pub message_size: Option<usize>,
-    /// Most websocket handshakes in flight at once (above the server's listen backlog, 128 for
-    /// most servers, dropped SYNs cost a 1 s retransmit).
+    /// Most websocket handshakes in flight at once (above the server's listen backlog, dropped
+    /// SYNs cost a 1 s retransmit: 128 for servers bound with std's defaults, tidechat's
+    /// --backlog otherwise, 4096 by default; Linux caps both at net.core.somaxconn).
     #[arg(long, default_value_t = 100, help_heading = "Chat")]
     pub max_handshakes: usize,
     /// Source addresses 127.0.0.1..N for client sockets [default: one per 25,000 clients].

@@ -40,6 +40,11 @@ pub const LOAD_ARGS: &[&str] = &[
 /// Name of the thread that runs the embedded server's accept loop.
 pub const SERVER_THREAD: &str = "tidechat-server";
 
+/// Where the embedded tidechat listens: a free loopback port.
+const LOOPBACK_ANY_PORT: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+);
+
 /// The tidechat config used by the embedded server, from [`LOAD_ARGS`] plus `extra` options.
 pub fn load_config(extra: &[String]) -> anyhow::Result<tidechat::Config> {
     let mut argv: Vec<String> = vec!["tidechat".into(), "--bind".into(), "127.0.0.1:0".into()];
@@ -95,10 +100,12 @@ impl Embedded {
     pub fn start_thread(extra: &[String]) -> anyhow::Result<Self> {
         let (args, data) = with_own_data_dir(extra)?;
         // Opened here, so a store (or a Redis) that cannot be opened is this call's error.
-        let server = async_std::task::block_on(tidechat::Server::open(load_config(&args)?))?;
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let addr = std_listener.local_addr()?;
-        let listener = async_std::net::TcpListener::from(std_listener);
+        let config = load_config(&args)?;
+        let backlog = config.backlog;
+        let server = async_std::task::block_on(tidechat::Server::open(config))?;
+        // The binary's listener, `--backlog` and all, so a connect storm meets the same queue.
+        let listener = tidechat::listen::bind(LOOPBACK_ANY_PORT, backlog)?;
+        let addr = listener.local_addr()?;
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(SERVER_THREAD.into())
@@ -204,10 +211,10 @@ pub fn serve(extra: &[String]) -> anyhow::Result<()> {
     std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
     // Before the address is printed: the parent then knows the store is open (or sees why not).
     // `open`: with `--server-arg=--redis=URL` it connects to Redis first.
+    let backlog = config.backlog;
     let server = async_std::task::block_on(tidechat::Server::open(config))?;
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    println!("listening {}", std_listener.local_addr()?);
-    let listener = async_std::net::TcpListener::from(std_listener);
+    let listener = tidechat::listen::bind(LOOPBACK_ANY_PORT, backlog)?;
+    println!("listening {}", listener.local_addr()?);
     let (tx, rx) = futures::channel::oneshot::channel::<()>();
     std::thread::spawn(move || {
         let mut sink = [0u8; 64];

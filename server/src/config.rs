@@ -50,6 +50,12 @@ pub struct Args {
     /// Address to listen on; use 0.0.0.0:3000 to expose it beyond this machine.
     #[arg(long, env = "TIDECHAT_BIND", default_value = "127.0.0.1:3000")]
     pub bind: SocketAddr,
+    /// Accept queue of the listeners (--bind, --metrics-bind): connections the kernel completes
+    /// before the server accepts them. SYNs that find it full are dropped and retried after 1 s,
+    /// so it must hold the largest burst of connects. Linux caps it at net.core.somaxconn
+    /// (logged when it does). At most 65535.
+    #[arg(long, env = "TIDECHAT_BACKLOG", default_value_t = crate::listen::DEFAULT_BACKLOG)]
+    pub backlog: u32,
     /// Directory served at `/` (the chat page). Default: the `static/` directory of the source
     /// tree the binary was built from.
     #[arg(long, env = "TIDECHAT_STATIC_DIR", default_value = DEFAULT_STATIC_DIR, hide_default_value = true)]
@@ -291,6 +297,8 @@ impl Args {
 pub enum ConfigError {
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--backlog {0} is above {max} (older kernels keep it in 16 bits; Linux caps it at net.core.somaxconn anyway)", max = crate::listen::MAX_BACKLOG)]
+    Backlog(u32),
     #[error("{0} must be longer than 0s (e.g. 10s)")]
     ZeroDuration(&'static str),
     #[error("--max-text-bytes ({text}) must be below --max-message-bytes ({message})")]
@@ -322,6 +330,8 @@ pub enum ConfigError {
 /// Everything the server needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `--backlog`: the accept queue asked of the kernel for each listener.
+    pub backlog: u32,
     pub static_dir: PathBuf,
     /// Normalized origins (`scheme://host:port`, lower case); empty means same-origin only.
     pub allowed_origins: Vec<String>,
@@ -449,6 +459,7 @@ impl Args {
     /// Validates the options into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
         for (name, v) in [
+            ("--backlog", self.backlog as usize),
             ("--max-message-bytes", self.max_message_bytes),
             ("--max-text-bytes", self.max_text_bytes),
             ("--max-connections", self.max_connections),
@@ -506,6 +517,9 @@ impl Args {
             ),
             None => None,
         };
+        if self.backlog > crate::listen::MAX_BACKLOG {
+            return Err(ConfigError::Backlog(self.backlog));
+        }
         if self.max_text_bytes >= self.max_message_bytes {
             return Err(ConfigError::TextAboveMessage {
                 text: self.max_text_bytes,
@@ -556,6 +570,7 @@ impl Args {
             HostPolicy::new(&self.allowed_hosts, &allowed_origins).map_err(ConfigError::Host)?;
         let trusted_proxies = Proxies::parse(&self.trusted_proxies).map_err(ConfigError::Proxy)?;
         Ok(Config {
+            backlog: self.backlog,
             static_dir: self.static_dir,
             allowed_origins,
             any_origin,

@@ -12,6 +12,7 @@
 //! - [`origin`]: the Host allowlist, the Origin allowlist and the same-origin rule.
 //! - [`addr`]: the client address and scheme behind trusted proxies.
 //! - [`per_ip`]: per-address caps on connections and handshakes.
+//! - [`listen`]: the TCP listeners, bound with the accept backlog of `--backlog`.
 //! - [`server`]: accept loop, shared state, graceful shutdown.
 //! - [`shutdown`]: the shutdown signal connections watch.
 //! - [`limits`]: name/room syntax and the per-connection token bucket.
@@ -32,6 +33,7 @@ pub mod conn;
 pub mod health;
 pub mod hub;
 pub mod limits;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod options_doc;

@@ -1,7 +1,6 @@
 //! The `tidechat` binary: options, logging, bind, serve until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use async_std::net::TcpListener;
 use clap::{CommandFactory, FromArgMatches};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -51,12 +50,12 @@ async fn serve(bind: std::net::SocketAddr, config: tidechat::Config) -> anyhow::
         .spawn(move || on_signals(signals, stop_tx))
         .context("starting the signal thread")?;
 
+    let backlog = config.backlog;
     // The history store (or Redis) first: one that cannot be opened refuses the start before
     // the port is taken.
     let server = tidechat::Server::open(config).await?;
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding {bind}"))?;
+    let listener =
+        tidechat::listen::bind(bind, backlog).with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
     log::info!("tidechat listening on http://{addr}");
     server

@@ -354,7 +354,7 @@ pub async fn serve(
     start_h1_reactor();
     let metrics_listener = match state.config.metrics_bind {
         Some(addr) if state.metrics.is_some() => {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
+            let listener = crate::listen::bind(addr, state.config.backlog).map_err(|e| {
                 io::Error::new(e.kind(), format!("binding --metrics-bind {addr}: {e}"))
             })?;
             let bound = listener.local_addr()?;
