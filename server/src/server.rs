@@ -207,6 +207,7 @@ impl State {
                 name_grace: config.name_grace,
                 timestamps: metrics.is_some(),
                 write_delay: config.write_delay,
+                pass_tasks: executor_threads(),
                 presence_window: config.presence_window,
             },
             broker,
@@ -632,6 +633,15 @@ async fn http_connection(app: tide::Server<Arc<State>>, stream: TcpStream, slot:
         log::debug!("http connection from {peer:?}: closed at --http-deadline");
     }
     drop(slot);
+}
+
+/// The executor's threads: what `main` set for async-std (`--threads`), else its default, one
+/// per CPU.
+fn executor_threads() -> usize {
+    std::env::var("ASYNC_STD_THREAD_COUNT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub trait Evict: Send + Sync + std::fmt::Debug {
     fn evict(&self, room: Arc<str>);
 }
 
+/// Members a direct-write pass task takes at least (see [`Room::push`]).
+const PASS_CHUNK: usize = 512;
+
 /// What a connection gives the hub with each join.
 pub type Evictor = Arc<dyn Evict>;
 
@@ -71,6 +74,8 @@ pub struct HubConfig {
     pub timestamps: bool,
     /// How long a room's direct writes wait for more events to send with them (0: none).
     pub write_delay: Duration,
+    /// Tasks a big room's direct-write pass is split over: the executor's threads.
+    pub pass_tasks: usize,
     /// Presence changes of a room within this long go out together (0: each at once); see
     /// [`presence_batch`]. Whoever runs the hub calls [`Hub::flush_presence`] this often.
     pub presence_window: Duration,
@@ -252,36 +257,49 @@ impl Room {
     /// events come before it runs: like uWebSockets' drain at the end of its loop iteration,
     /// the events published meanwhile (by other senders, or while the last pass was writing) go
     /// to each socket in one write.
-    fn schedule_push(self: &Arc<Self>, broker: &Arc<dyn Broker>, delay: Duration) {
+    fn schedule_push(self: &Arc<Self>, broker: &Arc<dyn Broker>, config: &HubConfig) {
         if self.push_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let (room, broker) = (self.clone(), broker.clone());
+        let (delay, tasks) = (config.write_delay, config.pass_tasks);
         async_std::task::spawn(async move {
             if !delay.is_zero() {
                 async_io::Timer::after(delay).await;
             }
             // Cleared before the pass: an event queued during it schedules the next one.
             room.push_scheduled.store(false, Ordering::Release);
-            room.push(broker.commits());
+            room.push(&broker, tasks);
         });
     }
 
-    /// Hands the room's newest events to the members that take direct writes. The member list
-    /// is copied out first: writing to sockets under the members lock would hold up joins.
-    fn push(&self, commits: &store::Commits) {
-        let pushers: Vec<Pusher> = lock(&self.members)
+    /// Hands the room's newest events to the members that take direct writes, split over up to
+    /// `tasks` tasks of at least [`PASS_CHUNK`] members, so that a big room's writes use every
+    /// executor thread. The member list is copied out first: writing to sockets under the
+    /// members lock would hold up joins.
+    fn push(&self, broker: &Arc<dyn Broker>, tasks: usize) {
+        let pushers: Arc<[Pusher]> = lock(&self.members)
             .values()
             .filter_map(|m| m.pusher.clone())
             .collect();
-        for p in &pushers {
-            p.push(&self.name, commits);
+        let parts = (pushers.len() / PASS_CHUNK).clamp(1, tasks.max(1));
+        let size = pushers.len().div_ceil(parts);
+        for k in 1..parts {
+            let (pushers, broker, name) = (pushers.clone(), broker.clone(), self.name.clone());
+            async_std::task::spawn(async move {
+                let end = pushers.len().min((k + 1) * size);
+                for p in &pushers[k * size..end] {
+                    p.push(&name, broker.commits());
+                }
+            });
+        }
+        for p in &pushers[..size.min(pushers.len())] {
+            p.push(&self.name, broker.commits());
         }
     }
 }
 
 impl Rooms {
-    /// Marks `room` idle if it has neither members nor pins (`members` is its locked list).
     /// Marks `room` idle if it has neither members nor pins (`members` is its locked list);
     /// true when it went idle just now.
     fn maybe_idle(&mut self, room: &Room, members: &HashMap<Arc<str>, Member>) -> bool {
@@ -590,7 +608,10 @@ impl Hub {
         reference: Option<&str>,
     ) -> Result<StreamPosition, HubError> {
         let (room, from) = self.held(room, name, conn)?;
-        let pos = self
+        // Counted first: a direct write can put the message on its members' sockets (the
+        // sender's echo too) before `publish` returns here.
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let published = self
             .broker
             .publish(NewMessage {
                 room: &room.name,
@@ -599,9 +620,11 @@ impl Hub {
                 reference,
                 origin: conn,
             })
-            .await?;
-        self.published.fetch_add(1, Ordering::Relaxed);
-        Ok(pos)
+            .await;
+        if published.is_err() {
+            self.published.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(published?)
     }
 
     /// Housekeeping, called a few times a second: ends name graces that ran out.
@@ -635,7 +658,7 @@ impl Hub {
             reset: false,
             published: self.config.timestamps.then(Instant::now),
         }));
-        room.schedule_push(&self.broker, self.config.write_delay);
+        room.schedule_push(&self.broker, &self.config);
     }
 
     /// Counts rooms, members and receivers.
@@ -690,7 +713,7 @@ impl Deliver for Hub {
             published: self.config.timestamps.then(Instant::now),
         });
         room.tx.try_broadcast(event);
-        room.schedule_push(&self.broker, self.config.write_delay);
+        room.schedule_push(&self.broker, &self.config);
     }
 
     fn reset(&self, name: &Arc<str>) {
@@ -707,7 +730,7 @@ impl Deliver for Hub {
             reset: true,
             published: None,
         }));
-        room.schedule_push(&self.broker, self.config.write_delay);
+        room.schedule_push(&self.broker, &self.config);
     }
 
     fn replaced(&self, name: &Arc<str>, member: &str, conn: u64) {

@@ -42,6 +42,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             name_grace: GRACE,
             timestamps: false,
             write_delay: Duration::ZERO,
+            pass_tasks: 1,
             presence_window: Duration::ZERO,
         },
         Arc::new(MemoryBroker::new(store, 100)),
@@ -293,4 +294,72 @@ fn old_messages_leave_the_history_on_the_tick() {
     let texts: Vec<&str> = b.history.iter().map(|p| &*p.text).collect();
     assert_eq!(texts, ["new"]);
     assert_eq!(b.state.last, 2);
+}
+
+/// Counts the pushes it gets.
+#[derive(Debug, Default)]
+struct Pushes {
+    n: std::sync::atomic::AtomicUsize,
+}
+
+impl Push for Pushes {
+    fn push(&self, room: &str, _: &store::Commits) {
+        assert_eq!(room, "big");
+        self.n.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A big room's direct-write pass is split over the executor's threads, and every member that
+/// takes direct writes gets the room's news exactly once per pass.
+#[test]
+fn a_big_rooms_pass_reaches_every_member_once_split_over_tasks() {
+    let mut config = hub(10).config.clone();
+    config.pass_tasks = 3;
+    config.presence_cap = 0;
+    let store = Arc::new(MemoryStore::new(Retention {
+        messages: 100,
+        bytes: 1 << 20,
+        age: None,
+    }));
+    let hub = Hub::new(config, Arc::new(MemoryBroker::new(store, 0)));
+    let members = 3 * PASS_CHUNK + 7;
+    let mut pushes = Vec::new();
+    let mut keep = Vec::new();
+    for conn in 1..=members as u64 {
+        let p = Arc::new(Pushes::default());
+        let name = format!("m{conn}");
+        keep.push(
+            block_on(hub.join(JoinRequest {
+                room: "big",
+                name: &name,
+                since: None,
+                epoch: None,
+                token: None,
+                conn,
+                evictor: Arc::new(Evictions::default()),
+                pusher: Some(p.clone()),
+                snapshot: false,
+            }))
+            .unwrap(),
+        );
+        pushes.push(p);
+    }
+    block_on(hub.say("big", "m1", 1, "hello", None)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |n: usize| {
+        pushes
+            .iter()
+            .filter(|p| p.n.load(Ordering::SeqCst) == n)
+            .count()
+    };
+    while count(1) < members {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {members} pushed",
+            count(1)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(count(1), members, "none twice");
 }
