@@ -287,6 +287,9 @@ async fn json_log_lines_carry_stable_fields_and_nothing_per_websocket_message() 
         ws: seed_ws,
         raw: std::net::TcpStream::connect(addr).unwrap(),
     };
+    // The seed user's arrival, which may come a presence window later: before anything that
+    // expects a reply next.
+    assert_eq!(alice.recv_type("presence").await["event"], "joined");
     let connect = |route: &'static str| {
         wait_line(&node, &format!("{route} connect"), move |v| {
             msg(v).starts_with("connect #") && v["route"] == route

@@ -229,6 +229,8 @@ struct Room {
     members: Mutex<HashMap<Arc<str>, Member>>,
     /// A [`Room::push`] is scheduled and has not started.
     push_scheduled: AtomicBool,
+    /// See [`Room::pushers`]. Lock order: `members`, then this.
+    pushers: Mutex<Option<Arc<[Pusher]>>>,
 }
 
 #[derive(Debug, Default)]
@@ -273,15 +275,31 @@ impl Room {
         });
     }
 
+    /// The members that take direct writes, kept between passes until the members change (a
+    /// pass then costs one reference count, not one per member).
+    fn pushers(&self) -> Arc<[Pusher]> {
+        // Under the members lock, so that no change slips between the read and the cache.
+        let members = lock(&self.members);
+        let mut cached = lock(&self.pushers);
+        if let Some(p) = &*cached {
+            return p.clone();
+        }
+        let fresh: Arc<[Pusher]> = members.values().filter_map(|m| m.pusher.clone()).collect();
+        *cached = Some(fresh.clone());
+        fresh
+    }
+
+    /// The member list changed (its lock is held): the next pass reads it again.
+    fn members_changed(&self) {
+        *lock(&self.pushers) = None;
+    }
+
     /// Hands the room's newest events to the members that take direct writes, split over up to
     /// `tasks` tasks of at least [`PASS_CHUNK`] members, so that a big room's writes use every
     /// executor thread. The member list is copied out first: writing to sockets under the
     /// members lock would hold up joins.
     fn push(&self, broker: &Arc<dyn Broker>, tasks: usize) {
-        let pushers: Arc<[Pusher]> = lock(&self.members)
-            .values()
-            .filter_map(|m| m.pusher.clone())
-            .collect();
+        let pushers = self.pushers();
         let parts = (pushers.len() / PASS_CHUNK).clamp(1, tasks.max(1));
         let size = pushers.len().div_ceil(parts);
         for k in 1..parts {
@@ -375,6 +393,7 @@ impl Hub {
                 // (no presence: the person never left) and is told so if it is still there.
                 old.evictor.evict(room.name.clone());
             }
+            room.members_changed();
             members.insert(
                 name.clone(),
                 Member {
@@ -512,6 +531,7 @@ impl Hub {
             slot: Mutex::default(),
             members: Mutex::default(),
             push_scheduled: AtomicBool::new(false),
+            pushers: Mutex::default(),
         }
     }
 
@@ -581,6 +601,7 @@ impl Hub {
                 return;
             }
             members.remove(name);
+            room.members_changed();
             if rooms.maybe_idle(&room, &members) {
                 self.broker.idle(&room.name);
             }
@@ -742,6 +763,7 @@ impl Deliver for Hub {
         if let Some(m) = members.get(member).filter(|m| m.conn == conn) {
             m.evictor.evict(room.name.clone());
             members.remove(member);
+            room.members_changed();
             if rooms.maybe_idle(&room, &members) {
                 self.broker.idle(&room.name);
             }
