@@ -232,7 +232,9 @@ pub async fn run<S>(
     });
 
     let (ending, closing) = {
-        let reader = reader::Reader::new(
+        // Pinned where they are made: `pin_mut!` moves them, and a future keeps a slot for
+        // the moved-from value as well (the reader and writer twice over, ~1.5 KiB).
+        let mut reader = std::pin::pin!(reader::Reader::new(
             ctx,
             mode,
             conn,
@@ -242,8 +244,8 @@ pub async fn run<S>(
             &last_seen,
         )
         .pushing(direct.clone().map(|d| d as crate::hub::Pusher))
-        .run(&mut ws);
-        let writer = writer::Writer {
+        .run(&mut ws));
+        let mut writer = std::pin::pin!(writer::Writer {
             ctx,
             mode,
             conn,
@@ -257,8 +259,7 @@ pub async fn run<S>(
             rest: None,
             handoff: Default::default(),
         }
-        .run(out, &inbox);
-        futures::pin_mut!(reader, writer);
+        .run(out, &inbox));
         match race::race(reader.as_mut(), writer.as_mut()).await {
             Either::Left(ending) => {
                 let closing = Instant::now() + CLOSE_FLUSH;
@@ -275,19 +276,24 @@ pub async fn run<S>(
     // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
     // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
     // users cannot resume.
-    for m in &memberships {
-        match mode {
-            Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn).await,
-            Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn).await,
+    // Boxed: a connection's future is as big as its biggest state, and the hub's futures (a
+    // broker call each) are far bigger than an idle connection's reader and writer together.
+    Box::pin(async {
+        for m in &memberships {
+            match mode {
+                Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn).await,
+                Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn).await,
+            }
         }
-    }
-    if let Ending::Closed(..) = ending {
-        // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close, so
-        // the client sees a clean close (not a reset); a client that never answers is let go at
-        // the same bound that the close frame itself had.
-        let left = closing.saturating_duration_since(Instant::now());
-        let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
-    }
+        if let Ending::Closed(..) = ending {
+            // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close,
+            // so the client sees a clean close (not a reset); a client that never answers is
+            // let go at the same bound that the close frame itself had.
+            let left = closing.saturating_duration_since(Instant::now());
+            let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
+        }
+    })
+    .await;
     reader::count_received(ctx, &mut ws);
     log::info!(
         conn = conn, peer = peer.addr.as_str(), route = mode.route(), code = ending.code(),

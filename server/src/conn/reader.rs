@@ -114,7 +114,9 @@ impl Reader<'_> {
     where
         S: AsyncRead + Unpin,
     {
-        let ending = match self.start().await {
+        // Boxed: a seed connection's start is a whole join, which an idle connection's future
+        // would otherwise keep room for.
+        let ending = match Box::pin(self.start()).await {
             Ok(()) => loop {
                 let msg = self.next_message(ws).await;
                 count_received(self.ctx, ws);
