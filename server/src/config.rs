@@ -195,7 +195,7 @@ pub struct Args {
     /// Presence changes of a room within this long go out as one frame (a join storm sends
     /// one per member per window, not one per join); the first change after a quiet window
     /// goes at once. 0s sends every change at once.
-    #[arg(long, env = "TIDECHAT_PRESENCE_WINDOW", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TIDECHAT_PRESENCE_WINDOW", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub presence_window: Duration,
     /// Sustained frames per second a connection may send, control frames included (token
     /// bucket; a refused `say` gets `rate_limited`).

@@ -167,7 +167,7 @@ async fn seed_clients_see_no_presence() {
 async fn the_default_window_flushes_by_itself() {
     const N: usize = 30;
     let default = Config::default().presence_window;
-    assert_eq!(default, Duration::from_millis(50));
+    assert_eq!(default, Duration::from_millis(250));
     let s = server(default).await;
     let names: Vec<String> = (0..N).map(|i| format!("m{i:02}")).collect();
     let joins = names.iter().map(|n| s.join("storm", n));
