@@ -16,7 +16,7 @@
 
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use async_broadcast::{Receiver, RecvError, TryRecvError};
@@ -78,8 +78,6 @@ struct State {
     /// A direct write the socket did not take whole: its frames and the bytes written.
     rest: Option<(Vec<Frame>, usize)>,
     handoff: Vec<Handoff>,
-    /// Set with an unpark, until the writer has taken everything back.
-    woken: bool,
 }
 
 /// What the writer gets back when it unparks.
@@ -126,7 +124,6 @@ impl Direct {
         let mut st = self.lock();
         debug_assert!(!st.parked && st.subs.is_empty());
         st.parked = true;
-        st.woken = false;
         st.subs = subs;
         // Events published after the writer's last look found it unparked and were left in the
         // subscriptions: send them now.
@@ -142,17 +139,10 @@ impl Direct {
         Err(take(&mut st))
     }
 
-    /// The writer unparks (`Some` with what it left here) when woken, or when it has other
-    /// input (`force`).
-    pub(super) fn poll_unpark(&self, cx: &mut Context<'_>, force: bool) -> Poll<Unparked> {
-        if !force {
-            self.waker.register(cx.waker());
-        }
-        let mut st = self.lock();
-        if force || st.woken || !st.parked {
-            return Poll::Ready(take(&mut st));
-        }
-        Poll::Pending
+    /// The writer unparks (it was woken, for an unpark or for any other input): what it left
+    /// here, and whatever publishers handed it.
+    pub(super) fn unpark(&self) -> Unparked {
+        take(&mut self.lock())
     }
 
     /// The connection is over: nothing more is written, and its subscriptions go.
@@ -208,7 +198,6 @@ impl Direct {
         }
         if unpark {
             st.parked = false;
-            st.woken = true;
             self.waker.wake();
         }
     }
@@ -216,7 +205,6 @@ impl Direct {
 
 fn take(st: &mut State) -> Unparked {
     st.parked = false;
-    st.woken = false;
     Unparked {
         subs: std::mem::take(&mut st.subs),
         rest: st.rest.take(),
@@ -331,11 +319,7 @@ mod tests {
     }
 
     fn unpark(direct: &Direct) -> Unparked {
-        let waker = futures::task::noop_waker();
-        match direct.poll_unpark(&mut Context::from_waker(&waker), true) {
-            Poll::Ready(back) => back,
-            Poll::Pending => unreachable!("a forced unpark is ready"),
-        }
+        direct.unpark()
     }
 
     /// An event published into a parked connection's room goes to its socket from the

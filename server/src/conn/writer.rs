@@ -205,9 +205,7 @@ impl<'a> Writer<'a> {
         if self.parked {
             // Polled only when woken (see `race`): for an unpark or one of the inputs below.
             self.parked = false;
-            if let Poll::Ready(back) = direct.poll_unpark(cx, true) {
-                self.take_back(back);
-            }
+            self.take_back(direct.unpark());
         }
         let commits = self.ctx.hub.broker().commits();
         loop {
