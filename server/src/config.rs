@@ -254,7 +254,7 @@ pub struct Args {
     pub threads: usize,
     /// A publisher writes a room's new events straight to the sockets of members whose writers
     /// are idle, instead of waking each connection's task (README, Performance). `off` wakes
-    /// every receiver's task, as before 0.13; for comparison.
+    /// every receiver's task, as tidechat did before direct writes; for comparison.
     #[arg(long, env = "TIDECHAT_DIRECT_WRITE", value_enum, default_value = "on")]
     pub direct_write: Switch,
     /// How long a room's direct writes wait for more events to go with them in one write per
