@@ -213,8 +213,8 @@ impl<'a> Writer<'a> {
             if let Some((frames, written)) = self.rest.take() {
                 return Poll::Ready(Input::Rest(frames, written));
             }
-            if let Some((i, ev)) = self.handoff.pop_front() {
-                return Poll::Ready(Input::Event(i, ev));
+            if let Some(input) = self.handed_off() {
+                return Poll::Ready(input);
             }
             if shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Input::Shutdown);
@@ -249,8 +249,8 @@ impl<'a> Writer<'a> {
     fn try_input(&mut self, inbox: &Inbox<Out>) -> Option<Input> {
         // A handed-off event first: it names its subscription by index, which an unsubscribe
         // from the inbox would shift.
-        if let Some((i, ev)) = self.handoff.pop_front() {
-            return Some(Input::Event(i, ev));
+        if let Some(input) = self.handed_off() {
+            return Some(input);
         }
         if let Some(out) = inbox.try_next() {
             return Some(Input::Ctl(out));
@@ -258,10 +258,16 @@ impl<'a> Writer<'a> {
         self.try_event()
     }
 
+    /// The oldest input a publisher left to the writer, if any.
+    fn handed_off(&mut self) -> Option<Input> {
+        let (i, ev) = self.handoff.pop_front()?;
+        Some(Input::Event(i, ev))
+    }
+
     /// The next room event (or the end of a room), if any, without waiting.
     fn try_event(&mut self) -> Option<Input> {
-        if let Some((i, ev)) = self.handoff.pop_front() {
-            return Some(Input::Event(i, ev));
+        if let Some(input) = self.handed_off() {
+            return Some(input);
         }
         for (i, sub) in self.subs.iter_mut().enumerate() {
             match sub.rx.try_recv() {
@@ -350,10 +356,7 @@ impl<'a> Writer<'a> {
 
     /// Adds room event `ev` of subscription `i` to the batch, unless the `joined` frame had it.
     fn event(&mut self, i: usize, ev: &EventRef, batch: &mut Vec<Frame>) {
-        if ev.reset {
-            // Only while closing anyway (see `apply`): nothing to show.
-            return;
-        }
+        // A reset is never wanted: it only comes here while closing anyway (see `apply`).
         if !self.subs[i].wants(ev) {
             return;
         }
