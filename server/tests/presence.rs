@@ -183,3 +183,25 @@ async fn the_default_window_flushes_by_itself() {
     }
     s.stop().await;
 }
+
+/// A message never overtakes the presence changes before it: the room's held batch goes out
+/// first, so a member reads bob's join before bob's first message, however long the window.
+#[async_std::test]
+async fn a_message_sends_its_rooms_held_presence_first() {
+    let s = server(HOUR).await;
+    let (mut alice, _) = s.join("r", "alice").await;
+    let (mut bob, _) = s.join("r", "bob").await;
+    let (_carol, _) = s.join("r", "carol").await;
+    let batch = json!({"type": "presence_batch", "room": "r", "joined": ["bob", "carol"],
+        "left": [], "member_count": 3});
+    // bob's own list was read inside the batch: he gets it too, and applies it as a set.
+    assert_eq!(
+        until_echo(&mut bob, "r", "hi").await,
+        std::slice::from_ref(&batch)
+    );
+    assert_eq!(until_message(&mut alice, "hi").await, [batch]);
+    // The batch is gone: the next flush sends nothing, and the next message comes alone.
+    flush(&s);
+    assert!(until_echo(&mut alice, "r", "again").await.is_empty());
+    s.stop().await;
+}

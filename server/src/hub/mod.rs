@@ -229,6 +229,9 @@ struct Room {
     members: Mutex<HashMap<Arc<str>, Member>>,
     /// A [`Room::push`] is scheduled and has not started.
     push_scheduled: AtomicBool,
+    /// The room may have a presence batch held back (set under the batches' lock): a message
+    /// sends it first, so no one reads a message before the join of the one who sent it.
+    presence_held: AtomicBool,
     /// See [`Room::pushers`]. Lock order: `members`, then this.
     pushers: Mutex<Option<Arc<[Pusher]>>>,
 }
@@ -531,6 +534,7 @@ impl Hub {
             slot: Mutex::default(),
             members: Mutex::default(),
             push_scheduled: AtomicBool::new(false),
+            presence_held: AtomicBool::new(false),
             pushers: Mutex::default(),
         }
     }
@@ -710,10 +714,13 @@ impl Deliver for Hub {
             // Held for the room's presence batch; broadcast under its lock to keep the order.
             let mut batches = self.presence.lock();
             let now = Instant::now();
-            if let presence_batch::Added::Now(b) =
-                batches.add(room, name, *joined, d.presence, *count, now)
-            {
-                self.send_presence(room, b);
+            match batches.add(room, name, *joined, d.presence, *count, now) {
+                presence_batch::Added::Now(b) => self.send_presence(room, b),
+                presence_batch::Added::Held => {
+                    if let Some(r) = lock(&self.rooms).map.get(room) {
+                        r.presence_held.store(true, Ordering::Release);
+                    }
+                }
             }
             return;
         }
@@ -724,6 +731,13 @@ impl Deliver for Hub {
         let Some(room) = lock(&self.rooms).map.get(name).cloned() else {
             return;
         };
+        // Only a room with a held batch takes the hub-wide batches' lock here.
+        if room.presence_held.swap(false, Ordering::AcqRel) {
+            let mut batches = self.presence.lock();
+            if let Some(b) = batches.take_room(name, Instant::now()) {
+                self.send_presence(name, b);
+            }
+        }
         let event = Arc::new(Event {
             offset,
             wire: Wire::render(&d.event),
