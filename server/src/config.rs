@@ -194,7 +194,8 @@ pub struct Args {
     pub presence_cap: usize,
     /// Presence changes of a room within this long go out as one frame (a join storm sends
     /// one per member per window, not one per join); the first change after a quiet window
-    /// goes at once. 0s sends every change at once.
+    /// goes at once. A room waits one window per 250 members, at most four (1 s for 1,000).
+    /// 0s sends every change at once.
     #[arg(long, env = "TIDECHAT_PRESENCE_WINDOW", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub presence_window: Duration,
     /// Sustained frames per second a connection may send, control frames included (token

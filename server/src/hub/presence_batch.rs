@@ -16,6 +16,11 @@
 //! a contiguous run of the room's changes, so for every name whose last change in it is at or
 //! below the version, the list already shows that change's result.
 //!
+//! A flush costs one frame per member, so a big room waits longer: one window per
+//! [`MEMBERS_PER_WINDOW`] members, at most [`MAX_WINDOWS`] windows (1 s by default for 1,000
+//! members). A filling room then sends about the same number of presence frames a second
+//! whatever its size, up to that cap, instead of a number that grows with its members.
+//!
 //! One change renders as the single-change `presence` frame clients have always known; several
 //! as a `presence_batch` frame (README, Protocol v1).
 
@@ -85,11 +90,30 @@ impl Batch {
     }
 }
 
-/// Per room: when its last presence event went out and what waits for the next flush.
+/// Members per window of a room's wait (see the module's doc).
+pub const MEMBERS_PER_WINDOW: usize = 250;
+/// The most windows a room waits, however big.
+pub const MAX_WINDOWS: u32 = 4;
+
+/// How long a room of `members` waits between presence events (`None`: its size is unknown).
+pub fn room_window(window: Duration, members: Option<usize>) -> Duration {
+    let windows = members.map_or(1, |m| m.div_ceil(MEMBERS_PER_WINDOW).max(1));
+    window * (windows as u32).min(MAX_WINDOWS)
+}
+
+/// Per room: when its last presence event went out, what waits for the next flush, and the
+/// room's last known size.
 #[derive(Debug)]
 struct RoomPresence {
     sent: Instant,
     pending: Option<Batch>,
+    members: Option<usize>,
+}
+
+impl RoomPresence {
+    fn window(&self, window: Duration) -> Duration {
+        room_window(window, self.members)
+    }
 }
 
 /// The hub's presence batches, by room.
@@ -156,20 +180,27 @@ impl Guard<'_> {
         if self.window.is_zero() {
             return Added::Now(one());
         }
+        let window = self.window;
         match self.rooms.get_mut(room) {
-            Some(RoomPresence {
-                pending: Some(b), ..
-            }) => {
-                b.add(name, joined, number, count);
-                Added::Held
-            }
-            Some(r) if now.duration_since(r.sent) < self.window => {
-                r.pending = Some(one());
-                Added::Held
-            }
             Some(r) => {
-                r.sent = now;
-                Added::Now(one())
+                if count.is_some() {
+                    r.members = count;
+                }
+                let wait = r.window(window);
+                match &mut r.pending {
+                    Some(b) => {
+                        b.add(name, joined, number, count);
+                        Added::Held
+                    }
+                    None if now.duration_since(r.sent) < wait => {
+                        r.pending = Some(one());
+                        Added::Held
+                    }
+                    None => {
+                        r.sent = now;
+                        Added::Now(one())
+                    }
+                }
             }
             None => {
                 self.rooms.insert(
@@ -177,6 +208,7 @@ impl Guard<'_> {
                     RoomPresence {
                         sent: now,
                         pending: None,
+                        members: count,
                     },
                 );
                 Added::Now(one())
@@ -184,18 +216,24 @@ impl Guard<'_> {
         }
     }
 
-    /// Takes every pending batch (they go out now, at `now`), and forgets the rooms that were
-    /// quiet for a whole window.
+    /// Takes the pending batches that are due (they go out now, at `now`), and forgets the
+    /// rooms that were quiet for their whole wait. Called every window: a room of one window
+    /// sends whatever it holds; a bigger room's batch is due half a window before its wait
+    /// ends, so a flush that comes a little early does not put it off by a whole window.
     pub fn take(&mut self, now: Instant) -> Vec<(Arc<str>, Batch)> {
         let mut out = Vec::new();
         let window = self.window;
-        self.rooms.retain(|room, r| match r.pending.take() {
-            Some(b) => {
-                r.sent = now;
-                out.push((room.clone(), b));
-                true
+        self.rooms.retain(|room, r| {
+            let wait = r.window(window);
+            let since = now.duration_since(r.sent);
+            if r.pending.is_some() && (wait == window || since + window / 2 >= wait) {
+                if let Some(b) = r.pending.take() {
+                    r.sent = now;
+                    out.push((room.clone(), b));
+                }
+                return true;
             }
-            None => now.duration_since(r.sent) < window,
+            r.pending.is_some() || since < wait
         });
         out
     }
@@ -298,6 +336,57 @@ mod tests {
                 Added::Now(_)
             ));
         }
+        assert_eq!(g.rooms(), 0);
+    }
+
+    /// A big room waits a window per 250 members, at most four: its batches go out less often.
+    #[test]
+    fn a_big_room_waits_longer() {
+        let w = Duration::from_millis(50);
+        assert_eq!(room_window(w, None), w);
+        assert_eq!(room_window(w, Some(0)), w);
+        assert_eq!(room_window(w, Some(250)), w);
+        assert_eq!(room_window(w, Some(251)), w * 2);
+        assert_eq!(room_window(w, Some(1_000)), w * 4);
+        assert_eq!(room_window(w, Some(100_000)), w * 4);
+
+        let batches = PresenceBatches::new(w);
+        let (big, small) = (name("big"), name("small"));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut g = batches.lock();
+        assert!(matches!(
+            g.add(&big, &name("a"), true, 1, Some(1_000), t0),
+            Added::Now(_)
+        ));
+        assert!(matches!(
+            g.add(&small, &name("a"), true, 1, Some(10), t0),
+            Added::Now(_)
+        ));
+        // Past one window the small room is quiet again; the big one is not.
+        assert!(matches!(
+            g.add(&small, &name("b"), true, 2, Some(11), at(60)),
+            Added::Now(_)
+        ));
+        assert_eq!(
+            g.add(&big, &name("b"), true, 2, Some(1_001), at(60)),
+            Added::Held
+        );
+        assert_eq!(
+            g.add(&small, &name("c"), true, 3, Some(12), at(70)),
+            Added::Held
+        );
+        // The small room's batch goes at the next flush, the big room's only near its 200 ms.
+        let names = |out: Vec<(Arc<str>, Batch)>| -> Vec<String> {
+            out.into_iter().map(|(r, _)| r.to_string()).collect()
+        };
+        assert_eq!(names(g.take(at(100))), ["small"]);
+        assert!(g.take(at(150)).is_empty());
+        assert_eq!(names(g.take(at(180))), ["big"]);
+        // Quiet rooms are forgotten after their own wait.
+        assert!(g.take(at(260)).is_empty());
+        assert_eq!(g.rooms(), 1);
+        assert!(g.take(at(400)).is_empty());
         assert_eq!(g.rooms(), 0);
     }
 }
