@@ -207,6 +207,7 @@ impl State {
                 name_grace: config.name_grace,
                 timestamps: metrics.is_some(),
                 write_delay: config.write_delay,
+                hot_write_delay: config.hot_write_delay,
                 pass_tasks: executor_threads(),
                 presence_window: config.presence_window,
             },

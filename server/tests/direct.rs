@@ -93,3 +93,56 @@ async fn direct_writes_cut_mid_frame_still_deliver_everything_in_order() {
 async fn without_direct_writes_everything_arrives_in_order_too() {
     everything_arrives_whole_and_in_order(false).await;
 }
+
+/// Reads `c`'s messages until the one saying `text`; when it came.
+async fn arrival(c: &mut Client, text: &str) -> std::time::Instant {
+    loop {
+        let m = c.recv_type("message").await;
+        if m["text"] == text {
+            return std::time::Instant::now();
+        }
+    }
+}
+
+/// `--hot-write-delay`: a room that published more than 200 messages over its last second
+/// waits that long before each pass; a quiet room on the same server writes at once.
+#[async_std::test]
+async fn a_hot_rooms_writes_wait_and_a_quiet_rooms_do_not() {
+    let delay = Duration::from_millis(300);
+    let s = TestServer::start(Config {
+        rate: 1e9,
+        burst: u32::MAX,
+        hot_write_delay: delay,
+        ..Config::default()
+    })
+    .await;
+    let (mut hot_tx, _) = s.join("firehose", "a").await;
+    let (mut hot_rx, _) = s.join("firehose", "b").await;
+    let (mut quiet_tx, _) = s.join("quiet", "c").await;
+    let (mut quiet_rx, _) = s.join("quiet", "d").await;
+    // About 1,000 a second for 1.2 s: the room's first second judges it hot (until its second
+    // second is over).
+    let start = std::time::Instant::now();
+    let mut warm = 0;
+    while (start.elapsed() < Duration::from_millis(1200) || warm < 300) && warm < 5_000 {
+        for _ in 0..5 {
+            hot_tx.say("firehose", &format!("warm {warm}")).await;
+            warm += 1;
+        }
+        async_std::task::sleep(Duration::from_millis(5)).await;
+    }
+    // No pass pending, and the receivers' writers parked again, before the one measured.
+    arrival(&mut hot_rx, &format!("warm {}", warm - 1)).await;
+    async_std::task::sleep(Duration::from_millis(20)).await;
+    quiet_tx.say("quiet", "hello").await;
+    let sent = std::time::Instant::now();
+    hot_tx.say("firehose", "hot").await;
+    let quiet = arrival(&mut quiet_rx, "hello").await - sent;
+    let hot = arrival(&mut hot_rx, "hot").await - sent;
+    assert!(
+        hot >= delay - Duration::from_millis(20),
+        "hot room: {hot:?} after {warm} messages"
+    );
+    assert!(quiet < hot, "quiet room {quiet:?}, hot room {hot:?}");
+    s.stop().await;
+}

@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod heat;
 pub mod position;
 pub mod presence_batch;
 pub mod record;
@@ -74,6 +75,8 @@ pub struct HubConfig {
     pub timestamps: bool,
     /// How long a room's direct writes wait for more events to send with them (0: none).
     pub write_delay: Duration,
+    /// How long a hot room's direct writes wait (see [`heat`]; 0: no longer than others').
+    pub hot_write_delay: Duration,
     /// Tasks a big room's direct-write pass is split over: the executor's threads.
     pub pass_tasks: usize,
     /// Presence changes of a room within this long go out together (0: each at once); see
@@ -234,6 +237,8 @@ struct Room {
     presence_held: AtomicBool,
     /// See [`Room::pushers`]. Lock order: `members`, then this.
     pushers: Mutex<Option<Arc<[Pusher]>>>,
+    /// Its message rate, for `--hot-write-delay`.
+    heat: Mutex<heat::Heat>,
 }
 
 #[derive(Debug, Default)]
@@ -258,16 +263,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Room {
-    /// Has [`Room::push`] run soon (after `delay`, `--write-delay`), once for however many
-    /// events come before it runs: like uWebSockets' drain at the end of its loop iteration,
-    /// the events published meanwhile (by other senders, or while the last pass was writing) go
-    /// to each socket in one write.
-    fn schedule_push(self: &Arc<Self>, broker: &Arc<dyn Broker>, config: &HubConfig) {
+    /// Has [`Room::push`] run soon (after `--write-delay`, or `--hot-write-delay` when `hot`),
+    /// once for however many events come before it runs: like uWebSockets' drain at the end of
+    /// its loop iteration, the events published meanwhile (by other senders, or while the last
+    /// pass was writing) go to each socket in one write.
+    fn schedule_push(self: &Arc<Self>, broker: &Arc<dyn Broker>, config: &HubConfig, hot: bool) {
         if self.push_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let (room, broker) = (self.clone(), broker.clone());
-        let (delay, tasks) = (config.write_delay, config.pass_tasks);
+        let delay = if hot {
+            config.write_delay.max(config.hot_write_delay)
+        } else {
+            config.write_delay
+        };
+        let tasks = config.pass_tasks;
         async_std::task::spawn(async move {
             if !delay.is_zero() {
                 async_io::Timer::after(delay).await;
@@ -536,6 +546,7 @@ impl Hub {
             push_scheduled: AtomicBool::new(false),
             presence_held: AtomicBool::new(false),
             pushers: Mutex::default(),
+            heat: Mutex::default(),
         }
     }
 
@@ -683,7 +694,7 @@ impl Hub {
             reset: false,
             published: self.config.timestamps.then(Instant::now),
         }));
-        room.schedule_push(&self.broker, &self.config);
+        room.schedule_push(&self.broker, &self.config, false);
     }
 
     /// Counts rooms, members and receivers.
@@ -738,6 +749,7 @@ impl Deliver for Hub {
                 self.send_presence(name, b);
             }
         }
+        let now = Instant::now();
         let event = Arc::new(Event {
             offset,
             wire: Wire::render(&d.event),
@@ -745,10 +757,11 @@ impl Deliver for Hub {
             origin: d.origin,
             presence: d.presence,
             reset: false,
-            published: self.config.timestamps.then(Instant::now),
+            published: self.config.timestamps.then_some(now),
         });
         room.tx.try_broadcast(event);
-        room.schedule_push(&self.broker, &self.config);
+        let hot = !self.config.hot_write_delay.is_zero() && lock(&room.heat).event(now);
+        room.schedule_push(&self.broker, &self.config, hot);
     }
 
     fn reset(&self, name: &Arc<str>) {
@@ -765,7 +778,7 @@ impl Deliver for Hub {
             reset: true,
             published: None,
         }));
-        room.schedule_push(&self.broker, &self.config);
+        room.schedule_push(&self.broker, &self.config, false);
     }
 
     fn replaced(&self, name: &Arc<str>, member: &str, conn: u64) {

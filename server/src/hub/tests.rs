@@ -42,6 +42,7 @@ fn hub_with(max_rooms: usize, age: Option<Duration>) -> Arc<Hub> {
             name_grace: GRACE,
             timestamps: false,
             write_delay: Duration::ZERO,
+            hot_write_delay: Duration::ZERO,
             pass_tasks: 1,
             presence_window: Duration::ZERO,
         },

@@ -366,6 +366,7 @@ fn a_joiner_sees_the_presence_changes_after_its_member_list_and_only_those() {
             name_grace: Duration::from_secs(1),
             timestamps: false,
             write_delay: Duration::ZERO,
+            hot_write_delay: Duration::ZERO,
             pass_tasks: 1,
             presence_window: Duration::ZERO,
         },
