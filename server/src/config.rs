@@ -673,6 +673,17 @@ mod tests {
     }
 
     #[test]
+    fn write_delays_over_a_second_are_refused_by_name() {
+        for flag in ["--write-delay", "--hot-write-delay"] {
+            let ok = Args::try_parse_from(["tidechat", flag, "1s"]).unwrap();
+            assert!(ok.into_config().is_ok(), "{flag} 1s");
+            let over = Args::try_parse_from(["tidechat", flag, "1001ms"]).unwrap();
+            let e = over.into_config().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{flag} (")), "{e}");
+        }
+    }
+
+    #[test]
     fn history_is_on_disk_by_default_except_for_embedders() {
         let parse = |argv: &[&str]| Args::try_parse_from(argv).unwrap().into_config().unwrap();
         assert_eq!(parse(&["tidechat"]).data_dir, Some(PathBuf::from("data")));
