@@ -7,6 +7,11 @@
 //! and restores it: `Sender::set_capacity` drops the oldest events and advances the channel's
 //! head, so the receivers that had not read them see `Overflowed` (and are closed with 4008),
 //! exactly as when the count overflows. The publisher never waits.
+//!
+//! `async_broadcast` allocates a channel's whole capacity up front (16 B a slot: 16 KiB a room
+//! at the default 1,024, ~330 B per member in rooms of 50), so a room starts at
+//! [`FIRST_CAPACITY`] and doubles only when a publish finds it full: a room whose members keep
+//! up never grows past what they actually leave queued.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,10 +49,14 @@ impl Event {
 /// Events as they travel through a room channel.
 pub type EventRef = Arc<Event>;
 
+/// The capacity a room's channel starts with (at most `--room-buffer`).
+const FIRST_CAPACITY: usize = 16;
+
 /// A room's channel: overflow mode (a lagging receiver loses the oldest events instead of making
 /// the publisher wait), at most `capacity` events and about `max_bytes` bytes queued.
 #[derive(Debug)]
 pub struct RoomChannel {
+    /// `--room-buffer`: what the channel may grow to.
     capacity: usize,
     max_bytes: usize,
     inner: Mutex<Inner>,
@@ -56,6 +65,9 @@ pub struct RoomChannel {
 #[derive(Debug)]
 struct Inner {
     tx: Sender<EventRef>,
+    /// The channel's capacity now: from [`FIRST_CAPACITY`], doubled while full, up to
+    /// [`RoomChannel::capacity`].
+    grown: usize,
     /// Payload bytes of the events still queued, oldest first (the last `tx.len()` published).
     sizes: VecDeque<usize>,
     bytes: usize,
@@ -69,7 +81,8 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl RoomChannel {
     /// A channel and the inactive receiver that keeps it open while nobody listens.
     pub fn new(capacity: usize, max_bytes: usize) -> (Self, InactiveReceiver<EventRef>) {
-        let (mut tx, rx) = async_broadcast::broadcast(capacity);
+        let grown = capacity.min(FIRST_CAPACITY);
+        let (mut tx, rx) = async_broadcast::broadcast(grown);
         tx.set_overflow(true);
         tx.set_await_active(false);
         let chan = RoomChannel {
@@ -77,6 +90,7 @@ impl RoomChannel {
             max_bytes,
             inner: Mutex::new(Inner {
                 tx,
+                grown,
                 sizes: VecDeque::new(),
                 bytes: 0,
             }),
@@ -88,6 +102,12 @@ impl RoomChannel {
         lock(&self.inner).tx.new_receiver()
     }
 
+    /// The channel's capacity now (it grows from [`FIRST_CAPACITY`] to `--room-buffer`).
+    #[cfg(test)]
+    pub fn grown(&self) -> usize {
+        lock(&self.inner).tx.capacity()
+    }
+
     pub fn receiver_count(&self) -> usize {
         lock(&self.inner).tx.receiver_count()
     }
@@ -97,6 +117,12 @@ impl RoomChannel {
     pub fn try_broadcast(&self, ev: EventRef) {
         let n = ev.bytes();
         let mut g = lock(&self.inner);
+        if g.tx.len() >= g.grown && g.grown < self.capacity {
+            // Full, but not yet at `--room-buffer`: make room instead of overflowing anyone.
+            g.grown = (g.grown * 2).min(self.capacity);
+            let grown = g.grown;
+            g.tx.set_capacity(grown);
+        }
         match g.tx.try_broadcast(ev) {
             Ok(_) => {
                 g.sizes.push_back(n);
@@ -125,8 +151,9 @@ impl RoomChannel {
         let keep = g.sizes.len();
         // A receiver may have popped more since `len()`; then fewer (or no) events are dropped,
         // and the next call counts again.
+        let grown = g.grown;
         g.tx.set_capacity(keep);
-        g.tx.set_capacity(self.capacity);
+        g.tx.set_capacity(grown);
     }
 }
 
@@ -173,5 +200,59 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 9 + 75);
+    }
+
+    /// A room starts small and grows while a receiver lags, losing nothing until the lag passes
+    /// `--room-buffer`; then the lagger overflows by exactly the excess.
+    #[test]
+    fn grows_while_full_and_overflows_only_at_the_room_buffer() {
+        let (chan, _keep) = RoomChannel::new(100, usize::MAX);
+        let mut slow = chan.new_receiver();
+        let mut fast = chan.new_receiver();
+        assert_eq!(chan.grown(), FIRST_CAPACITY);
+        for id in 1..=FIRST_CAPACITY as u64 {
+            chan.try_broadcast(event(id, 10));
+            assert_eq!(fast.try_recv().unwrap().offset, id);
+        }
+        assert_eq!(chan.grown(), FIRST_CAPACITY, "not full before the 17th");
+        for id in FIRST_CAPACITY as u64 + 1..=105 {
+            chan.try_broadcast(event(id, 10));
+            assert_eq!(fast.try_recv().unwrap().offset, id);
+        }
+        assert_eq!(
+            chan.grown(),
+            100,
+            "16, 32, 64, then capped at the room buffer"
+        );
+        assert!(matches!(slow.try_recv(), Err(TryRecvError::Overflowed(5))));
+        for id in 6..=105 {
+            assert_eq!(slow.try_recv().unwrap().offset, id);
+        }
+        assert!(matches!(slow.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    /// Receivers that keep up never make a room grow.
+    #[test]
+    fn a_room_that_keeps_up_stays_small() {
+        let (chan, _keep) = RoomChannel::new(1024, usize::MAX);
+        let mut rx = chan.new_receiver();
+        for id in 1..=10_000 {
+            chan.try_broadcast(event(id, 10));
+            assert_eq!(rx.try_recv().unwrap().offset, id);
+        }
+        assert_eq!(chan.grown(), FIRST_CAPACITY);
+    }
+
+    /// The byte bound's shrink-and-restore keeps a grown channel's size, not the room buffer's.
+    #[test]
+    fn the_byte_bound_restores_the_grown_capacity() {
+        let (chan, _keep) = RoomChannel::new(1024, 10_000);
+        let _slow = chan.new_receiver();
+        for id in 1..=40 {
+            chan.try_broadcast(event(id, 100));
+        }
+        assert_eq!(chan.grown(), 64);
+        chan.try_broadcast(event(41, 9_000));
+        assert_eq!(chan.grown(), 64);
     }
 }
