@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Utf8Bytes;
 use event_listener::Event;
 use serde::Serialize;
@@ -30,14 +29,6 @@ use crate::per_ip::{self, PerIp};
 use crate::protocol::{self, ServerFrame, PROTOCOL_VERSION};
 use crate::shutdown::Shutdown;
 
-/// Size of tungstenite's read buffer per connection. Its default (128 KiB) made an idle
-/// connection cost ~147 KiB, and 4 KiB cost 13.2 KiB against 9.7 KiB with 512 B (5,000 idle
-/// connections, scripts/idle-rss). Client frames are small (a `say` is ~100 B); larger ones
-/// still work: the buffer grows for them.
-const WS_READ_BUFFER: usize = 256;
-/// Bytes queued before tungstenite writes to the socket; `feed` + one `flush` batches only when
-/// this is above zero.
-const WS_WRITE_BUFFER: usize = 16 * 1024;
 /// First pause after a failed `accept` (e.g. out of file descriptors: the connection stays in
 /// the backlog, so the listener is ready again at once and the loop would spin); it doubles on
 /// each failure in a row up to [`ACCEPT_BACKOFF_MAX`].
@@ -59,7 +50,6 @@ pub struct State {
     pub hub: Arc<Hub>,
     /// The `hello` frame, serialized once.
     pub hello: Utf8Bytes,
-    pub ws_config: WebSocketConfig,
     /// What each connection is held to.
     pub limits: conn::Limits,
     pub shutdown: Shutdown,
@@ -195,7 +185,6 @@ impl State {
             protocol: PROTOCOL_VERSION,
             limits: &config.limits(),
         });
-        let ws_config = ws_config(&config);
         let hub = Hub::new(
             HubConfig {
                 max_rooms: config.max_rooms,
@@ -220,7 +209,6 @@ impl State {
             config,
             hub,
             hello: hello.into(),
-            ws_config,
             shutdown: Shutdown::default(),
             http_open: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -320,18 +308,6 @@ impl State {
             listener.await;
         }
     }
-}
-
-/// tungstenite's settings for `config`.
-fn ws_config(config: &Config) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        // The buffer holds at most write_buffer_size plus one message before it is flushed.
-        .max_write_buffer_size(WS_WRITE_BUFFER + 2 * config.max_message_bytes)
-        // Checked from the frame header, before the payload is buffered.
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_message_bytes))
 }
 
 /// Starts async-io 1.x's reactor now, while file descriptors are free. async-h1 times each

@@ -1,24 +1,22 @@
 //! The websocket upgrade on tide: RFC 6455 handshake checks, the [Origin allowlist](crate::origin),
-//! the [per-address caps](crate::per_ip) and the connection cap, then the connection is handed to the current `async-tungstenite` (for
-//! reading, with an explicit
-//! [`WebSocketConfig`](async_tungstenite::tungstenite::protocol::WebSocketConfig)) and to the
-//! connection's writer (for writing), in [`crate::conn`].
+//! the [per-address caps](crate::per_ip) and the connection cap, then the connection is handed
+//! to [`crate::conn`]: its frames are read by [`conn::Incoming`] and written by the connection's
+//! writer.
 //!
 //! Not tide-websockets: its last release pins async-tungstenite 0.13 with no way to set message
 //! limits (64 MiB accepted), and its `send` holds a thread-blocking lock across socket writes.
+//! (tungstenite is still used for the handshake's accept key and its frame types and errors.)
 
 use std::sync::Arc;
 
 use async_std::net::TcpStream;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 use tide::http::headers;
 use tide::{Request, Response, StatusCode};
 
 use crate::addr::{self, ClientInfo};
-use crate::conn::{self, Mode, Peer, ReadOnly};
+use crate::conn::{self, Mode, Peer};
 use crate::metrics::Refusal;
 use crate::origin;
 use crate::per_ip::Refused;
@@ -152,23 +150,15 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         let Some(stream) = upgrade.await else {
             return;
         };
-        let config = Some(state.ws_config);
-        // Boxed: an async fn keeps its arguments for its whole life, so passing the stream by
-        // value would hold a second, dead copy of it (~600 B) in every connection's future.
-        // Its future holds the stream by value (~600 B) and would stay a cold slot of every
-        // connection's task: boxed, it is freed once the stream is made.
-        let ws = Box::pin(WebSocketStream::from_raw_socket(
-            ReadOnly::new(stream),
-            Role::Server,
-            config,
-        ));
-        let ws = Box::new(ws.await);
+        // The connection reads through our handle on the same socket: the upgrade's own (a
+        // boxed clone of it) would be one more allocation per connection.
+        drop(stream);
         let peer = Peer {
             conn: slot.id,
             addr: peer,
         };
         let open = state.metrics().map(|m| m.connection(mode));
-        conn::run(ws, tcp, state.ctx(), mode, peer).await;
+        conn::run(tcp, state.ctx(), mode, peer).await;
         drop(open);
         drop(slot);
         drop(ip_slot);

@@ -301,3 +301,37 @@ async fn refused_pings_do_not_keep_a_connection_alive() {
     pinger.cancel().await;
     s.stop().await;
 }
+
+/// Each violation of RFC 6455 a client can commit closes it with 1002 (after what it sent
+/// before), and the room's other members are served throughout.
+#[async_std::test]
+async fn protocol_violations_close_with_1002_and_others_are_served() {
+    let s = TestServer::start(Config::default()).await;
+    let (mut alice, _) = s.join("lobby", "alice").await;
+    let (mut bob, _) = s.join("lobby", "bob").await;
+    let mut unmasked = client_frame(0x81, br#"{"type":"ping"}"#);
+    unmasked[1] &= 0x7f;
+    let violations: [(&str, Vec<u8>); 6] = [
+        ("unmasked", unmasked),
+        ("reserved bit", client_frame(0xc1, br#"{"type":"ping"}"#)),
+        ("fragmented ping", client_frame(0x09, b"")),
+        ("continuation first", client_frame(0x80, b"x")),
+        ("opcode 3", client_frame(0x83, b"")),
+        ("one-byte close", client_frame(0x88, &[3])),
+    ];
+    for (what, bad) in violations {
+        let mut tcp = raw_upgrade(s.addr, "/ws").await;
+        let mut r = RawReader::upgraded(tcp.clone()).await;
+        assert_eq!(r.frame().await.unwrap().0, 0x1, "hello");
+        // Two pings and the violation in one write: the pings are answered first.
+        let mut bytes = client_frame(0x81, br#"{"type":"ping","ref":"1"}"#);
+        bytes.extend(client_frame(0x81, br#"{"type":"ping","ref":"2"}"#));
+        bytes.extend(bad);
+        tcp.write_all(&bytes).await.unwrap();
+        let (code, texts) = r.until_close().await;
+        assert_eq!(code, Some(1002), "{what}");
+        let refs: Vec<_> = texts.iter().map(|t| t["ref"].clone()).collect();
+        assert_eq!(refs, ["1", "2"], "{what}: {texts:?}");
+        chat_works(&mut alice, &mut bob, 3, what).await;
+    }
+}

@@ -1,4 +1,5 @@
-//! One websocket connection: a reader (`reader.rs`) that handles what the client sends and the
+//! One websocket connection: a reader (`reader.rs`) that handles what the client sends (its
+//! frames read by [`Incoming`]) and the
 //! single writer (`writer.rs`) that sends everything to the client, run as two futures in the
 //! connection's one task ([`race`]), talking through the connection's [`inbox::Inbox`].
 //!
@@ -9,8 +10,8 @@
 mod direct;
 mod frame;
 pub mod inbox;
+mod incoming;
 pub mod race;
-mod read_only;
 mod reader;
 mod writer;
 
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
-use async_tungstenite::WebSocketStream;
 use futures::future::Either;
 use futures::{AsyncRead, StreamExt};
 
@@ -29,7 +29,7 @@ use crate::hub::{Hub, Joined};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use inbox::{Cost, FromEviction, Inbox};
-pub use read_only::ReadOnly;
+pub use incoming::Incoming;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// The per-connection limits, from [`Config`].
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// `--max-message-bytes`: a client frame or message, checked from the frame header.
+    pub max_message_bytes: usize,
     pub max_text_bytes: usize,
     pub max_rooms_per_connection: usize,
     /// Tokens a `join` or `history` request takes from the rate bucket.
@@ -78,6 +80,7 @@ pub struct Limits {
 impl From<&Config> for Limits {
     fn from(c: &Config) -> Self {
         Self {
+            max_message_bytes: c.max_message_bytes,
             max_text_bytes: c.max_text_bytes,
             max_rooms_per_connection: c.max_rooms_per_connection,
             join_cost: c.join_cost(),
@@ -201,18 +204,15 @@ pub struct Peer {
     pub addr: String,
 }
 
-/// Runs a connection to its end and releases everything it held in the hub. `ws` is read (it
-/// must not write: see [`ReadOnly`]); every byte to the client goes through `out`.
-pub async fn run<S>(
-    mut ws: Box<WebSocketStream<ReadOnly<S>>>,
-    out: TcpStream,
-    ctx: Ctx<'_>,
-    mode: Mode,
-    peer: Peer,
-) where
-    S: AsyncRead + Unpin + Send + 'static,
-{
+/// Runs a connection to its end and releases everything it held in the hub. What the client
+/// sends is read from `tcp` by an [`Incoming`]; every byte to the client goes through `tcp` as
+/// well, from the writer.
+pub async fn run(tcp: TcpStream, ctx: Ctx<'_>, mode: Mode, peer: Peer) {
     let conn = peer.conn;
+    // Made here, not passed in: a future keeps a slot for each argument as well as for what it
+    // moves them into, and this one lives as long as the connection.
+    let mut ws = Incoming::new(tcp.clone(), ctx.limits.max_message_bytes);
+    let out = tcp;
     log::info!(
         conn = conn, peer = peer.addr.as_str(), route = mode.route();
         "connect #{conn} {} {mode:?}", peer.addr
@@ -304,7 +304,7 @@ pub async fn run<S>(
 
 /// Reads until the client's close frame or the end of the stream, discarding the rest: the
 /// server has said its last word.
-async fn client_close<S: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<S>>) {
+async fn client_close<S: AsyncRead + Unpin>(ws: &mut Incoming<S>) {
     while let Some(Ok(msg)) = ws.next().await {
         if msg.is_close() {
             return;

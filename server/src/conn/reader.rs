@@ -11,11 +11,11 @@ use std::task::Poll;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
 use futures::{AsyncRead, StreamExt};
 
 use super::inbox::Inbox;
-use super::{Ctx, Ending, Mode, Out, ReadOnly};
+use super::incoming::Incoming;
+use super::{Ctx, Ending, Mode, Out};
 use crate::hub::{HubError, JoinRequest, Joined, Page, Pusher};
 use crate::limits::{self, valid_name, valid_room, TokenBucket};
 use crate::protocol::seed::ROOM as SEED_ROOM;
@@ -110,7 +110,7 @@ impl Reader<'_> {
 type Step = Result<(), Ending>;
 
 impl Reader<'_> {
-    pub(super) async fn run<S>(mut self, ws: &mut WebSocketStream<ReadOnly<S>>) -> Ending
+    pub(super) async fn run<S>(mut self, ws: &mut Incoming<S>) -> Ending
     where
         S: AsyncRead + Unpin,
     {
@@ -148,7 +148,7 @@ impl Reader<'_> {
     /// open, which the common case (a message in one read) never is.
     async fn next_message<S: AsyncRead + Unpin>(
         &self,
-        ws: &mut WebSocketStream<ReadOnly<S>>,
+        ws: &mut Incoming<S>,
     ) -> Result<Option<Result<Message, WsError>>, Ending> {
         let limit = self.ctx.limits.message_timeout;
         let mut timer: Option<(Instant, Box<async_io::Timer>)> = None;
@@ -156,7 +156,7 @@ impl Reader<'_> {
             if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
                 return Poll::Ready(Ok(msg));
             }
-            let Some(since) = ws.get_ref().incomplete_since() else {
+            let Some(since) = ws.incomplete_since() else {
                 return Poll::Pending;
             };
             let deadline = since + limit;
@@ -559,11 +559,8 @@ impl Reader<'_> {
 }
 
 /// Adds what the connection has read since the last call to the received counters.
-pub(super) fn count_received<S: AsyncRead + Unpin>(
-    ctx: Ctx<'_>,
-    ws: &mut WebSocketStream<ReadOnly<S>>,
-) {
-    let (frames, bytes) = ws.get_mut().take_counts();
+pub(super) fn count_received<S: AsyncRead + Unpin>(ctx: Ctx<'_>, ws: &mut Incoming<S>) {
+    let (frames, bytes) = ws.take_counts();
     if let Some(m) = ctx.metrics {
         m.received(frames, bytes);
     }
@@ -587,7 +584,7 @@ fn ref_too_long() -> Refusal {
     )
 }
 
-/// Maps a read error to the close the client gets (tungstenite reports, but does not send it).
+/// Maps a read error to the close the client gets.
 fn read_error(e: WsError) -> Ending {
     use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
     match e {

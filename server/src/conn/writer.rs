@@ -4,8 +4,8 @@
 //! It waits for the first input, takes whatever else is already queued (up to [`MAX_BATCH`]),
 //! and writes the whole batch with one `writev`: each frame is its header (formatted by
 //! tungstenite's `FrameHeader`) plus the event's shared payload, so fan-out copies no payload
-//! in user space and keeps no write buffer between batches. tungstenite only reads; see
-//! [`ReadOnly`](super::ReadOnly).
+//! in user space and keeps no write buffer between batches. What the client sends is read by
+//! [`Incoming`](super::Incoming), which never writes.
 //!
 //! `--write-timeout` bounds the whole backlog, not one write: the writer is *behind* from the
 //! first write that cannot complete at once until it has written everything and no input is
