@@ -150,17 +150,25 @@ impl<'a> Writer<'a> {
             if !work.is_zero() {
                 busy(work * batch.len() as u32);
             }
-            let write = Write {
-                out: &mut out,
-                behind: &mut behind,
-                limit: ctx.limits.write_timeout,
-                ticks: &mut ticks,
-                shutdown: &mut shutdown,
-                idle: || self.idle(),
-                metrics,
+            let blocked = match write_ready(&mut out, &batch, skip, metrics) {
+                Ok(blocked) => blocked,
+                Err(ending) => return ending,
             };
-            if let Err(ending) = write.all(&batch, skip).await {
-                return ending;
+            if let Some(written) = blocked {
+                let write = Write {
+                    out: &mut out,
+                    behind: &mut behind,
+                    limit: ctx.limits.write_timeout,
+                    ticks: &mut ticks,
+                    shutdown: &mut shutdown,
+                    idle: || self.idle(),
+                    metrics,
+                };
+                // Boxed: only a write the socket blocks needs this state, and every
+                // connection's future would otherwise keep room for it.
+                if let Err(ending) = Box::pin(write.all(&batch, written)).await {
+                    return ending;
+                }
             }
             if let Then::End(ending) = then {
                 return ending;
@@ -402,6 +410,51 @@ fn touched(frames: &[Frame], written: usize) -> usize {
     frames.len()
 }
 
+/// Writes `frames` (less the first `skip` bytes, on the wire already) as far as the socket takes
+/// them now. Returns `None` when all are written, or the bytes written (counting `skip`) where
+/// the socket blocked: [`Write::all`] waits for the rest.
+fn write_ready<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    frames: &[Frame],
+    skip: usize,
+    metrics: Option<&Metrics>,
+) -> Result<Option<usize>, Ending> {
+    let mut slices = slices(frames);
+    let mut bufs = &mut slices[..];
+    IoSlice::advance_slices(&mut bufs, skip);
+    let mut written = skip;
+    // No waker yet: a write that blocks is polled again, with the task's, by `Write::all`.
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let blocked = loop {
+        if bufs.is_empty() {
+            break false;
+        }
+        match Pin::new(&mut *out).poll_write_vectored(&mut cx, bufs) {
+            Poll::Ready(Ok(0)) => return Err(Ending::Gone("socket accepts no more bytes".into())),
+            Poll::Ready(Ok(n)) => {
+                written += n;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            Poll::Ready(Err(e)) => return Err(Ending::Gone(e.to_string())),
+            Poll::Pending => break true,
+        }
+    };
+    account(metrics, frames, skip, written);
+    Ok(blocked.then_some(written))
+}
+
+/// Each frame's header and payload, in order.
+fn slices(frames: &[Frame]) -> Vec<IoSlice<'_>> {
+    let mut slices = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        slices.push(IoSlice::new(&f.header[..f.header_len as usize]));
+        if !f.payload.is_empty() {
+            slices.push(IoSlice::new(&f.payload));
+        }
+    }
+    slices
+}
+
 /// Since when the writer is behind, and the timer that wakes it when that has lasted too long.
 /// Created only when a write blocks: a timer per write cost ~10% of the server's CPU in fan-out
 /// (profiled), and almost every write completes at once.
@@ -440,7 +493,8 @@ struct Write<'w, 's, W, I> {
 }
 
 impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
-    /// Writes every frame with as few `writev` calls as the socket allows.
+    /// Writes every frame with as few `writev` calls as the socket allows, waiting while it
+    /// blocks (the first `skip` bytes are on the wire already).
     async fn all(self, frames: &[Frame], skip: usize) -> Result<(), Ending> {
         let Write {
             out,
@@ -451,16 +505,9 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
             idle,
             metrics,
         } = self;
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-        for f in frames {
-            slices.push(IoSlice::new(&f.header[..f.header_len as usize]));
-            if !f.payload.is_empty() {
-                slices.push(IoSlice::new(&f.payload));
-            }
-        }
+        let mut slices = slices(frames);
         let total = slices.len();
         let mut bufs = &mut slices[..];
-        // A cut direct write: its first `skip` bytes are on the wire already.
         IoSlice::advance_slices(&mut bufs, skip);
         let mut written = skip;
         let stop = futures::future::poll_fn(|cx| {
