@@ -15,6 +15,7 @@ pub mod race;
 mod reader;
 mod writer;
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,99 +208,109 @@ pub struct Peer {
 /// Runs a connection to its end and releases everything it held in the hub. What the client
 /// sends is read from `tcp` by an [`Incoming`]; every byte to the client goes through `tcp` as
 /// well, from the writer.
-pub async fn run(tcp: TcpStream, ctx: Ctx<'_>, mode: Mode, peer: Peer) {
-    let conn = peer.conn;
-    // Made here, not passed in: a future keeps a slot for each argument as well as for what it
-    // moves them into, and this one lives as long as the connection.
-    let mut ws = Incoming::new(tcp.clone(), ctx.limits.max_message_bytes);
-    let out = tcp;
-    log::info!(
-        conn = conn, peer = peer.addr.as_str(), route = mode.route();
-        "connect #{conn} {} {mode:?}", peer.addr
-    );
-    let inbox: Arc<Inbox<Out>> = Arc::default();
-    let started = Instant::now();
-    let last_seen = AtomicU64::new(0);
-    let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
-    let direct = ctx.limits.direct_write.then(|| {
-        Arc::new(direct::Direct::new(
-            out.clone(),
-            mode,
-            conn,
-            ctx.metrics.cloned(),
-            ctx.limits.test_work_per_delivery,
-        ))
-    });
+///
+/// Not an async fn: one keeps a slot for each argument besides the local it moves it into, for
+/// the connection's whole life; an async block uses what it captured in place (measured with
+/// `-Zprint-type-sizes`, as for [`reader::Reader::run`] and [`writer::Writer::run`]).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run<'c>(
+    tcp: TcpStream,
+    ctx: Ctx<'c>,
+    mode: Mode,
+    peer: Peer,
+) -> impl Future<Output = ()> + use<'c> {
+    async move {
+        let conn = peer.conn;
+        // Made here, not passed in, for the same reason.
+        let mut ws = Incoming::new(tcp.clone(), ctx.limits.max_message_bytes);
+        log::info!(
+            conn = conn, peer = peer.addr.as_str(), route = mode.route();
+            "connect #{conn} {} {mode:?}", peer.addr
+        );
+        let inbox: Arc<Inbox<Out>> = Arc::default();
+        let started = Instant::now();
+        let last_seen = AtomicU64::new(0);
+        let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
+        let direct = ctx.limits.direct_write.then(|| {
+            Arc::new(direct::Direct::new(
+                tcp.clone(),
+                mode,
+                conn,
+                ctx.metrics.cloned(),
+                ctx.limits.test_work_per_delivery,
+            ))
+        });
 
-    let (ending, closing) = {
-        // Pinned where they are made: `pin_mut!` moves them, and a future keeps a slot for
-        // the moved-from value as well (the reader and writer twice over, ~1.5 KiB).
-        let mut reader = std::pin::pin!(reader::Reader::new(
-            ctx,
-            mode,
-            conn,
-            &inbox,
-            &mut memberships,
-            started,
-            &last_seen,
-        )
-        .pushing(direct.clone().map(|d| d as crate::hub::Pusher))
-        .run(&mut ws));
-        let mut writer = std::pin::pin!(writer::Writer {
-            ctx,
-            mode,
-            conn,
-            // Most connections are in one room; a Vec grows to 4 slots at its first push.
-            subs: Vec::with_capacity(1),
-            started,
-            last_seen: &last_seen,
-            ack: 0,
-            direct: direct.as_deref(),
-            parked: false,
-            rest: None,
-            handoff: Default::default(),
-        }
-        .run(out, &inbox));
-        match race::race(reader.as_mut(), writer.as_mut()).await {
-            Either::Left(ending) => {
-                let closing = Instant::now() + CLOSE_FLUSH;
-                // The writer sends the close (ours, or the reply to the client's) and stops.
-                let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
-                (ending, closing)
+        let (ending, closing) = {
+            // Pinned where they are made: `pin_mut!` moves them, and a future keeps a slot for
+            // the moved-from value as well (the reader and writer twice over, ~1.5 KiB).
+            let mut reader = std::pin::pin!(reader::Reader::new(
+                ctx,
+                mode,
+                conn,
+                &inbox,
+                &mut memberships,
+                started,
+                &last_seen,
+            )
+            .pushing(direct.clone().map(|d| d as crate::hub::Pusher))
+            .run(&mut ws));
+            let mut writer = std::pin::pin!(writer::Writer {
+                ctx,
+                mode,
+                conn,
+                // Most connections are in one room; a Vec grows to 4 slots at its first push.
+                subs: Vec::with_capacity(1),
+                started,
+                last_seen: &last_seen,
+                ack: 0,
+                direct: direct.as_deref(),
+                parked: false,
+                rest: None,
+                handoff: Default::default(),
             }
-            Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
+            .run(tcp, &inbox));
+            match race::race(reader.as_mut(), writer.as_mut()).await {
+                Either::Left(ending) => {
+                    let closing = Instant::now() + CLOSE_FLUSH;
+                    // The writer sends the close (ours, or the reply to the client's) and stops.
+                    let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
+                    (ending, closing)
+                }
+                Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
+            }
+        };
+        if let Some(d) = &direct {
+            d.retire();
         }
-    };
-    if let Some(d) = &direct {
-        d.retire();
+        // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
+        // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
+        // users cannot resume.
+        // Boxed: a connection's future is as big as its biggest state, and the hub's futures (a
+        // broker call each) are far bigger than an idle connection's reader and writer together.
+        Box::pin(async {
+            for m in &memberships {
+                match mode {
+                    Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn).await,
+                    Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn).await,
+                }
+            }
+            if let Ending::Closed(..) = ending {
+                // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close,
+                // so the client sees a clean close (not a reset); a client that never answers is
+                // let go at the same bound that the close frame itself had.
+                let left = closing.saturating_duration_since(Instant::now());
+                let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
+            }
+        })
+        .await;
+        reader::count_received(ctx, &mut ws);
+        log::info!(
+            conn = conn, peer = peer.addr.as_str(), route = mode.route(), code = ending.code(),
+            reason = ending.reason().as_ref();
+            "disconnect #{conn} {}: {ending}", peer.addr
+        );
     }
-    // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
-    // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
-    // users cannot resume.
-    // Boxed: a connection's future is as big as its biggest state, and the hub's futures (a
-    // broker call each) are far bigger than an idle connection's reader and writer together.
-    Box::pin(async {
-        for m in &memberships {
-            match mode {
-                Mode::V1 => ctx.hub.disconnect(&m.room, &m.name, conn).await,
-                Mode::Seed => ctx.hub.leave(&m.room, &m.name, conn).await,
-            }
-        }
-        if let Ending::Closed(..) = ending {
-            // RFC 6455 §7.1.1: the server closes TCP after the client has answered its close,
-            // so the client sees a clean close (not a reset); a client that never answers is
-            // let go at the same bound that the close frame itself had.
-            let left = closing.saturating_duration_since(Instant::now());
-            let _ = async_std::future::timeout(left, client_close(&mut ws)).await;
-        }
-    })
-    .await;
-    reader::count_received(ctx, &mut ws);
-    log::info!(
-        conn = conn, peer = peer.addr.as_str(), route = mode.route(), code = ending.code(),
-        reason = ending.reason().as_ref();
-        "disconnect #{conn} {}: {ending}", peer.addr
-    );
 }
 
 /// Reads until the client's close frame or the end of the stream, discarding the rest: the

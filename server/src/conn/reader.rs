@@ -109,38 +109,53 @@ impl Reader<'_> {
 /// What handling one client frame decided.
 type Step = Result<(), Ending>;
 
-impl Reader<'_> {
-    pub(super) async fn run<S>(mut self, ws: &mut Incoming<S>) -> Ending
+impl<'a> Reader<'a> {
+    /// Handles the client's frames until the connection ends. Not an async fn: see
+    /// [`super::run`] (an async fn would hold this reader twice, 152 B more per connection).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn run<'w, S>(
+        mut self,
+        ws: &'w mut Incoming<S>,
+    ) -> impl Future<Output = Ending> + use<'a, 'w, S>
     where
         S: AsyncRead + Unpin,
     {
-        // Boxed: a seed connection's start is a whole join, which an idle connection's future
-        // would otherwise keep room for.
-        let ending = match Box::pin(self.start()).await {
-            Ok(()) => loop {
-                let msg = self.next_message(ws).await;
-                count_received(self.ctx, ws);
-                let msg = match msg {
-                    Ok(msg) => msg,
-                    Err(ending) => break ending,
-                };
-                for room in self.inbox.take_evicted() {
-                    self.memberships.retain(|m| m.room != room);
-                }
-                // Boxed: handling a frame needs far more state than waiting for one, and
-                // an idle connection should not carry that state inline (760 B each).
-                if let Err(ending) = Box::pin(self.frame(msg)).await {
-                    break ending;
-                }
-            },
-            Err(ending) => ending,
-        };
-        match ending {
-            Ending::Closed(code, reason) => self.inbox.send(Out::Close(code, reason)).await,
-            Ending::ClientClosed => self.inbox.send(Out::Close(close::NORMAL, "")).await,
-            Ending::Gone(_) => self.inbox.push(Out::Finish),
+        async move {
+            // Boxed: a seed connection's start is a whole join, which an idle connection's future
+            // would otherwise keep room for.
+            let ending = match Box::pin(self.start()).await {
+                Ok(()) => loop {
+                    let msg = self.next_message(ws).await;
+                    count_received(self.ctx, ws);
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(ending) => break ending,
+                    };
+                    for room in self.inbox.take_evicted() {
+                        self.memberships.retain(|m| m.room != room);
+                    }
+                    // Boxed: handling a frame needs far more state than waiting for one, and
+                    // an idle connection should not carry that state inline (760 B each).
+                    if let Err(ending) = Box::pin(self.frame(msg)).await {
+                        break ending;
+                    }
+                },
+                Err(ending) => ending,
+            };
+            let last = match ending {
+                Ending::Closed(code, reason) => Out::Close(code, reason),
+                Ending::ClientClosed => Out::Close(close::NORMAL, ""),
+                Ending::Gone(_) => Out::Finish,
+            };
+            if let Out::Finish = last {
+                self.inbox.push(last);
+            } else {
+                // Boxed: the wait for room in the inbox is the biggest state of the reader's
+                // future, and only its last step needs it.
+                Box::pin(self.inbox.send(last)).await;
+            }
+            ending
         }
-        ending
     }
 
     /// The client's next message; a message begun but not finished within

@@ -82,96 +82,103 @@ enum Then {
 }
 
 impl<'a> Writer<'a> {
-    pub(super) async fn run<W: AsyncWrite + Unpin>(
+    /// Sends everything the connection sends until it ends. Not an async fn: see
+    /// [`super::run`] (an async fn would hold this writer twice, 184 B more per connection).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn run<'i, W: AsyncWrite + Unpin>(
         mut self,
         mut out: W,
-        inbox: &Inbox<Out>,
-    ) -> Ending {
-        let ctx = self.ctx;
-        let metrics = ctx.metrics.map(|m| &**m);
-        let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
-        let mut shutdown = ctx.shutdown.wait();
-        // Boxed: only a writer that falls behind needs it, and every connection's future holds
-        // the slot.
-        let mut behind: Option<Box<Behind>> = None;
-        loop {
-            let first = futures::future::poll_fn(|cx| {
-                let input = match self.direct {
-                    Some(direct) => self.poll_parked(cx, direct, inbox, &mut ticks, &mut shutdown),
-                    None => self.poll_input(cx, inbox, &mut ticks, &mut shutdown),
+        inbox: &'i Inbox<Out>,
+    ) -> impl Future<Output = Ending> + use<'a, 'i, W> {
+        async move {
+            let ctx = self.ctx;
+            let metrics = ctx.metrics.map(|m| &**m);
+            let mut ticks = async_io::Timer::interval(ctx.limits.ping_interval);
+            let mut shutdown = ctx.shutdown.wait();
+            // Boxed: only a writer that falls behind needs it, and every connection's future holds
+            // the slot.
+            let mut behind: Option<Box<Behind>> = None;
+            loop {
+                let first = futures::future::poll_fn(|cx| {
+                    let input = match self.direct {
+                        Some(direct) => {
+                            self.poll_parked(cx, direct, inbox, &mut ticks, &mut shutdown)
+                        }
+                        None => self.poll_input(cx, inbox, &mut ticks, &mut shutdown),
+                    };
+                    if input.is_pending() {
+                        // Everything written and nothing waiting: caught up.
+                        behind = None;
+                    }
+                    input
+                })
+                .await;
+                let mut batch = Vec::new();
+                let mut skip = 0;
+                let mut then = match first {
+                    Input::Rest(frames, written) => {
+                        batch = frames;
+                        skip = written;
+                        Then::Continue
+                    }
+                    first => self.apply(first, &mut batch),
                 };
-                if input.is_pending() {
-                    // Everything written and nothing waiting: caught up.
-                    behind = None;
+                // Take what is already queued, without registering wakers (polling with another
+                // waker would re-register listeners and the ping timer every time).
+                while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
+                    match self.try_input(inbox) {
+                        Some(input) => then = self.apply(input, &mut batch),
+                        None => break,
+                    }
                 }
-                input
-            })
-            .await;
-            let mut batch = Vec::new();
-            let mut skip = 0;
-            let mut then = match first {
-                Input::Rest(frames, written) => {
-                    batch = frames;
-                    skip = written;
-                    Then::Continue
-                }
-                first => self.apply(first, &mut batch),
-            };
-            // Take what is already queued, without registering wakers (polling with another
-            // waker would re-register listeners and the ping timer every time).
-            while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
-                match self.try_input(inbox) {
-                    Some(input) => then = self.apply(input, &mut batch),
-                    None => break,
-                }
-            }
-            if behind
-                .as_ref()
-                .is_some_and(|b| b.deadline <= Instant::now())
-            {
-                // Between batches, at a frame boundary: the close frame can go first.
-                if let Some(m) = ctx.metrics {
-                    m.slow_consumer();
-                }
-                return give_up(&mut out, &[], Stop::SlowConsumer, metrics, (&[], 0, 0));
-            }
-            if self.ack != 0 {
-                // The sender's own message goes out (with what came before it) once it is on
-                // disk; shutdown still ends the wait.
-                let commits = ctx.hub.broker().commits();
-                let durable = commits.wait(std::mem::take(&mut self.ack));
-                if let Either::Right(_) =
-                    futures::future::select(Box::pin(durable), shutdown.as_mut()).await
+                if behind
+                    .as_ref()
+                    .is_some_and(|b| b.deadline <= Instant::now())
                 {
-                    return give_up(&mut out, &[], Stop::Shutdown, metrics, (&[], 0, 0));
+                    // Between batches, at a frame boundary: the close frame can go first.
+                    if let Some(m) = ctx.metrics {
+                        m.slow_consumer();
+                    }
+                    return give_up(&mut out, &[], Stop::SlowConsumer, metrics, (&[], 0, 0));
                 }
-            }
-            let work = ctx.limits.test_work_per_delivery;
-            if !work.is_zero() {
-                busy(work * batch.len() as u32);
-            }
-            let blocked = match write_ready(&mut out, &batch, skip, metrics) {
-                Ok(blocked) => blocked,
-                Err(ending) => return ending,
-            };
-            if let Some(written) = blocked {
-                let write = Write {
-                    out: &mut out,
-                    behind: &mut behind,
-                    limit: ctx.limits.write_timeout,
-                    ticks: &mut ticks,
-                    shutdown: &mut shutdown,
-                    idle: || self.idle(),
-                    metrics,
+                if self.ack != 0 {
+                    // The sender's own message goes out (with what came before it) once it is on
+                    // disk; shutdown still ends the wait.
+                    let commits = ctx.hub.broker().commits();
+                    let durable = commits.wait(std::mem::take(&mut self.ack));
+                    if let Either::Right(_) =
+                        futures::future::select(Box::pin(durable), shutdown.as_mut()).await
+                    {
+                        return give_up(&mut out, &[], Stop::Shutdown, metrics, (&[], 0, 0));
+                    }
+                }
+                let work = ctx.limits.test_work_per_delivery;
+                if !work.is_zero() {
+                    busy(work * batch.len() as u32);
+                }
+                let blocked = match write_ready(&mut out, &batch, skip, metrics) {
+                    Ok(blocked) => blocked,
+                    Err(ending) => return ending,
                 };
-                // Boxed: only a write the socket blocks needs this state, and every
-                // connection's future would otherwise keep room for it.
-                if let Err(ending) = Box::pin(write.all(&batch, written)).await {
+                if let Some(written) = blocked {
+                    let write = Write {
+                        out: &mut out,
+                        behind: &mut behind,
+                        limit: ctx.limits.write_timeout,
+                        ticks: &mut ticks,
+                        shutdown: &mut shutdown,
+                        idle: || self.idle(),
+                        metrics,
+                    };
+                    // Boxed: only a write the socket blocks needs this state, and every
+                    // connection's future would otherwise keep room for it.
+                    if let Err(ending) = Box::pin(write.all(&batch, written)).await {
+                        return ending;
+                    }
+                }
+                if let Then::End(ending) = then {
                     return ending;
                 }
-            }
-            if let Then::End(ending) = then {
-                return ending;
             }
         }
     }
