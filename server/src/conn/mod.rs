@@ -270,15 +270,18 @@ pub fn run<'c>(
                 handoff: Default::default(),
             }
             .run(tcp, &inbox));
-            match race::race(reader.as_mut(), writer.as_mut()).await {
-                Either::Left(ending) => {
-                    let closing = Instant::now() + CLOSE_FLUSH;
-                    // The writer sends the close (ours, or the reply to the client's) and stops.
-                    let _ = async_std::future::timeout(CLOSE_FLUSH, writer).await;
-                    (ending, closing)
-                }
-                Either::Right(ending) => (ending, Instant::now() + CLOSE_FLUSH),
+            // Not a `match` on the race: its result would stay in the future through the wait
+            // below, and that wait is boxed, so the idle state is the largest (measured).
+            let (ending, reader_ended) = match race::race(reader.as_mut(), writer.as_mut()).await {
+                Either::Left(ending) => (ending, true),
+                Either::Right(ending) => (ending, false),
+            };
+            let closing = Instant::now() + CLOSE_FLUSH;
+            if reader_ended {
+                // The writer sends the close (ours, or the reply to the client's) and stops.
+                let _ = Box::pin(async_std::future::timeout(CLOSE_FLUSH, writer)).await;
             }
+            (ending, closing)
         };
         if let Some(d) = &direct {
             d.retire();

@@ -71,6 +71,9 @@ pub(super) struct Reader<'a> {
     last_seen: &'a AtomicU64,
     bucket: TokenBucket,
     strikes: u32,
+    /// While a message is unfinished: its `--message-timeout` deadline and timer. Here rather
+    /// than in the wait for a message, which every idle connection's future would hold.
+    message_timer: Option<Box<(Instant, async_io::Timer)>>,
 }
 
 impl<'a> Reader<'a> {
@@ -94,6 +97,7 @@ impl<'a> Reader<'a> {
             last_seen,
             bucket: TokenBucket::new(ctx.limits.rate, ctx.limits.burst),
             strikes: 0,
+            message_timer: None,
         }
     }
 }
@@ -121,15 +125,20 @@ impl<'a> Reader<'a> {
         S: AsyncRead + Unpin,
     {
         async move {
-            // Boxed: a seed connection's start is a whole join, which an idle connection's future
-            // would otherwise keep room for.
-            let ending = match Box::pin(self.start()).await {
-                Ok(()) => loop {
-                    let msg = self.next_message(ws).await;
+            // A labelled block, not a `match` on the start's result: a scrutinee stays in the
+            // future for as long as its arms run, here the connection's whole life.
+            let ending = 'run: {
+                // Boxed: a seed connection's start is a whole join, which an idle connection's
+                // future would otherwise keep room for.
+                if let Err(ending) = Box::pin(self.start()).await {
+                    break 'run ending;
+                }
+                loop {
+                    let msg = futures::future::poll_fn(|cx| self.poll_message(cx, ws)).await;
                     count_received(self.ctx, ws);
                     let msg = match msg {
                         Ok(msg) => msg,
-                        Err(ending) => break ending,
+                        Err(ending) => break 'run ending,
                     };
                     for room in self.inbox.take_evicted() {
                         self.memberships.retain(|m| m.room != room);
@@ -137,10 +146,9 @@ impl<'a> Reader<'a> {
                     // Boxed: handling a frame needs far more state than waiting for one, and
                     // an idle connection should not carry that state inline (760 B each).
                     if let Err(ending) = Box::pin(self.frame(msg)).await {
-                        break ending;
+                        break 'run ending;
                     }
-                },
-                Err(ending) => ending,
+                }
             };
             let last = match ending {
                 Ending::Closed(code, reason) => Out::Close(code, reason),
@@ -161,35 +169,33 @@ impl<'a> Reader<'a> {
     /// The client's next message; a message begun but not finished within
     /// `--message-timeout` ends the connection. The timer exists only while such a message is
     /// open, which the common case (a message in one read) never is.
-    async fn next_message<S: AsyncRead + Unpin>(
-        &self,
+    fn poll_message<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
         ws: &mut Incoming<S>,
-    ) -> Result<Option<Result<Message, WsError>>, Ending> {
-        let limit = self.ctx.limits.message_timeout;
-        let mut timer: Option<(Instant, Box<async_io::Timer>)> = None;
-        futures::future::poll_fn(|cx| {
-            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-                return Poll::Ready(Ok(msg));
-            }
-            let Some(since) = ws.incomplete_since() else {
-                return Poll::Pending;
-            };
-            let deadline = since + limit;
-            let (at, t) =
-                timer.get_or_insert_with(|| (deadline, Box::new(async_io::Timer::at(deadline))));
-            if *at != deadline {
-                t.set_at(deadline);
-                *at = deadline;
-            }
-            match Pin::new(&mut **t).poll(cx) {
-                Poll::Ready(_) => Poll::Ready(Err(Ending::Closed(
-                    close::POLICY_VIOLATION,
-                    "message incomplete",
-                ))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+    ) -> Poll<Result<Option<Result<Message, WsError>>, Ending>> {
+        if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+            self.message_timer = None;
+            return Poll::Ready(Ok(msg));
+        }
+        let Some(since) = ws.incomplete_since() else {
+            return Poll::Pending;
+        };
+        let deadline = since + self.ctx.limits.message_timeout;
+        let timer = self
+            .message_timer
+            .get_or_insert_with(|| Box::new((deadline, async_io::Timer::at(deadline))));
+        if timer.0 != deadline {
+            timer.1.set_at(deadline);
+            timer.0 = deadline;
+        }
+        match Pin::new(&mut timer.1).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Err(Ending::Closed(
+                close::POLICY_VIOLATION,
+                "message incomplete",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     async fn start(&mut self) -> Step {
