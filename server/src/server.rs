@@ -64,6 +64,8 @@ pub struct State {
     idle: Event,
     /// `None` with `--metrics off`.
     pub metrics: Option<Arc<Metrics>>,
+    /// When this state was made: the clock of connections' `last_seen`.
+    pub(crate) started: Instant,
     /// Where `--metrics-bind` was bound, once it is.
     metrics_addr: OnceLock<SocketAddr>,
 }
@@ -216,6 +218,7 @@ impl State {
             idle: Event::new(),
             metrics,
             metrics_addr: OnceLock::new(),
+            started: Instant::now(),
         }
     }
 
@@ -237,13 +240,7 @@ impl State {
 
     /// What a connection gets to work with.
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            hub: &self.hub,
-            limits: &self.limits,
-            shutdown: &self.shutdown,
-            hello: &self.hello,
-            metrics: self.metrics.as_ref(),
-        }
+        Ctx::new(self)
     }
 
     /// Takes a connection slot, or `None` at `--max-connections` or during shutdown.
@@ -392,6 +389,9 @@ pub async fn serve(
                 state.hub.flush_presence(Instant::now());
             }
         };
+        // The connections' pings (and their checks for silence).
+        let pulse = state.shutdown.pulse(state.config.ping_interval);
+        let presence = futures::future::select(Box::pin(presence), Box::pin(pulse));
         let metrics = async {
             match &metrics_listener {
                 Some(l) => serve_metrics(l, crate::metrics_app(state.clone()), &state).await,

@@ -67,7 +67,6 @@ pub(super) struct Reader<'a> {
     /// Given to the hub with each join: see [`super::direct`].
     pusher: Option<Pusher>,
     memberships: &'a mut Vec<Membership>,
-    started: Instant,
     last_seen: &'a AtomicU64,
     bucket: TokenBucket,
     strikes: u32,
@@ -83,7 +82,6 @@ impl<'a> Reader<'a> {
         conn: u64,
         inbox: &'a Arc<Inbox<Out>>,
         memberships: &'a mut Vec<Membership>,
-        started: Instant,
         last_seen: &'a AtomicU64,
     ) -> Self {
         Self {
@@ -93,9 +91,8 @@ impl<'a> Reader<'a> {
             inbox,
             pusher: None,
             memberships,
-            started,
             last_seen,
-            bucket: TokenBucket::new(ctx.limits.rate, ctx.limits.burst),
+            bucket: TokenBucket::new(ctx.limits().rate, ctx.limits().burst),
             strikes: 0,
             message_timer: None,
         }
@@ -181,7 +178,7 @@ impl<'a> Reader<'a> {
         let Some(since) = ws.incomplete_since() else {
             return Poll::Pending;
         };
-        let deadline = since + self.ctx.limits.message_timeout;
+        let deadline = since + self.ctx.limits().message_timeout;
         let timer = self
             .message_timer
             .get_or_insert_with(|| Box::new((deadline, async_io::Timer::at(deadline))));
@@ -200,7 +197,7 @@ impl<'a> Reader<'a> {
 
     async fn start(&mut self) -> Step {
         match self.mode {
-            Mode::V1 => self.send(Out::Text(self.ctx.hello.clone())).await,
+            Mode::V1 => self.send(Out::Text(self.ctx.hello().clone())).await,
             Mode::Seed => {
                 let name = self.conn.to_string();
                 match self.join(SEED_ROOM, &name, None, None, None).await {
@@ -242,12 +239,12 @@ impl<'a> Reader<'a> {
             return self.rate_limited(text).await;
         }
         self.strikes = 0;
-        let millis = self.started.elapsed().as_millis() as u64;
+        let millis = self.ctx.now_ms();
         self.last_seen.store(millis, Ordering::Relaxed);
         match msg {
             Message::Text(text) => {
                 // A disk that stopped syncing holds every sender here (see `MAX_UNSYNCED`).
-                self.ctx.hub.broker().commits().room().await;
+                self.ctx.hub().broker().commits().room().await;
                 match self.mode {
                     Mode::V1 => self.request(text.as_str()).await,
                     Mode::Seed => self.seed_text(text.as_str()).await,
@@ -282,11 +279,11 @@ impl<'a> Reader<'a> {
 
     /// Counts a frame dropped for the rate limit; too many in a row close the connection.
     fn strike(&mut self) -> Step {
-        if let Some(m) = self.ctx.metrics {
+        if let Some(m) = self.ctx.metrics() {
             m.rate_limited();
         }
         self.strikes += 1;
-        if self.strikes > self.ctx.limits.rate_strikes {
+        if self.strikes > self.ctx.limits().rate_strikes {
             return Err(Ending::Closed(
                 close::POLICY_VIOLATION,
                 "rate limit exceeded",
@@ -299,7 +296,7 @@ impl<'a> Reader<'a> {
     /// page of messages, so they must not come at the frame rate. `Some` is the step to take
     /// when the bucket cannot pay.
     async fn charge_page(&mut self, room: Option<&str>) -> Option<Step> {
-        let extra = self.ctx.limits.join_cost.saturating_sub(1);
+        let extra = self.ctx.limits().join_cost.saturating_sub(1);
         if self.bucket.take_n(extra) {
             return None;
         }
@@ -384,7 +381,7 @@ impl<'a> Reader<'a> {
                 }
                 let result = self
                     .ctx
-                    .hub
+                    .hub()
                     .history(&room, &name, self.conn, page, limit.unwrap_or(usize::MAX))
                     .await
                     .map(|page| Out::Page {
@@ -435,7 +432,7 @@ impl<'a> Reader<'a> {
         if self.memberships.iter().any(|m| &*m.room == room) {
             return Err(HubError::AlreadyJoined.into());
         }
-        if self.memberships.len() >= self.ctx.limits.max_rooms_per_connection {
+        if self.memberships.len() >= self.ctx.limits().max_rooms_per_connection {
             return Err(Refusal::new(
                 error_code::TOO_MANY_ROOMS,
                 "you are in the maximum number of rooms; leave one first",
@@ -490,7 +487,7 @@ impl<'a> Reader<'a> {
     ) -> Result<Joined, HubError> {
         let joined = self
             .ctx
-            .hub
+            .hub()
             .join(JoinRequest {
                 room,
                 name,
@@ -517,7 +514,7 @@ impl<'a> Reader<'a> {
             .position(|m| &*m.room == room)
             .ok_or(HubError::NotInRoom)?;
         let m = self.memberships.swap_remove(i);
-        self.ctx.hub.leave(&m.room, &m.name, self.conn).await;
+        self.ctx.hub().leave(&m.room, &m.name, self.conn).await;
         Ok(Out::Unsubscribe {
             room: m.room,
             reason: "left",
@@ -540,7 +537,7 @@ impl<'a> Reader<'a> {
                 "empty messages are not sent",
             ));
         }
-        let max = self.ctx.limits.max_text_bytes;
+        let max = self.ctx.limits().max_text_bytes;
         if protocol::json_str_len(text) > max {
             return Err(Refusal::new(
                 error_code::TEXT_TOO_LONG,
@@ -552,7 +549,7 @@ impl<'a> Reader<'a> {
         }
         let name = &self.membership(room)?.name;
         self.ctx
-            .hub
+            .hub()
             .say(room, name, self.conn, text, reference)
             .await?;
         Ok(())
@@ -560,7 +557,7 @@ impl<'a> Reader<'a> {
 
     /// A line from a `/chatSocket` client: relayed to the lobby like the original demo did.
     async fn seed_text(&mut self, text: &str) -> Step {
-        if protocol::json_str_len(text) > self.ctx.limits.max_text_bytes {
+        if protocol::json_str_len(text) > self.ctx.limits().max_text_bytes {
             log::debug!("#{}: seed message over the text limit dropped", self.conn);
             return Ok(());
         }
@@ -568,7 +565,7 @@ impl<'a> Reader<'a> {
             // A seed connection is only ever in the lobby; a failure means it was removed.
             if let Err(e) = self
                 .ctx
-                .hub
+                .hub()
                 .say(&m.room, &m.name, self.conn, text, None)
                 .await
             {
@@ -582,7 +579,7 @@ impl<'a> Reader<'a> {
 /// Adds what the connection has read since the last call to the received counters.
 pub(super) fn count_received<S: AsyncRead + Unpin>(ctx: Ctx<'_>, ws: &mut Incoming<S>) {
     let (frames, bytes) = ws.take_counts();
-    if let Some(m) = ctx.metrics {
+    if let Some(m) = ctx.metrics() {
         m.received(frames, bytes);
     }
 }

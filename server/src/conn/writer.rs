@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use async_broadcast::{RecvError, TryRecvError};
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
 use async_tungstenite::tungstenite::Bytes;
-use futures::future::Either;
-use futures::{AsyncWrite, StreamExt};
+use futures::AsyncWrite;
 
 use super::direct::{Direct, Handoff, Sub, Unparked};
 use super::frame::{account, busy, frame_for, Frame};
@@ -39,6 +38,8 @@ use super::{Ctx, Ending, Mode, Out};
 use crate::hub::EventRef;
 use crate::metrics::Metrics;
 use crate::protocol::{self, close, ServerFrame};
+use crate::shutdown::{Beat, Shutdown};
+use event_listener::EventListener;
 
 /// Frames the writer sends in one `writev` before it looks at its inputs again (two iovecs a
 /// frame, well under the kernel's limit of 1,024).
@@ -49,7 +50,6 @@ pub(super) struct Writer<'a> {
     pub mode: Mode,
     pub conn: u64,
     pub subs: Vec<Sub>,
-    pub started: Instant,
     pub last_seen: &'a AtomicU64,
     /// The newest commit ticket of this connection's own messages in the batch being built: the
     /// batch waits until it is durable (a sender's echo is its acknowledgement).
@@ -62,6 +62,10 @@ pub(super) struct Writer<'a> {
     pub rest: Option<(Vec<Frame>, usize)>,
     /// Inputs a publisher took from the subscriptions and left to the writer, oldest first.
     pub handoff: VecDeque<Handoff>,
+    /// The wait for the pulse and the shutdown (see [`crate::shutdown`]).
+    pub beat: Option<EventListener>,
+    /// The pulse came while the writer waited for a commit: the tick is still to be done.
+    pub tick_due: bool,
 }
 
 /// One thing the writer reacts to.
@@ -72,6 +76,16 @@ enum Input {
     Rest(Vec<Frame>, usize),
     Tick,
     Shutdown,
+}
+
+/// What handling one input decided.
+impl From<Beat> for Input {
+    fn from(beat: Beat) -> Self {
+        match beat {
+            Beat::Tick => Input::Tick,
+            Beat::Shutdown => Input::Shutdown,
+        }
+    }
 }
 
 /// What handling one input decided.
@@ -92,9 +106,7 @@ impl<'a> Writer<'a> {
     ) -> impl Future<Output = Ending> + use<'a, 'i, W> {
         async move {
             // `self.ctx` throughout, not a copy: a local would be 40 B more in every future.
-            let metrics = self.ctx.metrics.map(|m| &**m);
-            let mut ticks = async_io::Timer::interval(self.ctx.limits.ping_interval);
-            let mut shutdown = self.ctx.shutdown.wait();
+            let metrics = self.ctx.metrics().map(|m| &**m);
             // Boxed: only a writer that falls behind needs it, and every connection's future holds
             // the slot.
             let mut behind: Option<Box<Behind>> = None;
@@ -106,10 +118,8 @@ impl<'a> Writer<'a> {
                 let mut then = {
                     let first = futures::future::poll_fn(|cx| {
                         let input = match self.direct {
-                            Some(direct) => {
-                                self.poll_parked(cx, direct, inbox, &mut ticks, &mut shutdown)
-                            }
-                            None => self.poll_input(cx, inbox, &mut ticks, &mut shutdown),
+                            Some(direct) => self.poll_parked(cx, direct, inbox),
+                            None => self.poll_input(cx, inbox),
                         };
                         if input.is_pending() {
                             // Everything written and nothing waiting: caught up.
@@ -140,7 +150,7 @@ impl<'a> Writer<'a> {
                     .is_some_and(|b| b.deadline <= Instant::now())
                 {
                     // Between batches, at a frame boundary: the close frame can go first.
-                    if let Some(m) = self.ctx.metrics {
+                    if let Some(m) = self.ctx.metrics() {
                         m.slow_consumer();
                     }
                     return give_up(&mut out, &[], Stop::SlowConsumer, metrics, (&[], 0, 0));
@@ -148,15 +158,25 @@ impl<'a> Writer<'a> {
                 if self.ack != 0 {
                     // The sender's own message goes out (with what came before it) once it is on
                     // disk; shutdown still ends the wait.
-                    let commits = self.ctx.hub.broker().commits();
-                    let durable = commits.wait(std::mem::take(&mut self.ack));
-                    if let Either::Right(_) =
-                        futures::future::select(Box::pin(durable), shutdown.as_mut()).await
-                    {
+                    let commits = self.ctx.hub().broker().commits();
+                    let mut durable = Box::pin(commits.wait(std::mem::take(&mut self.ack)));
+                    let shutdown = futures::future::poll_fn(|cx| {
+                        if durable.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(false);
+                        }
+                        loop {
+                            match self.poll_beat(cx) {
+                                Poll::Ready(Beat::Tick) => self.tick_due = true,
+                                Poll::Ready(Beat::Shutdown) => return Poll::Ready(true),
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                    });
+                    if shutdown.await {
                         return give_up(&mut out, &[], Stop::Shutdown, metrics, (&[], 0, 0));
                     }
                 }
-                let work = self.ctx.limits.test_work_per_delivery;
+                let work = self.ctx.limits().test_work_per_delivery;
                 if !work.is_zero() {
                     busy(work * batch.len() as u32);
                 }
@@ -165,13 +185,15 @@ impl<'a> Writer<'a> {
                     Err(ending) => return ending,
                 };
                 if let Some(written) = blocked {
+                    let (ctx, last_seen) = (self.ctx, self.last_seen);
                     let write = Write {
                         out: &mut out,
                         behind: &mut behind,
-                        limit: self.ctx.limits.write_timeout,
-                        ticks: &mut ticks,
-                        shutdown: &mut shutdown,
-                        idle: || self.idle(),
+                        limit: ctx.limits().write_timeout,
+                        conn: self.conn,
+                        shutdown: ctx.shutdown(),
+                        beat: &mut self.beat,
+                        idle: move || idle(ctx, last_seen),
                         metrics,
                     };
                     // Boxed: only a write the socket blocks needs this state, and every
@@ -187,15 +209,17 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn poll_input(
-        &mut self,
-        cx: &mut Context<'_>,
-        inbox: &Inbox<Out>,
-        ticks: &mut async_io::Timer,
-        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
-    ) -> Poll<Input> {
-        if shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Input::Shutdown);
+    /// The pulse or the shutdown, if either has come (a tick left from a commit wait first).
+    fn poll_beat(&mut self, cx: &mut Context<'_>) -> Poll<Beat> {
+        if std::mem::take(&mut self.tick_due) {
+            return Poll::Ready(Beat::Tick);
+        }
+        self.ctx.shutdown().poll_beat(self.conn, &mut self.beat, cx)
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>, inbox: &Inbox<Out>) -> Poll<Input> {
+        if let Poll::Ready(beat) = self.poll_beat(cx) {
+            return Poll::Ready(beat.into());
         }
         if let Poll::Ready(out) = inbox.poll_next(cx) {
             return Poll::Ready(Input::Ctl(out));
@@ -204,9 +228,6 @@ impl<'a> Writer<'a> {
             if let Poll::Ready(ev) = Pin::new(&mut sub.rx).poll_recv(cx) {
                 return Poll::Ready(Input::Event(i, ev));
             }
-        }
-        if ticks.poll_next_unpin(cx).is_ready() {
-            return Poll::Ready(Input::Tick);
         }
         Poll::Pending
     }
@@ -218,15 +239,13 @@ impl<'a> Writer<'a> {
         cx: &mut Context<'_>,
         direct: &Direct,
         inbox: &Inbox<Out>,
-        ticks: &mut async_io::Timer,
-        shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     ) -> Poll<Input> {
         if self.parked {
             // Polled only when woken (see `race`): for an unpark or one of the inputs below.
             self.parked = false;
             self.take_back(direct.unpark());
         }
-        let commits = self.ctx.hub.broker().commits();
+        let commits = self.ctx.hub().broker().commits();
         loop {
             // A cut frame is finished before anything else can go out.
             if let Some((frames, written)) = self.rest.take() {
@@ -235,17 +254,14 @@ impl<'a> Writer<'a> {
             if let Some(input) = self.handed_off() {
                 return Poll::Ready(input);
             }
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Input::Shutdown);
+            if let Poll::Ready(beat) = self.poll_beat(cx) {
+                return Poll::Ready(beat.into());
             }
             if let Poll::Ready(out) = inbox.poll_next(cx) {
                 return Poll::Ready(Input::Ctl(out));
             }
             if let Some(input) = self.try_event() {
                 return Poll::Ready(input);
-            }
-            if ticks.poll_next_unpin(cx).is_ready() {
-                return Poll::Ready(Input::Tick);
             }
             match direct.park(std::mem::take(&mut self.subs), commits, cx) {
                 Ok(()) => {
@@ -317,7 +333,7 @@ impl<'a> Writer<'a> {
                     conn = self.conn, room = room;
                     "#{}: receiver lagged by {n} events in {room:?}", self.conn
                 );
-                if let Some(m) = self.ctx.metrics {
+                if let Some(m) = self.ctx.metrics() {
                     m.slow_consumer();
                 }
                 return close(batch, close::SLOW_CONSUMER, "slow consumer");
@@ -385,11 +401,8 @@ impl<'a> Writer<'a> {
         batch.extend(frame_for(self.mode, ev));
     }
 
-    /// True when the client has sent nothing (not even a pong) for `--idle-timeout`.
     fn idle(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64;
-        let idle = now.saturating_sub(self.last_seen.load(Ordering::Relaxed));
-        Duration::from_millis(idle) > self.ctx.limits.idle_timeout
+        idle(self.ctx, self.last_seen)
     }
 
     fn unsubscribe(&mut self, batch: &mut Vec<Frame>, room: Arc<str>, reason: &str) {
@@ -402,6 +415,14 @@ impl<'a> Writer<'a> {
             batch.push(Frame::text(protocol::to_text(&left).into()));
         }
     }
+}
+
+/// True when the client has sent nothing (not even a pong) for `--idle-timeout`.
+fn idle(ctx: Ctx<'_>, last_seen: &AtomicU64) -> bool {
+    let idle = ctx
+        .now_ms()
+        .saturating_sub(last_seen.load(Ordering::Relaxed));
+    Duration::from_millis(idle) > ctx.limits().idle_timeout
 }
 
 fn close(batch: &mut Vec<Frame>, code: u16, reason: &'static str) -> Then {
@@ -493,17 +514,18 @@ impl Stop {
 }
 
 /// One batch's write, with what it watches while the socket takes nothing.
-struct Write<'w, 's, W, I> {
+struct Write<'w, W, I> {
     out: &'w mut W,
     behind: &'w mut Option<Box<Behind>>,
     limit: Duration,
-    ticks: &'w mut async_io::Timer,
-    shutdown: &'w mut Pin<Box<dyn Future<Output = ()> + Send + 's>>,
+    conn: u64,
+    shutdown: &'w Shutdown,
+    beat: &'w mut Option<EventListener>,
     idle: I,
     metrics: Option<&'w Metrics>,
 }
 
-impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
+impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, W, I> {
     /// Writes every frame with as few `writev` calls as the socket allows, waiting while it
     /// blocks (the first `skip` bytes are on the wire already).
     async fn all(self, frames: &[Frame], skip: usize) -> Result<(), Ending> {
@@ -511,8 +533,9 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
             out,
             behind,
             limit,
-            ticks,
+            conn,
             shutdown,
+            beat,
             idle,
             metrics,
         } = self;
@@ -548,20 +571,19 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, '_, W, I> {
                     timer: async_io::Timer::at(deadline),
                 })
             });
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Some(Stop::Shutdown)));
-            }
             if Pin::new(&mut b.timer).poll(cx).is_ready() {
                 return Poll::Ready(Ok(Some(Stop::SlowConsumer)));
             }
-            // No ping can go out while blocked; the tick only checks for silence. Bounded: the
-            // interval fires at most once per period that has passed.
-            while ticks.poll_next_unpin(cx).is_ready() {
-                if idle() {
-                    return Poll::Ready(Ok(Some(Stop::Idle)));
+            // No ping can go out while blocked; the tick only checks for silence. Bounded: a
+            // tick takes the listener, and the next poll makes a new one, which is pending.
+            loop {
+                match shutdown.poll_beat(conn, beat, cx) {
+                    Poll::Ready(Beat::Shutdown) => return Poll::Ready(Ok(Some(Stop::Shutdown))),
+                    Poll::Ready(Beat::Tick) if idle() => return Poll::Ready(Ok(Some(Stop::Idle))),
+                    Poll::Ready(Beat::Tick) => {}
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            Poll::Pending
         });
         let stop = match stop.await {
             Ok(Some(stop)) => stop,
