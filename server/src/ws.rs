@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use async_std::net::TcpStream;
+use futures::FutureExt;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use tide::http::headers;
@@ -146,23 +147,21 @@ pub async fn upgrade(req: Request<Arc<State>>, mode: Mode) -> tide::Result {
         }
         _ => tcp_peer.to_string(),
     };
-    let connection = async move {
-        let Some(stream) = upgrade.await else {
-            return;
-        };
+    // `then`, not an async block around both: a block keeps a slot for the upgrade receiver
+    // and for each value it hands on, for the connection's whole life.
+    let connection = upgrade.then(move |stream| {
         // The connection reads through our handle on the same socket: the upgrade's own (a
         // boxed clone of it) would be one more allocation per connection.
+        let upgraded = stream.is_some();
         drop(stream);
         let peer = Peer {
             conn: slot.id,
-            addr: peer,
+            addr: peer.into_boxed_str(),
         };
-        let open = state.metrics().map(|m| m.connection(mode));
-        conn::run(tcp, state.ctx(), mode, peer).await;
-        drop(open);
-        drop(slot);
-        drop(ip_slot);
-    };
+        // Released when the connection ends (the connection cap's place first).
+        let held = (slot, ip_slot);
+        conn::run(upgraded.then_some(tcp), state, mode, peer, held)
+    });
     // On async-std's executor, without its task wrapper: nothing here uses task locals, and
     // the wrapper (id, name, locals map) is ~50 B more in every connection's task.
     async_global_executor::spawn(connection).detach();

@@ -37,14 +37,15 @@ pub struct Incoming<S> {
     /// Bytes read and not yet made into frames; unallocated when empty.
     pending: Vec<u8>,
     /// A fragmented data message so far: whether it is text, and its payload.
-    partial: Option<(bool, Vec<u8>)>,
+    /// Boxed: a rare state, and every connection holds the slot.
+    partial: Option<Box<(bool, Vec<u8>)>>,
     /// `--max-message-bytes`: a frame or a whole message, checked from each frame's header.
     max_message: usize,
     /// When the bytes of a message still unfinished began to arrive (`None` between messages).
     since: Option<Instant>,
     /// Frame headers read and bytes read since [`Incoming::take_counts`] last took them.
-    frames: u64,
-    bytes: u64,
+    frames: u32,
+    bytes: u32,
     /// A close frame or an error was returned: nothing more is read.
     done: bool,
 }
@@ -76,8 +77,8 @@ impl<S> Incoming<S> {
     /// adds them to the shared atomics once per message, not per read).
     pub fn take_counts(&mut self) -> (u64, u64) {
         (
-            std::mem::take(&mut self.frames),
-            std::mem::take(&mut self.bytes),
+            u64::from(std::mem::take(&mut self.frames)),
+            u64::from(std::mem::take(&mut self.bytes)),
         )
     }
 
@@ -109,7 +110,7 @@ impl<S> Incoming<S> {
             if rest.len() < end {
                 return Ok((used, None));
             }
-            self.frames += 1;
+            self.frames = self.frames.saturating_add(1);
             used += end;
             let payload = unmask(&rest[head.header_len..end], head.mask);
             if let Some(msg) = self.message(&head, payload)? {
@@ -147,7 +148,7 @@ impl<S> Incoming<S> {
                 return Err(WsError::Protocol(ProtocolError::ExpectedFragment(data)))
             }
             (OpCode::Data(_), partial) => {
-                let so_far = partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
+                let so_far = partial.as_ref().map_or(0, |p| p.1.len() as u64);
                 let size = so_far.saturating_add(len);
                 if size > self.max_message as u64 {
                     return Err(WsError::Capacity(CapacityError::MessageTooLong {
@@ -178,19 +179,26 @@ impl<S> Incoming<S> {
             OpCode::Control(Control::Pong) => return Ok(Some(Message::Pong(Bytes::from(payload)))),
             OpCode::Data(Data::Continue) => {
                 // `head` allowed a continuation only with a message open.
-                let Some((text, mut so_far)) = self.partial.take() else {
+                let Some(mut open) = self.partial.take() else {
                     return Err(WsError::Protocol(ProtocolError::UnexpectedContinueFrame));
                 };
-                so_far.extend_from_slice(&payload);
-                (text, so_far)
+                open.1.extend_from_slice(&payload);
+                if !head.fin {
+                    self.partial = Some(open);
+                    return Ok(None);
+                }
+                *open
             }
             // Reserved opcodes are refused by `FrameHeader::parse`.
-            op => (op == OpCode::Data(Data::Text), payload),
+            op => {
+                let data = (op == OpCode::Data(Data::Text), payload);
+                if !head.fin {
+                    self.partial = Some(Box::new(data));
+                    return Ok(None);
+                }
+                data
+            }
         };
-        if !head.fin {
-            self.partial = Some(data);
-            return Ok(None);
-        }
         let (text, payload) = data;
         Ok(Some(if text {
             Message::Text(Utf8Bytes::try_from(payload)?)
@@ -289,7 +297,8 @@ impl<S: AsyncRead + Unpin> Stream for Incoming<S> {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) => return fail(this, WsError::Io(e)),
             };
-            this.bytes += n as u64;
+            // n <= READ_CHUNK; saturating, though the reader takes the counts after each message.
+            this.bytes = this.bytes.saturating_add(n as u32);
             match this.take(&chunk[..n]) {
                 Err(e) => return fail(this, e),
                 Ok(Some(msg)) => {

@@ -28,6 +28,7 @@ use futures::{AsyncRead, StreamExt};
 use crate::config::Config;
 use crate::hub::{Hub, Joined};
 use crate::metrics::Metrics;
+use crate::server::State;
 use crate::shutdown::Shutdown;
 use inbox::{Cost, FromEviction, Inbox};
 pub use incoming::Incoming;
@@ -102,10 +103,10 @@ impl From<&Config> for Limits {
 /// pulse and the `hello` frame (serialized once). One reference, copied into the connection's
 /// run, reader and writer: five of them were 40 B in each.
 #[derive(Debug, Clone, Copy)]
-pub struct Ctx<'a>(&'a crate::server::State);
+pub struct Ctx<'a>(&'a State);
 
 impl<'a> Ctx<'a> {
-    pub fn new(state: &'a crate::server::State) -> Self {
+    pub fn new(state: &'a State) -> Self {
         Self(state)
     }
 
@@ -229,29 +230,36 @@ impl std::fmt::Display for Ending {
 pub struct Peer {
     /// The connection's number (seed users are called by it).
     pub conn: u64,
-    pub addr: String,
+    pub addr: Box<str>,
 }
 
-/// Runs a connection to its end and releases everything it held in the hub. What the client
-/// sends is read from `tcp` by an [`Incoming`]; every byte to the client goes through `tcp` as
-/// well, from the writer.
+/// Runs a connection to its end and releases everything it held in the hub, then drops
+/// `held` (its places under the connection caps). What the client sends is read from `tcp` by
+/// an [`Incoming`]; every byte to the client goes through `tcp` as well, from the writer.
+/// `None`: the upgrade failed, and there is nothing to run.
 ///
 /// Not an async fn: one keeps a slot for each argument besides the local it moves it into, for
 /// the connection's whole life; an async block uses what it captured in place (measured with
 /// `-Zprint-type-sizes`, as for [`reader::Reader::run`] and [`writer::Writer::run`]).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn run<'c>(
-    tcp: TcpStream,
-    ctx: Ctx<'c>,
+pub fn run(
+    tcp: Option<TcpStream>,
+    state: Arc<State>,
     mode: Mode,
     peer: Peer,
-) -> impl Future<Output = ()> + use<'c> {
+    held: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        let Some(tcp) = tcp else {
+            return;
+        };
+        let ctx = state.ctx();
+        let open = ctx.metrics().map(|m| m.connection(mode));
         let conn = peer.conn;
         // Made here, not passed in, for the same reason.
         let mut ws = Incoming::new(tcp.clone(), ctx.limits().max_message_bytes);
         log::info!(
-            conn = conn, peer = peer.addr.as_str(), route = mode.route();
+            conn = conn, peer = &*peer.addr, route = mode.route();
             "connect #{conn} {} {mode:?}", peer.addr
         );
         let inbox: Arc<Inbox<Out>> = Arc::default();
@@ -291,7 +299,7 @@ pub fn run<'c>(
                 direct: direct.as_deref(),
                 parked: false,
                 rest: None,
-                handoff: Default::default(),
+                handoff: None,
                 beat: None,
                 tick_due: false,
             }
@@ -335,10 +343,12 @@ pub fn run<'c>(
         .await;
         reader::count_received(ctx, &mut ws);
         log::info!(
-            conn = conn, peer = peer.addr.as_str(), route = mode.route(), code = ending.code(),
+            conn = conn, peer = &*peer.addr, route = mode.route(), code = ending.code(),
             reason = ending.reason().as_ref();
             "disconnect #{conn} {}: {ending}", peer.addr
         );
+        drop(open);
+        drop(held);
     }
 }
 

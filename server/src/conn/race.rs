@@ -50,21 +50,37 @@ impl Flag {
 }
 
 /// Resolves with the output of whichever future finishes first; the other stays with the caller.
-pub async fn race<A: Future, B: Future>(
-    mut a: Pin<&mut A>,
-    mut b: Pin<&mut B>,
-) -> Either<A::Output, B::Output> {
-    let (fa, fb) = (Flag::new(), Flag::new());
-    futures::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fa.poll_side(cx, a.as_mut()) {
+pub fn race<'p, A: Future, B: Future>(a: Pin<&'p mut A>, b: Pin<&'p mut B>) -> Race<'p, A, B> {
+    Race {
+        a,
+        b,
+        fa: Flag::new(),
+        fb: Flag::new(),
+    }
+}
+
+/// See [`race`]. A struct rather than an async fn, which kept its arguments twice (88 B against
+/// 32 B, in every connection's future).
+pub struct Race<'p, A, B> {
+    a: Pin<&'p mut A>,
+    b: Pin<&'p mut B>,
+    fa: Arc<Flag>,
+    fb: Arc<Flag>,
+}
+
+impl<A: Future, B: Future> Future for Race<'_, A, B> {
+    type Output = Either<A::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.fa.poll_side(cx, this.a.as_mut()) {
             return Poll::Ready(Either::Left(out));
         }
-        if let Poll::Ready(out) = fb.poll_side(cx, b.as_mut()) {
+        if let Poll::Ready(out) = this.fb.poll_side(cx, this.b.as_mut()) {
             return Poll::Ready(Either::Right(out));
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

@@ -131,18 +131,23 @@ impl<'a> Reader<'a> {
                     break 'run ending;
                 }
                 loop {
-                    let msg = futures::future::poll_fn(|cx| self.poll_message(cx, ws)).await;
-                    count_received(self.ctx, ws);
-                    let msg = match msg {
-                        Ok(msg) => msg,
-                        Err(ending) => break 'run ending,
+                    // In a block: the message is moved into the boxed handling, but its slot
+                    // would stay in the future (56 B) for as long as that is awaited.
+                    let handling = {
+                        let msg = futures::future::poll_fn(|cx| self.poll_message(cx, ws)).await;
+                        count_received(self.ctx, ws);
+                        let msg = match msg {
+                            Ok(msg) => msg,
+                            Err(ending) => break 'run ending,
+                        };
+                        for room in self.inbox.take_evicted() {
+                            self.memberships.retain(|m| m.room != room);
+                        }
+                        // Boxed: handling a frame needs far more state than waiting for one,
+                        // and an idle connection should not carry that state inline (760 B).
+                        Box::pin(self.frame(msg))
                     };
-                    for room in self.inbox.take_evicted() {
-                        self.memberships.retain(|m| m.room != room);
-                    }
-                    // Boxed: handling a frame needs far more state than waiting for one, and
-                    // an idle connection should not carry that state inline (760 B each).
-                    if let Err(ending) = Box::pin(self.frame(msg)).await {
+                    if let Err(ending) = handling.await {
                         break 'run ending;
                     }
                 }

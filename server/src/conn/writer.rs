@@ -59,9 +59,11 @@ pub(super) struct Writer<'a> {
     /// Parked: `subs` are with `direct`.
     pub parked: bool,
     /// The rest of a direct write the socket cut (its frames and the bytes written): first out.
-    pub rest: Option<(Vec<Frame>, usize)>,
+    /// (Both boxed: rare, and every connection's future holds the slots.)
+    pub rest: Option<Box<(Vec<Frame>, usize)>>,
     /// Inputs a publisher took from the subscriptions and left to the writer, oldest first.
-    pub handoff: VecDeque<Handoff>,
+    #[allow(clippy::box_collection)] // on purpose: 8 B in every connection, not 32
+    pub handoff: Option<Box<VecDeque<Handoff>>>,
     /// The wait for the pulse and the shutdown (see [`crate::shutdown`]).
     pub beat: Option<EventListener>,
     /// The pulse came while the writer waited for a commit: the tick is still to be done.
@@ -248,7 +250,8 @@ impl<'a> Writer<'a> {
         let commits = self.ctx.hub().broker().commits();
         loop {
             // A cut frame is finished before anything else can go out.
-            if let Some((frames, written)) = self.rest.take() {
+            if let Some(rest) = self.rest.take() {
+                let (frames, written) = *rest;
                 return Poll::Ready(Input::Rest(frames, written));
             }
             if let Some(input) = self.handed_off() {
@@ -276,8 +279,12 @@ impl<'a> Writer<'a> {
     fn take_back(&mut self, back: Unparked) {
         debug_assert!(self.subs.is_empty() && self.rest.is_none());
         self.subs = back.subs;
-        self.rest = back.rest;
-        self.handoff.extend(back.handoff);
+        self.rest = back.rest.map(Box::new);
+        if !back.handoff.is_empty() {
+            // Kept once made: a sender's own messages come this way each time.
+            let handoff = self.handoff.get_or_insert_with(Default::default);
+            handoff.extend(back.handoff);
+        }
     }
 
     /// The next queued input, if any, without waiting.
@@ -295,7 +302,7 @@ impl<'a> Writer<'a> {
 
     /// The oldest input a publisher left to the writer, if any.
     fn handed_off(&mut self) -> Option<Input> {
-        let (i, ev) = self.handoff.pop_front()?;
+        let (i, ev) = self.handoff.as_mut()?.pop_front()?;
         Some(Input::Event(i, ev))
     }
 
