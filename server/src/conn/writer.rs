@@ -279,7 +279,7 @@ impl<'a> Writer<'a> {
     fn take_back(&mut self, back: Unparked) {
         debug_assert!(self.subs.is_empty() && self.rest.is_none());
         self.subs = back.subs;
-        self.rest = back.rest.map(Box::new);
+        self.rest = back.rest;
         if !back.handoff.is_empty() {
             // Kept once made: a sender's own messages come this way each time.
             let handoff = self.handoff.get_or_insert_with(Default::default);
