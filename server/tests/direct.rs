@@ -120,8 +120,21 @@ async fn a_hot_rooms_writes_wait_and_a_quiet_rooms_do_not() {
     let (mut hot_rx, _) = s.join("firehose", "b").await;
     let (mut quiet_tx, _) = s.join("quiet", "c").await;
     let (mut quiet_rx, _) = s.join("quiet", "d").await;
-    // Read all along, so that the socket never fills and every write stays the pass's.
-    let hot_arrival = async_std::task::spawn(async move { arrival(&mut hot_rx, "hot").await });
+    // Read all along, so that the socket never fills and every write stays the pass's; say
+    // which warm message came last.
+    let (warm_seen, warm_came) = async_channel::unbounded::<u32>();
+    let hot_arrival = async_std::task::spawn(async move {
+        loop {
+            let m = hot_rx.recv_type("message").await;
+            let text = m["text"].as_str().unwrap_or_default();
+            if text == "hot" {
+                return std::time::Instant::now();
+            }
+            if let Some(i) = text.strip_prefix("warm ").and_then(|i| i.parse().ok()) {
+                let _ = warm_seen.send(i).await;
+            }
+        }
+    });
     // Up to 600 at once: the room's first second, not yet judged, sends them without waiting.
     let start = std::time::Instant::now();
     let mut warm = 0;
@@ -130,8 +143,11 @@ async fn a_hot_rooms_writes_wait_and_a_quiet_rooms_do_not() {
         warm += 1;
     }
     assert!(warm >= 300, "only {warm} messages in 0.8 s");
-    // Then quiet until its first second is well over (every pass done, the writers parked): the
-    // next message closes that second, judges the room hot and waits the whole delay.
+    // Every warm message delivered, so that no pass is still to run when the measured message
+    // comes (it would go with that pass, without the wait: seen under load).
+    while warm_came.recv().await.expect("the reader is reading") < warm - 1 {}
+    // Then quiet until its first second is well over (the writers parked): the next message
+    // closes that second, judges the room hot and waits the whole delay.
     async_std::task::sleep(Duration::from_millis(1300).saturating_sub(start.elapsed())).await;
     quiet_tx.say("quiet", "hello").await;
     let sent = std::time::Instant::now();
