@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use async_broadcast::{Receiver, RecvError, TryRecvError};
 use async_std::net::TcpStream;
-use futures::task::AtomicWaker;
 
 use super::frame::{account, busy, frame_for, Frame};
-use super::Mode;
+use super::inbox::Inbox;
+use super::{Mode, Out};
 use crate::hub::store::Commits;
-use crate::hub::{Event, EventRef, Push};
+use crate::hub::{Event, EventRef, Evict, Push};
 use crate::metrics::Metrics;
 
 /// Events a publisher writes in one go before it leaves the rest to the writer (the writer's
@@ -57,12 +57,13 @@ impl Sub {
 /// `try_recv` would have returned it (`None`: the room's channel closed).
 pub(super) type Handoff = (usize, Option<Result<EventRef, RecvError>>);
 
-/// A connection's handle for publishers (the hub holds it with the member).
+/// A connection's handle for the hub (held with the member): its inbox, and for publishers
+/// (with `--direct-write on`) its socket. One allocation for both, and the inbox's writer
+/// waker is the one that unparks.
 #[derive(Debug)]
 pub struct Direct {
+    pub inbox: Inbox<Out>,
     state: Mutex<State>,
-    /// The connection's task, woken to unpark.
-    waker: AtomicWaker,
     sock: TcpStream,
     mode: Mode,
     conn: u64,
@@ -98,8 +99,8 @@ impl Direct {
         work: Duration,
     ) -> Self {
         Self {
+            inbox: Inbox::default(),
             state: Mutex::default(),
-            waker: AtomicWaker::new(),
             sock,
             mode,
             conn,
@@ -122,7 +123,7 @@ impl Direct {
         commits: &Commits,
         cx: &mut Context<'_>,
     ) -> Result<(), Unparked> {
-        self.waker.register(cx.waker());
+        self.inbox.register_writer(cx.waker());
         let mut st = self.lock();
         debug_assert!(!st.parked && st.subs.is_empty());
         st.parked = true;
@@ -200,7 +201,7 @@ impl Direct {
         }
         if unpark {
             st.parked = false;
-            self.waker.wake();
+            self.inbox.wake_writer();
         }
     }
 }
@@ -211,6 +212,12 @@ fn take(st: &mut State) -> Unparked {
         subs: std::mem::take(&mut st.subs),
         rest: st.rest.take(),
         handoff: std::mem::take(&mut st.handoff),
+    }
+}
+
+impl Evict for Direct {
+    fn evict(&self, room: Arc<str>) {
+        self.inbox.evict(room);
     }
 }
 

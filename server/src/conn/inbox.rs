@@ -144,6 +144,16 @@ impl<T: Cost> Inbox<T> {
         item
     }
 
+    /// Registers the writer's waker (as [`Inbox::poll_next`] does when it finds nothing).
+    pub fn register_writer(&self, waker: &std::task::Waker) {
+        self.writer.register(waker);
+    }
+
+    /// Wakes the writer, for something that is not in the queue.
+    pub fn wake_writer(&self) {
+        self.writer.wake();
+    }
+
     /// Rooms lost to a resume since the last call.
     pub fn take_evicted(&self) -> Vec<Arc<str>> {
         std::mem::take(&mut self.lock().evicted)

@@ -30,7 +30,7 @@ use crate::hub::{Hub, Joined};
 use crate::metrics::Metrics;
 use crate::server::State;
 use crate::shutdown::Shutdown;
-use inbox::{Cost, FromEviction, Inbox};
+use inbox::{Cost, FromEviction};
 pub use incoming::Incoming;
 
 /// Which protocol a connection speaks.
@@ -191,7 +191,7 @@ pub(crate) enum Ending {
     /// The client sent a close frame.
     ClientClosed,
     /// The socket ended or failed without a close handshake.
-    Gone(String),
+    Gone(Box<str>),
     /// The server closed it with this code.
     Closed(u16, &'static str),
 }
@@ -262,18 +262,15 @@ pub fn run(
             conn = conn, peer = &*peer.addr, route = mode.route();
             "connect #{conn} {} {mode:?}", peer.addr
         );
-        let inbox: Arc<Inbox<Out>> = Arc::default();
         let last_seen = AtomicU64::new(ctx.now_ms());
         let mut memberships: Vec<reader::Membership> = Vec::with_capacity(1);
-        let direct = ctx.limits().direct_write.then(|| {
-            Arc::new(direct::Direct::new(
-                tcp.clone(),
-                mode,
-                conn,
-                ctx.metrics().cloned(),
-                ctx.limits().test_work_per_delivery,
-            ))
-        });
+        let handle = Arc::new(direct::Direct::new(
+            tcp.clone(),
+            mode,
+            conn,
+            ctx.metrics().cloned(),
+            ctx.limits().test_work_per_delivery,
+        ));
 
         let (ending, closing) = {
             // Pinned where they are made: `pin_mut!` moves them, and a future keeps a slot for
@@ -282,11 +279,10 @@ pub fn run(
                 ctx,
                 mode,
                 conn,
-                &inbox,
+                &handle,
                 &mut memberships,
                 &last_seen,
             )
-            .pushing(direct.clone().map(|d| d as crate::hub::Pusher))
             .run(&mut ws));
             let mut writer = std::pin::pin!(writer::Writer {
                 ctx,
@@ -296,14 +292,14 @@ pub fn run(
                 subs: Vec::with_capacity(1),
                 last_seen: &last_seen,
                 ack: 0,
-                direct: direct.as_deref(),
+                direct: ctx.limits().direct_write.then_some(&*handle),
                 parked: false,
                 rest: None,
                 handoff: None,
                 beat: None,
                 tick_due: false,
             }
-            .run(tcp, &inbox));
+            .run(tcp, &handle.inbox));
             // Not a `match` on the race: its result would stay in the future through the wait
             // below, and that wait is boxed, so the idle state is the largest (measured).
             let (ending, reader_ended) = match race::race(reader.as_mut(), writer.as_mut()).await {
@@ -317,9 +313,7 @@ pub fn run(
             }
             (ending, closing)
         };
-        if let Some(d) = &direct {
-            d.retire();
-        }
+        handle.retire();
         // Out of the rooms first, so that nothing waits for the close handshake below. A v1 name
         // stays reserved for its token for `--name-grace` (the client may be reconnecting); seed
         // users cannot resume.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures::{AsyncRead, StreamExt};
 
-use super::inbox::Inbox;
+use super::direct::Direct;
 use super::incoming::Incoming;
 use super::{Ctx, Ending, Mode, Out};
 use crate::hub::{HubError, JoinRequest, Joined, Page, Pusher};
@@ -63,9 +63,8 @@ pub(super) struct Reader<'a> {
     ctx: Ctx<'a>,
     mode: Mode,
     conn: u64,
-    inbox: &'a Arc<Inbox<Out>>,
-    /// Given to the hub with each join: see [`super::direct`].
-    pusher: Option<Pusher>,
+    /// The connection's handle: its inbox, and what joins give the hub.
+    handle: &'a Arc<Direct>,
     memberships: &'a mut Vec<Membership>,
     last_seen: &'a AtomicU64,
     bucket: TokenBucket,
@@ -80,7 +79,7 @@ impl<'a> Reader<'a> {
         ctx: Ctx<'a>,
         mode: Mode,
         conn: u64,
-        inbox: &'a Arc<Inbox<Out>>,
+        handle: &'a Arc<Direct>,
         memberships: &'a mut Vec<Membership>,
         last_seen: &'a AtomicU64,
     ) -> Self {
@@ -88,22 +87,13 @@ impl<'a> Reader<'a> {
             ctx,
             mode,
             conn,
-            inbox,
-            pusher: None,
+            handle,
             memberships,
             last_seen,
             bucket: TokenBucket::new(ctx.limits().rate, ctx.limits().burst),
             strikes: 0,
             message_timer: None,
         }
-    }
-}
-
-impl Reader<'_> {
-    /// Joins hand the hub `pusher` (with `--direct-write on`).
-    pub(super) fn pushing(mut self, pusher: Option<Pusher>) -> Self {
-        self.pusher = pusher;
-        self
     }
 }
 
@@ -140,7 +130,7 @@ impl<'a> Reader<'a> {
                             Ok(msg) => msg,
                             Err(ending) => break 'run ending,
                         };
-                        for room in self.inbox.take_evicted() {
+                        for room in self.handle.inbox.take_evicted() {
                             self.memberships.retain(|m| m.room != room);
                         }
                         // Boxed: handling a frame needs far more state than waiting for one,
@@ -158,11 +148,11 @@ impl<'a> Reader<'a> {
                 Ending::Gone(_) => Out::Finish,
             };
             if let Out::Finish = last {
-                self.inbox.push(last);
+                self.handle.inbox.push(last);
             } else {
                 // Boxed: the wait for room in the inbox is the biggest state of the reader's
                 // future, and only its last step needs it.
-                Box::pin(self.inbox.send(last)).await;
+                Box::pin(self.handle.inbox.send(last)).await;
             }
             ending
         }
@@ -207,14 +197,16 @@ impl<'a> Reader<'a> {
                 let name = self.conn.to_string();
                 match self.join(SEED_ROOM, &name, None, None, None).await {
                     Ok(joined) => self.send(Out::Subscribe(Box::new(joined))).await,
-                    Err(e) => Err(Ending::Gone(format!("cannot enter {SEED_ROOM}: {e}"))),
+                    Err(e) => Err(Ending::Gone(
+                        format!("cannot enter {SEED_ROOM}: {e}").into(),
+                    )),
                 }
             }
         }
     }
 
     async fn send(&self, out: Out) -> Step {
-        self.inbox.send(out).await;
+        self.handle.inbox.send(out).await;
         Ok(())
     }
 
@@ -500,8 +492,13 @@ impl<'a> Reader<'a> {
                 epoch,
                 token,
                 conn: self.conn,
-                evictor: self.inbox.clone(),
-                pusher: self.pusher.clone(),
+                evictor: self.handle.clone(),
+                // See [`super::direct`].
+                pusher: self
+                    .ctx
+                    .limits()
+                    .direct_write
+                    .then(|| self.handle.clone() as Pusher),
                 snapshot: self.mode == Mode::V1,
             })
             .await?;
@@ -574,7 +571,7 @@ impl<'a> Reader<'a> {
                 .say(&m.room, &m.name, self.conn, text, None)
                 .await
             {
-                return Err(Ending::Gone(format!("lobby: {e}")));
+                return Err(Ending::Gone(format!("lobby: {e}").into()));
             }
         }
         Ok(())
@@ -623,6 +620,6 @@ fn read_error(e: WsError) -> Ending {
             log::debug!("protocol error: {p}");
             Ending::Closed(close::PROTOCOL_ERROR, "protocol error")
         }
-        other => Ending::Gone(other.to_string()),
+        other => Ending::Gone(other.to_string().into()),
     }
 }

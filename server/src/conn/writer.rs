@@ -474,7 +474,7 @@ fn write_ready<W: AsyncWrite + Unpin>(
                 written += n;
                 IoSlice::advance_slices(&mut bufs, n);
             }
-            Poll::Ready(Err(e)) => return Err(Ending::Gone(e.to_string())),
+            Poll::Ready(Err(e)) => return Err(Ending::Gone(e.to_string().into())),
             Poll::Pending => break true,
         }
     };
@@ -563,7 +563,9 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, W, I> {
                         written += n;
                         IoSlice::advance_slices(&mut bufs, n);
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Ending::Gone(e.to_string()))),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(Ending::Gone(e.to_string().into())))
+                    }
                     Poll::Pending => break,
                 }
             }
@@ -614,7 +616,7 @@ impl<W: AsyncWrite + Unpin, I: Fn() -> bool> Write<'_, W, I> {
             account(metrics, sent.0, sent.1, sent.2 + more);
             return Err(match more == want {
                 true => Ending::Closed(code, reason),
-                false => Ending::Gone(format!("{reason}: socket blocked, close frame cut")),
+                false => Ending::Gone(format!("{reason}: socket blocked, close frame cut").into()),
             });
         }
         Err(give_up(out, &rest, stop, metrics, sent))
@@ -695,8 +697,6 @@ fn give_up<W: AsyncWrite + Unpin>(
     if written == want {
         Ending::Closed(code, reason)
     } else {
-        Ending::Gone(format!(
-            "{reason}: socket blocked, dropped without a close frame"
-        ))
+        Ending::Gone(format!("{reason}: socket blocked, dropped without a close frame").into())
     }
 }
