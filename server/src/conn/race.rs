@@ -97,19 +97,27 @@ mod tests {
         }
     }
 
+    /// A side ready at its 50th poll that wakes itself each time, and one that never is nor
+    /// wakes, counting into `busy` and `idle`.
+    fn busy_and_idle<'a>(busy: &'a AtomicUsize, idle: &'a AtomicUsize) -> [Counted<'a>; 2] {
+        [
+            Counted {
+                polls: busy,
+                ready_after: 50,
+                wake_self: true,
+            },
+            Counted {
+                polls: idle,
+                ready_after: usize::MAX,
+                wake_self: false,
+            },
+        ]
+    }
+
     #[async_std::test]
     async fn the_first_side_is_not_polled_again_until_its_own_waker_fires() {
         let (busy, idle) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let a = Counted {
-            polls: &busy,
-            ready_after: 50,
-            wake_self: true,
-        };
-        let b = Counted {
-            polls: &idle,
-            ready_after: usize::MAX,
-            wake_self: false,
-        };
+        let [a, b] = busy_and_idle(&busy, &idle);
         futures::pin_mut!(a, b);
         // The idle side first: only that one has a waker of its own.
         match race(b, a).await {
@@ -126,16 +134,7 @@ mod tests {
     #[async_std::test]
     async fn the_first_side_is_polled_when_its_own_waker_fires() {
         let (busy, idle) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let a = Counted {
-            polls: &busy,
-            ready_after: 50,
-            wake_self: true,
-        };
-        let b = Counted {
-            polls: &idle,
-            ready_after: usize::MAX,
-            wake_self: false,
-        };
+        let [a, b] = busy_and_idle(&busy, &idle);
         futures::pin_mut!(a, b);
         match race(a, b).await {
             Either::Left(n) => assert_eq!(n, 50),
