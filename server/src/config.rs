@@ -211,8 +211,9 @@ pub struct Args {
     /// Time allowed for each HTTP request, its head included (and between keep-alive requests).
     #[arg(long, env = "TIDECHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
-    /// Interval of server pings: each connection gets one per interval (from one server-wide
-    /// clock that pings a sixteenth of the connections at a time).
+    /// Interval of server pings: each connection gets one per interval, the first at least one
+    /// interval after it connected (from one server-wide clock that pings a sixteenth of the
+    /// connections at a time).
     #[arg(long, env = "TIDECHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
     /// A connection that sends nothing (not even a pong) for this long is closed (4000; checked

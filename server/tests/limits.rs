@@ -319,6 +319,36 @@ async fn silent_http_connection_is_dropped_after_the_handshake_timeout() {
     s.stop().await;
 }
 
+/// The pings' pulse wakes a sixteenth of the connections at a time, at their shard's time; a
+/// connection's first ping still waits one whole interval after it connected (its client's
+/// pongs take rate tokens it did not plan for).
+#[async_std::test]
+async fn the_first_ping_waits_a_whole_interval() {
+    let interval = Duration::from_millis(1000);
+    let s = TestServer::start(Config {
+        ping_interval: interval,
+        idle_timeout: Duration::from_secs(10),
+        ..Config::default()
+    })
+    .await;
+    // Connection 1: its shard's first turn is 125 ms after the server started.
+    let mut c = s.connect().await;
+    let connected = std::time::Instant::now();
+    loop {
+        match async_std::future::timeout(Duration::from_secs(3), c.next()).await {
+            Ok(Some(Message::Ping(_))) => break,
+            Ok(Some(Message::Text(_))) => continue,
+            other => panic!("no ping within 3 s: {other:?}"),
+        }
+    }
+    let first = connected.elapsed();
+    assert!(
+        first >= interval - Duration::from_millis(20),
+        "first ping {first:?} after connecting"
+    );
+    s.stop().await;
+}
+
 #[async_std::test]
 async fn server_pings_and_idle_connections_close_with_4000() {
     let config = Config {

@@ -298,6 +298,7 @@ pub fn run(
                 handoff: None,
                 beat: None,
                 tick_due: false,
+                connected_ms: ctx.now_ms() as u32,
             }
             .run(tcp, &handle.inbox));
             // Not a `match` on the race: its result would stay in the future through the wait
