@@ -70,3 +70,39 @@ async fn others_get_a_message_before_the_disk_and_the_sender_only_after() {
     assert_eq!(page["messages"].as_array().unwrap().len(), 3);
     s.stop().await;
 }
+
+/// The pings' pulse coming while a sender's echo waits for the disk: the tick is kept for
+/// after the wait, and the echo still comes (a writer once took the kept tick again for ever,
+/// and its executor thread spun).
+#[async_std::test]
+async fn a_ping_tick_during_the_wait_for_the_disk_is_kept_and_the_echo_comes() {
+    let config = Config {
+        // The pulse steps every 10 ms: each connection's shard comes every 160 ms.
+        ping_interval: Duration::from_millis(160),
+        idle_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let store = TestStore::new(config.retention());
+    let s = TestServer::serve(Server::with_store(config, store.clone())).await;
+    let (mut alice, _) = s.join("r", "alice").await;
+    store.gate(false);
+    alice.say("r", "held").await;
+    // Several of alice's ticks while her echo waits.
+    async_std::task::sleep(Duration::from_millis(700)).await;
+    store.gate(true);
+    let echo = async_std::future::timeout(Duration::from_secs(5), alice.recv_type("message"))
+        .await
+        .expect("the echo after the disk");
+    assert_eq!(echo["text"], "held");
+    // And the writer pings on: the tick kept for after the wait was not lost for good.
+    let ping = async_std::future::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(async_tungstenite::tungstenite::Message::Ping(_)) = alice.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no ping after the wait");
+    s.stop().await;
+}

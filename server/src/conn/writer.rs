@@ -168,8 +168,10 @@ impl<'a> Writer<'a> {
                         if durable.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(false);
                         }
+                        // The pulse itself, not `poll_beat`: that returns a tick left due, and
+                        // this loop would take it again for ever (seen: the executor spun).
                         loop {
-                            match self.poll_beat(cx) {
+                            match self.ctx.shutdown().poll_beat(self.conn, &mut self.beat, cx) {
                                 Poll::Ready(Beat::Tick) => self.tick_due = true,
                                 Poll::Ready(Beat::Shutdown) => return Poll::Ready(true),
                                 Poll::Pending => return Poll::Pending,
