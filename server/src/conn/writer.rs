@@ -82,7 +82,7 @@ enum Input {
     Shutdown,
 }
 
-/// What handling one input decided.
+/// The pulse and the shutdown are inputs like the others.
 impl From<Beat> for Input {
     fn from(beat: Beat) -> Self {
         match beat {
