@@ -142,7 +142,7 @@ impl<'a> Writer<'a> {
                     }
                 };
                 // Take what is already queued, without registering wakers (polling with another
-                // waker would re-register listeners and the ping timer every time).
+                // waker would re-register the listeners and the pulse listener every time).
                 while matches!(then, Then::Continue) && batch.len() < MAX_BATCH {
                     match self.try_input(inbox) {
                         Some(input) => then = self.apply(input, &mut batch),
