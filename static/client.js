@@ -34,6 +34,12 @@ export function textBytes(text) {
 
 /** Retry delay for a `history` page the server refused for the rate limit. */
 const HISTORY_RETRY_MS = 1000;
+/**
+ * Times a `say` or `join` the server refused for the rate limit is sent again before it fails.
+ * Pacing keeps refusals rare, but it runs on the page's clock: a frame that reached the server
+ * late (a busy server, a slow network) moves the server's bucket behind the page's model.
+ */
+const RATE_RETRIES = 3;
 
 /** Why `room` is not a valid room name, or null when it is. */
 export function roomProblem(room, limits) {
@@ -77,8 +83,8 @@ function nonce() {
  * Per-room state kept across reconnects. While `catchUp` is set the client pages through a
  * resume gap up to `catchUp.until` and holds live messages in `held` until it is done.
  * @typedef {{name: string, joined: boolean, epoch: ?number, token: ?string, lastId: ?number,
- *            pending: Array<{ref: string, text: string}>, catchUp: ?{until: number},
- *            held: Array<object>}} Room
+ *            pending: Array<{ref: string, text: string, retries?: number}>,
+ *            catchUp: ?{until: number}, held: Array<object>, joinRetries?: number}} Room
  */
 
 /** Where a room's resume token is kept between page loads (see ChatClient's `store`). */
@@ -263,13 +269,17 @@ export class ChatClient extends EventTarget {
   }
 
   sendJoin(room) {
+    this.send(this.joinFrame(room));
+  }
+
+  joinFrame(room) {
     const frame = { type: "join", room: room.name, name: room.as };
     if (room.token) frame.token = room.token;
     if (room.lastId !== null) {
       frame.since = room.lastId;
       frame.epoch = room.epoch;
     }
-    this.send(frame);
+    return frame;
   }
 
   /** Joins `room` as `name` (now, or as soon as the connection is up). */
@@ -334,6 +344,7 @@ export class ChatClient extends EventTarget {
     const epochChanged = resumed && r.epoch !== frame.epoch;
     if (epochChanged) r.lastId = 0; // a new id space: the server lost this room's history
     r.joined = true;
+    r.joinRetries = 0;
     r.epoch = frame.epoch;
     r.token = frame.token;
     r.as = frame.name;
@@ -417,6 +428,7 @@ export class ChatClient extends EventTarget {
   }
 
   onError(frame) {
+    if (frame.code === "rate_limited" && this.retryRefused(frame)) return;
     const paging = frame.room && !frame.ref ? this.rooms.get(frame.room) : null;
     if (paging?.catchUp) {
       // A refused page: retry one the rate limit refused; after any other refusal show what
@@ -438,6 +450,38 @@ export class ChatClient extends EventTarget {
       ["name_taken", "invalid_name", "invalid_room", "too_many_rooms", "server_full"].includes(frame.code);
     if (joinFailed) this.rooms.delete(frame.room);
     this.emit("servererror", { ...frame, joinFailed });
+  }
+
+  /**
+   * Queues a `say` or `join` that the server refused for the rate limit again, ahead of what
+   * waits, once the bucket has had time to refill; false when it is not one of ours to retry
+   * (or has been tried enough). Its message stays pending meanwhile.
+   */
+  retryRefused(frame) {
+    const r = frame.room ? this.rooms.get(frame.room) : null;
+    if (!r || r.catchUp) return false;
+    let retry;
+    if (frame.ref) {
+      const item = r.pending.find((p) => p.ref === frame.ref);
+      if (!item) return false;
+      item.retries = (item.retries ?? 0) + 1;
+      if (item.retries > RATE_RETRIES) return false;
+      // Not joined (the connection dropped since): the rejoin sends what is pending anyway.
+      if (!r.joined) return true;
+      retry = { type: "say", room: r.name, text: item.text, ref: item.ref };
+    } else if (!r.joined) {
+      r.joinRetries = (r.joinRetries ?? 0) + 1;
+      if (r.joinRetries > RATE_RETRIES) return false;
+      retry = this.joinFrame(r);
+    } else {
+      return false;
+    }
+    // The server's bucket is empty: start the model from there.
+    this.tokens = 0;
+    this.tokensAt = performance.now();
+    this.outbox.unshift({ data: JSON.stringify(retry), cost: this.costOf(retry) });
+    this.drain();
+    return true;
   }
 
   bucketSize() {

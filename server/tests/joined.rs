@@ -440,10 +440,10 @@ async fn seed_text_is_bounded_by_its_serialized_size() {
     s.stop().await;
 }
 
-/// A page refused for the rate limit names its room (so a client paging a gap can retry),
+/// A page or a join refused for the rate limit names its room (so a client can retry it),
 /// whether its frame found no token at all or not the extra ones a page costs.
 #[async_std::test]
-async fn a_rate_limited_page_names_its_room() {
+async fn a_rate_limited_page_or_join_names_its_room() {
     let config = Config {
         rate: 0.01,
         burst: JOIN_COST + 1,
@@ -451,13 +451,17 @@ async fn a_rate_limited_page_names_its_room() {
     };
     let s = TestServer::start(config).await;
     let (mut a, _) = s.join("r", "alice").await;
-    for _ in 0..2 {
-        a.send(json!({"type": "history", "room": "r", "since": 0}))
-            .await;
+    let requests = [
+        json!({"type": "history", "room": "r", "since": 0}),
+        json!({"type": "history", "room": "r", "since": 0}),
+        json!({"type": "join", "room": "s", "name": "alice"}),
+    ];
+    for (request, room) in requests.into_iter().zip(["r", "r", "s"]) {
+        a.send(request).await;
         let e = a.recv().await;
         assert_eq!(
             (e["code"].as_str(), e["room"].as_str()),
-            (Some("rate_limited"), Some("r")),
+            (Some("rate_limited"), Some(room)),
             "{e}"
         );
     }

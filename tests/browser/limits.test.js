@@ -97,3 +97,65 @@ test("sending faster than the rate limit is paced, never dropped", async (t) => 
   await alice.locator("li.msg[data-state=pending]").waitFor({ state: "detached" });
   assert.equal(await alice.getByRole("alert").filter({ hasText: "too fast" }).count(), 0);
 });
+
+/**
+ * Routes `page`'s websocket through the test: `toServer(frame, forward)` sees each frame the
+ * page sends; `refused` counts the server's `rate_limited` errors on the way back.
+ */
+async function throughTest(page, toServer) {
+  const seen = { refused: 0 };
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    let queue = Promise.resolve();
+    ws.onMessage((frame) => {
+      // One frame at a time, in order, whatever each one waits for.
+      queue = queue.then(() => toServer(frame, (f) => server.send(f)));
+    });
+    server.onMessage((frame) => {
+      if (String(frame).includes('"rate_limited"')) seen.refused += 1;
+      ws.send(frame);
+    });
+  });
+  return seen;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test("a message refused because its join reached the server late is sent again, in order", async (t) => {
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "rate-late", args: ["--rate", "2", "--burst", "3"] });
+  // The page paces from when it sent the join; the server's bucket empties when the join
+  // arrives. 400 ms on the way puts the server behind the page's model (CI saw this happen).
+  const seen = await throughTest(alice, async (frame, forward) => {
+    if (String(frame).includes('"type":"join"')) await sleep(400);
+    forward(frame);
+  });
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+
+  const burst = Array.from({ length: 4 }, (_, i) => `late message ${i + 1}`);
+  for (const text of burst) await say(alice, text);
+  await waitMessage(bob, "lobby", burst.at(-1));
+  assert.deepEqual((await messages(bob, "lobby")).map((m) => m.text), burst);
+  await alice.locator("li.msg[data-state=pending]").waitFor({ state: "detached" });
+  assert.ok(seen.refused >= 1, "the server refused one, so the page did send it again");
+  assert.equal(await alice.getByRole("alert").count(), 0);
+});
+
+test("a join refused for the rate limit is sent again", async (t) => {
+  const [server, alice] = await twoPeople(t, browser, { label: "rate-join", args: ["--rate", "2", "--burst", "3"] });
+  // A frame the page does not know of takes a token just before its join, which costs the
+  // whole bucket.
+  let extra = true;
+  const seen = await throughTest(alice, async (frame, forward) => {
+    if (extra && String(frame).includes('"type":"join"')) {
+      extra = false;
+      forward(JSON.stringify({ type: "ping" }));
+    }
+    forward(frame);
+  });
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  assert.ok(seen.refused >= 1, "the server refused the first join");
+  await say(alice, "in at the second try");
+  await waitMessage(alice, "lobby", "in at the second try");
+  assert.equal(await alice.getByRole("alert").count(), 0);
+});

@@ -262,12 +262,16 @@ impl<'a> Reader<'a> {
         };
         // Say which message was dropped, so a client can mark it failed; the parse is bounded
         // by the strikes before the close above.
-        // A refused page names its room too, so a client paging through a gap can retry.
+        // A refused page or join names its room too, so a client can retry it.
         let (room, reference) = match serde_json::from_str::<ClientFrame>(text) {
             Ok(ClientFrame::Say {
                 room, reference, ..
             }) => (Some(room), reference),
-            Ok(ClientFrame::History { room, .. }) if valid_room(&room) => (Some(room), None),
+            Ok(ClientFrame::History { room, .. } | ClientFrame::Join { room, .. })
+                if valid_room(&room) =>
+            {
+                (Some(room), None)
+            }
             _ => (None, None),
         };
         self.refuse(rate_refusal(), room.as_deref(), reference.as_deref())
