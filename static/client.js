@@ -282,6 +282,11 @@ export class ChatClient extends EventTarget {
     return frame;
   }
 
+  /** The `say` frame for a pending `item`; its ref ties the echo (or an error) back to it. */
+  sayFrame(room, item) {
+    return { type: "say", room: room.name, text: item.text, ref: item.ref };
+  }
+
   /** Joins `room` as `name` (now, or as soon as the connection is up). */
   join(room, name) {
     if (this.rooms.has(room)) return;
@@ -329,7 +334,7 @@ export class ChatClient extends EventTarget {
     if (!r) return null;
     const item = { ref: nonce(), text };
     r.pending.push(item);
-    if (r.joined) this.send({ type: "say", room, text, ref: item.ref });
+    if (r.joined) this.send(this.sayFrame(r, item));
     return item.ref;
   }
 
@@ -398,7 +403,7 @@ export class ChatClient extends EventTarget {
     this.emit("synced", { room: r.name, incomplete });
     // Whatever is still pending never reached the server (or died with it): send it now.
     for (const item of r.pending) {
-      this.send({ type: "say", room: r.name, text: item.text, ref: item.ref });
+      this.send(this.sayFrame(r, item));
     }
   }
 
@@ -468,7 +473,7 @@ export class ChatClient extends EventTarget {
       if (item.retries > RATE_RETRIES) return false;
       // Not joined (the connection dropped since): the rejoin sends what is pending anyway.
       if (!r.joined) return true;
-      retry = { type: "say", room: r.name, text: item.text, ref: item.ref };
+      retry = this.sayFrame(r, item);
     } else if (!r.joined) {
       r.joinRetries = (r.joinRetries ?? 0) + 1;
       if (r.joinRetries > RATE_RETRIES) return false;
