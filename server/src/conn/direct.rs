@@ -15,6 +15,7 @@
 //! the handle's lock, and the writer writes only after it has unparked under the same lock.
 
 use std::io::IoSlice;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Context;
 use std::time::Duration;
@@ -230,6 +231,12 @@ impl Evict for Direct {
 }
 
 impl Push for Direct {
+    fn warm(&self) {
+        // The lock's cache line (through its poison flag, an atomic load), and the socket's:
+        // `as_raw_fd` goes through the stream's own allocation, a second miss.
+        std::hint::black_box((self.state.is_poisoned(), self.sock.as_raw_fd()));
+    }
+
     fn push(&self, room: &str, commits: &Commits) {
         let mut st = self.lock();
         if !st.parked {

@@ -53,6 +53,9 @@ pub type Evictor = Arc<dyn Evict>;
 /// delivery does not wait for (or cost) a wake-up of the connection's task.
 pub trait Push: Send + Sync + std::fmt::Debug {
     fn push(&self, room: &str, commits: &store::Commits);
+    /// Loads what [`Push::push`] will read into the cache, with plain loads only (see
+    /// [`push_all`]).
+    fn warm(&self) {}
 }
 
 /// A member's [`Push`], if it takes direct writes.
@@ -322,7 +325,11 @@ impl Room {
                 push_all(&pushers[k * size..end], &name, broker.commits());
             });
         }
-        push_all(&pushers[..size.min(pushers.len())], &self.name, broker.commits());
+        push_all(
+            &pushers[..size.min(pushers.len())],
+            &self.name,
+            broker.commits(),
+        );
     }
 }
 
@@ -334,8 +341,7 @@ impl Room {
 fn push_all(pushers: &[Pusher], room: &str, commits: &store::Commits) {
     for group in pushers.chunks(WARM) {
         for p in group {
-            // The reference counts share the first cache line with the handle's lock.
-            std::hint::black_box(Arc::strong_count(p));
+            p.warm();
         }
         for p in group {
             p.push(room, commits);
