@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
     // async-std sizes its executor from this variable when it first starts, which is below.
     std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
     log::debug!("executor threads: {threads}");
-    let result = async_std::task::block_on(serve(bind, config));
+    // The server runs as a task on the executor, accept loop and all, and this thread only
+    // waits: async-std's own block_on would make it a second thread that polls the reactor and
+    // allocates (glibc then gives it an arena of its own), so that each accept and the
+    // connection it starts straddled two threads.
+    let result = futures::executor::block_on(async_std::task::spawn(serve(bind, config)));
     log::logger().flush();
     result
 }
