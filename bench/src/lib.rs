@@ -67,7 +67,9 @@
 //! the server's), with `--baseline-protocol raw|seed|v1` (default raw) as the loadtest's
 //! `--protocol` for the baseline side only. "tidechat vs uWebSockets" is:
 //! `scripts/bench --baseline-cmd 'exec scripts/peer uws'`; the
-//! summary's ratio column is then tidechat / uWebSockets.
+//! summary's ratio column is then tidechat / uWebSockets. Loadtest arguments after `--` go to
+//! both sides and the baseline's `--protocol` comes after them (the loadtest takes the last), so
+//! `-- --protocol seed` runs tidechat on the demo's plain-text route against uWebSockets' raw one.
 //!
 //! # Layout
 //!

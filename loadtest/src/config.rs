@@ -129,7 +129,10 @@ pub struct Options {
     name = "loadtest",
     about = "Simulated chat clients measuring a chat server's fan-out latency (goose).\n\
     Without --host, starts tidechat itself on a free loopback port.",
-    disable_version_flag = true
+    disable_version_flag = true,
+    // The last of a repeated single-valued option wins, so a wrapper can append its own (e.g.
+    // `scripts/bench` gives the baseline side `--protocol raw` after the common arguments).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -629,6 +632,26 @@ mod tests {
         );
         assert_eq!(cli.options.server_pid, [7, 8, 9]);
         assert_eq!(cli.goose.users, Some(4));
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_option_wins() {
+        let cli = parse([
+            "loadtest",
+            "--protocol",
+            "seed",
+            "--users",
+            "4",
+            "--protocol",
+            "raw",
+            "--users=5",
+            "--server-arg=--a",
+            "--server-arg=--b",
+        ])
+        .unwrap();
+        assert_eq!(cli.options.protocol, Protocol::Raw);
+        assert_eq!(cli.goose.users, Some(5));
+        assert_eq!(cli.server_arg, ["--a", "--b"]);
     }
 
     #[test]
