@@ -23,12 +23,15 @@ use std::time::Duration;
 use async_broadcast::{Receiver, RecvError, TryRecvError};
 use async_std::net::TcpStream;
 
-use super::frame::{account, busy, frame_for, Frame};
+use smallvec::SmallVec;
+
+use super::frame::{account_sent, busy, frame_for, rendering, Frame, Sent};
 use super::inbox::Inbox;
 use super::{Mode, Out};
 use crate::hub::store::Commits;
 use crate::hub::{Event, EventRef, Evict, Push};
 use crate::metrics::Metrics;
+use crate::protocol::TextFrame;
 
 /// Events a publisher writes in one go before it leaves the rest to the writer (the writer's
 /// batches are as big).
@@ -168,16 +171,16 @@ impl Direct {
 
     /// Sends what subscription `i` holds to the socket, or hands it to the writer.
     fn drain(&self, st: &mut State, i: usize, commits: &Commits) {
-        let mut frames = Vec::new();
+        let mut evs: SmallVec<[EventRef; 4]> = SmallVec::new();
         let mut unpark = false;
-        while frames.len() < MAX_DIRECT {
+        while evs.len() < MAX_DIRECT {
             let sub = &mut st.subs[i];
             let input = match sub.rx.try_recv() {
                 Ok(ev) => {
                     let waits = ev.origin == self.conn && !commits.is_durable(ev.ticket);
                     if !(ev.reset || waits) {
-                        if sub.wants(&ev) {
-                            frames.extend(frame_for(self.mode, &ev));
+                        if sub.wants(&ev) && rendering(self.mode, &ev).is_some() {
+                            evs.push(ev);
                         }
                         continue;
                     }
@@ -191,19 +194,29 @@ impl Direct {
             unpark = true;
             break;
         }
-        if frames.len() == MAX_DIRECT {
+        if evs.len() == MAX_DIRECT {
             // More may be queued: the writer takes it from here, in batches.
             unpark = true;
         }
-        if !frames.is_empty() {
+        if !evs.is_empty() {
             if self.work_ns != 0 {
-                busy(Duration::from_nanos(u64::from(self.work_ns)) * frames.len() as u32);
+                busy(Duration::from_nanos(u64::from(self.work_ns)) * evs.len() as u32);
             }
-            let total: usize = frames.iter().map(Frame::wire_len).sum();
-            let written = write_now(&self.sock, &frames, total);
-            account(self.metrics.as_deref(), &frames, 0, written);
+            let wire = |ev| wire(self.mode, ev);
+            let total: usize = evs.iter().map(|ev| wire(ev).len()).sum();
+            let written = write_now(&self.sock, evs.iter().map(wire), total);
+            let sent = evs.iter().map(|ev| Sent {
+                len: wire(ev).len(),
+                close: None,
+                published: ev.published,
+            });
+            account_sent(self.metrics.as_deref(), sent, 0, written);
             if written < total {
                 // Would block, or failed: the writer finishes (or finds the error) from here.
+                let frames = evs
+                    .iter()
+                    .filter_map(|ev| frame_for(self.mode, ev))
+                    .collect();
                 st.rest = Some(Box::new((frames, written)));
                 unpark = true;
             }
@@ -251,41 +264,38 @@ impl Push for Direct {
     }
 }
 
-/// Up to this many bytes, frames are copied into one buffer on the stack and go in a plain
-/// `send`: most fan-out writes are one small message, and copying ~200 bytes costs less than
-/// the allocation and the kernel's import of a header-and-payload iovec per delivery.
+/// The bytes of `ev` on a connection in `mode` (every event of a direct write has them).
+fn wire(mode: Mode, ev: &EventRef) -> &[u8] {
+    rendering(mode, ev).map_or(&[], TextFrame::wire)
+}
+
+/// Up to this many bytes, several frames are copied into one buffer on the stack and go in a
+/// plain `send`: copying a few hundred bytes costs less than the kernel's import of an iovec per
+/// frame. A single frame goes as it is.
 const CONTIGUOUS: usize = 2048;
 
-/// Writes `frames` (`total` bytes) as far as the socket takes them now; returns the bytes
-/// written (an error counts as a stop: the writer meets it again on its own write).
-fn write_now(sock: &TcpStream, frames: &[Frame], total: usize) -> usize {
+/// Writes `frames` (whole frames, `total` bytes) as far as the socket takes them now; returns the
+/// bytes written (an error counts as a stop: the writer meets it again on its own write).
+fn write_now<'f>(
+    sock: &TcpStream,
+    frames: impl Iterator<Item = &'f [u8]> + Clone,
+    total: usize,
+) -> usize {
     let sock = socket2::SockRef::from(sock);
+    let mut two = frames.clone();
+    if let (Some(one), None) = (two.next(), two.next()) {
+        return send_now(&sock, one);
+    }
     if total <= CONTIGUOUS {
         let mut buf = [0u8; CONTIGUOUS];
         let mut len = 0;
         for f in frames {
-            for part in [f.head(), &f.payload[..]] {
-                buf[len..len + part.len()].copy_from_slice(part);
-                len += part.len();
-            }
+            buf[len..len + f.len()].copy_from_slice(f);
+            len += f.len();
         }
-        let mut written = 0;
-        while written < len {
-            match sock.send(&buf[written..len]) {
-                Ok(n) if n > 0 => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                _ => break,
-            }
-        }
-        return written;
+        return send_now(&sock, &buf[..len]);
     }
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-    for f in frames {
-        slices.push(IoSlice::new(f.head()));
-        if !f.payload.is_empty() {
-            slices.push(IoSlice::new(&f.payload));
-        }
-    }
+    let mut slices: Vec<IoSlice<'_>> = frames.map(IoSlice::new).collect();
     let mut bufs = &mut slices[..];
     let mut written = 0;
     while !bufs.is_empty() {
@@ -294,6 +304,19 @@ fn write_now(sock: &TcpStream, frames: &[Frame], total: usize) -> usize {
                 written += n;
                 IoSlice::advance_slices(&mut bufs, n);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    written
+}
+
+/// Sends `bytes` as far as the socket takes them now; the bytes written.
+fn send_now(sock: &socket2::SockRef<'_>, bytes: &[u8]) -> usize {
+    let mut written = 0;
+    while written < bytes.len() {
+        match sock.send(&bytes[written..]) {
+            Ok(n) if n > 0 => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             _ => break,
         }

@@ -13,6 +13,7 @@ use async_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use super::Mode;
 use crate::hub::EventRef;
 use crate::metrics::{Metrics, Tally};
+use crate::protocol::TextFrame;
 
 /// A frame ready to go: header bytes and the (shared) payload.
 #[derive(Debug)]
@@ -66,6 +67,28 @@ impl Frame {
         Self::new(OpCode::Data(Data::Text), text.into())
     }
 
+    /// A rendered frame's header and (shared) payload.
+    pub fn rendered(t: &TextFrame) -> Self {
+        let mut header = [0u8; 10];
+        let head = t.head();
+        header[..head.len()].copy_from_slice(head);
+        Frame {
+            header,
+            header_len: head.len() as u8,
+            payload: t.payload(),
+            published: None,
+        }
+    }
+
+    /// What [`account`] counts of it.
+    pub fn sent(&self) -> Sent {
+        Sent {
+            len: self.wire_len(),
+            close: self.close_code(),
+            published: self.published,
+        }
+    }
+
     pub fn close(code: u16, reason: &str) -> Self {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
@@ -73,14 +96,27 @@ impl Frame {
     }
 }
 
+/// The rendering of a room event a connection sends (seed clients see only messages).
+pub(super) fn rendering(mode: Mode, ev: &EventRef) -> Option<&TextFrame> {
+    match mode {
+        Mode::V1 => Some(&ev.wire.v1),
+        Mode::Seed => ev.wire.seed.as_ref(),
+    }
+}
+
 /// The frame a room event becomes on a connection (seed clients see only messages).
 pub(super) fn frame_for(mode: Mode, ev: &EventRef) -> Option<Frame> {
-    let mut frame = match mode {
-        Mode::V1 => Frame::text(ev.wire.v1.clone()),
-        Mode::Seed => Frame::text(ev.wire.seed.clone()?),
-    };
+    let mut frame = Frame::rendered(rendering(mode, ev)?);
     frame.published = ev.published;
     Some(frame)
+}
+
+/// What the metrics count of a frame written.
+pub(super) struct Sent {
+    pub len: usize,
+    pub close: Option<u16>,
+    /// When its room event was rendered.
+    pub published: Option<Instant>,
 }
 
 /// Adds to the metrics what reached the socket: bytes `from..to` of `frames` (in order), and
@@ -92,19 +128,29 @@ pub(super) fn account<'f>(
     from: usize,
     to: usize,
 ) {
+    account_sent(m, frames.into_iter().map(Frame::sent), from, to);
+}
+
+/// [`account`], for frames described by what it counts of them.
+pub(super) fn account_sent(
+    m: Option<&Metrics>,
+    frames: impl IntoIterator<Item = Sent>,
+    from: usize,
+    to: usize,
+) {
     let Some(m) = m else { return };
     let mut t = Tally::new(Instant::now());
     t.bytes(to - from);
     let mut end = 0;
     for f in frames {
-        end += f.wire_len();
+        end += f.len;
         if end > to {
             break;
         }
         if end <= from {
             continue;
         }
-        match f.close_code() {
+        match f.close {
             Some(code) => t.close(code),
             None => t.frame(f.published),
         }

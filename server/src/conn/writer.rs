@@ -501,7 +501,7 @@ fn write_ready<W: AsyncWrite + Unpin>(
 fn slices(frames: &[Frame]) -> Vec<IoSlice<'_>> {
     let mut slices = Vec::with_capacity(frames.len() * 2);
     for f in frames {
-        slices.push(IoSlice::new(&f.header[..f.header_len as usize]));
+        slices.push(IoSlice::new(f.head()));
         if !f.payload.is_empty() {
             slices.push(IoSlice::new(&f.payload));
         }
@@ -699,7 +699,7 @@ fn give_up<W: AsyncWrite + Unpin>(
     let (code, reason) = stop.close();
     let frame = Frame::close(code, reason);
     let mut slices = rest.to_vec();
-    slices.push(IoSlice::new(&frame.header[..frame.header_len as usize]));
+    slices.push(IoSlice::new(frame.head()));
     slices.push(IoSlice::new(&frame.payload));
     let want: usize = slices.iter().map(|s| s.len()).sum();
     let written = try_write(out, slices);

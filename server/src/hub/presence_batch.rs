@@ -263,7 +263,7 @@ mod tests {
     }
 
     fn frame(b: &Batch) -> Value {
-        serde_json::from_str(&b.render("r").v1).unwrap()
+        serde_json::from_str(b.render("r").v1.text()).unwrap()
     }
 
     /// The last change of a name wins; the number is the highest, the count the last given.

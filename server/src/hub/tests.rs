@@ -82,7 +82,7 @@ fn join_with(
 fn drain(rx: &mut Receiver<EventRef>) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        out.push((ev.offset, ev.wire.v1.to_string()));
+        out.push((ev.offset, ev.wire.v1.text().to_string()));
     }
     out
 }

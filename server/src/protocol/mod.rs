@@ -6,12 +6,13 @@
 //! that every local receiver shares; [`v1`] renders JSON frames, [`seed`] the demo's lines.
 
 pub mod seed;
+pub mod text_frame;
 pub mod v1;
 
-use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::record::RoomEvent;
+pub use text_frame::TextFrame;
 
 pub use v1::{history_frame, joined_frame, HistoryHead, JoinedHead};
 
@@ -19,9 +20,9 @@ pub use v1::{history_frame, joined_frame, HistoryHead, JoinedHead};
 #[derive(Debug, Default)]
 pub struct Wire {
     /// The protocol v1 frame.
-    pub v1: Utf8Bytes,
+    pub v1: TextFrame,
     /// The seed protocol's line, for messages in [`seed::ROOM`] only.
-    pub seed: Option<Utf8Bytes>,
+    pub seed: Option<TextFrame>,
 }
 
 impl Wire {
@@ -42,7 +43,7 @@ impl Wire {
 
     /// What queueing this event costs: both of its renderings.
     pub fn bytes(&self) -> usize {
-        self.v1.len() + self.seed.as_ref().map_or(0, |s| s.len())
+        self.v1.text_len() + self.seed.as_ref().map_or(0, TextFrame::text_len)
     }
 }
 
