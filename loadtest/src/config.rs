@@ -36,9 +36,9 @@ pub enum ScenarioName {
     /// held 20 s once all are connected (or --run-time after the launch): connect-time
     /// distribution and memory per connection.
     Storm,
-    /// 1,000 clients in one room, 10 senders, 64-byte messages; the rate doubles every step
-    /// until p99 or loss exceeds its bound (or the generator itself becomes the bottleneck);
-    /// reports the highest sustained deliveries/s.
+    /// 1,000 clients in one room, 10 senders, 64-byte messages; the rate grows by
+    /// --step-factor (default 2) every step until p99 or loss exceeds its bound (or the generator
+    /// itself becomes the bottleneck); reports the highest sustained deliveries/s.
     Step,
 }
 
@@ -115,6 +115,10 @@ pub struct Options {
     /// Steps of the `step` scenario at most.
     #[arg(long, default_value_t = 8, help_heading = "Step")]
     pub max_steps: usize,
+    /// Each step's rate over the last one's (above 1, at most 16): a smaller factor finds the
+    /// highest sustained rate more closely, in more steps.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_step_factor, help_heading = "Step")]
+    pub step_factor: f64,
     /// p99 bound of the `step` scenario, in milliseconds.
     #[arg(long, default_value_t = 100.0, help_heading = "Step")]
     pub step_p99_ms: f64,
@@ -210,6 +214,15 @@ pub enum Command {
     },
 }
 
+/// Parses `--step-factor`: a number above 1 and at most 16.
+fn parse_step_factor(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f > 1.0 && f <= 16.0 => Ok(f),
+        Ok(_) => Err("must be above 1 and at most 16".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses a duration as humantime reads it (`500ms`, `3s`, `2m`, `1h 30m`) or a bare number of
 /// seconds (`3`, `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -268,6 +281,9 @@ pub struct Params {
 pub struct StepParams {
     pub step_time_s: f64,
     pub max_steps: usize,
+    /// Each step's rate over the last one's (reports from before it was an option doubled).
+    #[serde(default = "doubling")]
+    pub factor: f64,
     pub p99_ms: f64,
     pub loss: f64,
 }
@@ -295,9 +311,15 @@ impl StepParams {
     }
 }
 
-/// The rate of step `k`: the first step's, doubled every step.
-pub fn step_rate(first: f64, k: usize) -> f64 {
-    first * f64::from(1u32 << k.min(30))
+fn doubling() -> f64 {
+    2.0
+}
+
+impl StepParams {
+    /// The rate of step `k`: the first step's, times the factor every step.
+    pub fn rate(&self, first: f64, k: usize) -> f64 {
+        first * self.factor.powi(k.min(64) as i32)
+    }
 }
 
 /// Defaults of a named scenario.
@@ -525,6 +547,7 @@ impl Options {
         let step = (self.scenario == ScenarioName::Step).then(|| StepParams {
             step_time_s: self.step_time.as_secs_f64(),
             max_steps: self.max_steps.max(1),
+            factor: self.step_factor,
             p99_ms: self.step_p99_ms,
             loss: self.step_loss,
         });
@@ -662,6 +685,35 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn step_rates_grow_by_the_factor() {
+        let plan = |extra: &[&str]| {
+            let mut args = vec!["loadtest", "--scenario", "step"];
+            args.extend(extra);
+            let cli = Cli::try_parse_from(args).unwrap();
+            cli.options.plan(&cli.goose).unwrap().params.step.unwrap()
+        };
+        let doubling = plan(&[]);
+        assert_eq!(doubling.factor, 2.0);
+        assert_eq!(
+            (0..4).map(|k| doubling.rate(5.0, k)).collect::<Vec<_>>(),
+            [5.0, 10.0, 20.0, 40.0]
+        );
+        let finer = plan(&["--step-factor", "1.25"]);
+        assert_eq!(finer.rate(80.0, 0), 80.0);
+        assert_eq!(finer.rate(80.0, 2), 125.0);
+        for bad in ["1", "0.5", "17", "x"] {
+            let e = Cli::try_parse_from(["loadtest", "--step-factor", bad]).unwrap_err();
+            assert!(e.to_string().contains("--step-factor"), "{bad}: {e}");
+        }
+        // A report written before the option had doubling steps.
+        let old: StepParams = serde_json::from_str(
+            r#"{"step_time_s":5.0,"max_steps":8,"p99_ms":100.0,"loss":0.001}"#,
+        )
+        .unwrap();
+        assert_eq!(old.factor, 2.0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{step_rate, Params, Protocol};
+use crate::config::{Params, Protocol};
 use crate::metrics::{self, Events, Shards, Tally};
 
 /// Not started yet (value of [`Run::send_start_us`]).
@@ -290,12 +290,12 @@ impl Run {
         (i < s.max_steps).then(|| start + (i as f64 * period * 1e6) as u64)
     }
 
-    /// A sender's rate at a send time: constant, or doubling every step.
+    /// A sender's rate at a send time: constant, or growing every step.
     pub fn rate_at(&self, send_us: u64) -> f64 {
-        match self.step_of(send_us) {
-            Some(i) => step_rate(self.params.msg_rate, i),
-            None if self.params.step.is_some() => 0.0,
-            None => self.params.msg_rate,
+        match (self.step_of(send_us), &self.params.step) {
+            (Some(i), Some(s)) => s.rate(self.params.msg_rate, i),
+            (None, Some(_)) => 0.0,
+            _ => self.params.msg_rate,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The `step` scenario: the rate doubles every step; each step is measured alone (senders pause
+//! The `step` scenario: the rate grows by `--step-factor` every step; each step is measured alone (senders pause
 //! while it is judged), and the run stops at the first step over its p99 or loss bound, or where
 //! the generator itself became the bottleneck.
 
@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::step_rate;
 use crate::metrics::{self, Percentiles};
 use crate::report::{Report, StepResult};
 use crate::run::Run;
@@ -78,7 +77,7 @@ pub async fn controller(run: Arc<Run>, cpu: CpuMeter, done: Arc<AtomicBool>) -> 
             machine1.zip(machine0).map(|(a, b)| a - b),
         ));
         if k + 1 < step.max_steps {
-            run.set_rate(step_rate(run.params.msg_rate, k + 1));
+            run.set_rate(step.rate(run.params.msg_rate, k + 1));
         }
         if !sleep_until(end + grace).await {
             return out;
@@ -148,7 +147,7 @@ pub fn judge(
         })
         .sum();
     // Less a message per sender: one sent a little late at the step's end falls in the pause.
-    let scheduled = senders as f64 * (step_rate(run.params.msg_rate, k) * secs - 1.0);
+    let scheduled = senders as f64 * (step.rate(run.params.msg_rate, k) * secs - 1.0);
     let reason = verdict::bottleneck(
         gen,
         srv,
@@ -160,7 +159,7 @@ pub fn judge(
     );
     StepResult {
         step: k,
-        msg_rate: step_rate(run.params.msg_rate, k),
+        msg_rate: step.rate(run.params.msg_rate, k),
         messages,
         expected,
         received,

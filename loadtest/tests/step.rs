@@ -42,7 +42,7 @@ fn assert_rate(r: &Report, k: usize, senders: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_scenario() {
-    // 1. The embedded tidechat: 3 steps, all within the bounds.
+    // 1. The embedded tidechat: 3 steps, each 1.5x the last, all within the bounds.
     let r = load(&[
         "--scenario",
         "step",
@@ -60,6 +60,8 @@ async fn step_scenario() {
         "1s",
         "--max-steps",
         "3",
+        "--step-factor",
+        "1.5",
     ])
     .await;
     assert_eq!(r.params.message_size, 64, "the perf issue's message size");
@@ -73,8 +75,8 @@ async fn step_scenario() {
             r.steps[k]
         );
     }
-    assert_eq!(r.steps[1].msg_rate, 10.0);
-    assert_eq!(r.steps[2].msg_rate, 20.0);
+    assert_eq!(r.steps[1].msg_rate, 7.5);
+    assert_eq!(r.steps[2].msg_rate, 11.25);
     assert_eq!(
         r.highest_sustained_deliveries_per_s,
         Some(r.steps[2].deliveries_per_s)
