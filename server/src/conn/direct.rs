@@ -4,7 +4,7 @@
 //! the connection's [`Direct`] handle and waits only for its inbox, its ping tick, the shutdown
 //! and an unpark. Whoever publishes into one of its rooms then takes the new events from the
 //! subscription and writes them straight to the socket without blocking, the way uWebSockets'
-//! `publish` does, so a delivery costs one `writev` and no task wake-up, poll or listener.
+//! `publish` does, so a delivery costs one `send` and no task wake-up, poll or listener.
 //!
 //! Whatever that write cannot finish, or whatever needs the writer, unparks it: a socket that
 //! would block (the cut frame goes back first), the sender's own message waiting for the disk,
