@@ -117,7 +117,7 @@ pub struct Options {
     pub max_steps: usize,
     /// Each step's rate over the last one's (above 1, at most 16): a smaller factor finds the
     /// highest sustained rate more closely, in more steps.
-    #[arg(long, default_value_t = 2.0, value_parser = parse_step_factor, help_heading = "Step")]
+    #[arg(long, default_value_t = DOUBLING, value_parser = parse_step_factor, help_heading = "Step")]
     pub step_factor: f64,
     /// p99 bound of the `step` scenario, in milliseconds.
     #[arg(long, default_value_t = 100.0, help_heading = "Step")]
@@ -309,17 +309,18 @@ impl StepParams {
     pub fn period_s(&self) -> f64 {
         self.step_time_s + self.pause_s()
     }
-}
 
-fn doubling() -> f64 {
-    2.0
-}
-
-impl StepParams {
     /// The rate of step `k`: the first step's, times the factor every step.
     pub fn rate(&self, first: f64, k: usize) -> f64 {
         first * self.factor.powi(k.min(64) as i32)
     }
+}
+
+/// `--step-factor`'s default: each step doubles the last one's rate.
+const DOUBLING: f64 = 2.0;
+
+fn doubling() -> f64 {
+    DOUBLING
 }
 
 /// Defaults of a named scenario.

@@ -1,6 +1,6 @@
-//! The `step` scenario: the rate grows by `--step-factor` every step; each step is measured alone (senders pause
-//! while it is judged), and the run stops at the first step over its p99 or loss bound, or where
-//! the generator itself became the bottleneck.
+//! The `step` scenario: the rate grows by `--step-factor` every step; each step is measured
+//! alone (senders pause while it is judged), and the run stops at the first step over its p99 or
+//! loss bound, or where the generator itself became the bottleneck.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
-//! The frames a connection writes: a header formatted by tungstenite's `FrameHeader` and the
-//! event's shared payload, so fan-out copies no payload in user space; and the metrics of what
-//! reached the socket. Used by the writer and by publishers writing to a parked writer's socket
-//! ([`super::direct`]).
+//! The frames a connection's writer sends: a header and a shared payload (a room event's is its
+//! [`TextFrame`]'s, so no payload is copied), and the metrics of what reached the socket, which
+//! publishers writing to a parked writer's socket ([`super::direct`]) count too. Those send a
+//! room event's `TextFrame` as it is, and hand the writer `Frame`s only for a write the socket
+//! cut.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
