@@ -122,15 +122,18 @@ async function throughTest(page, toServer) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 test("a message refused because its join reached the server late is sent again, in order", async (t) => {
-  const [server, alice, bob] = await twoPeople(t, browser, { label: "rate-late", args: ["--rate", "2", "--burst", "3"] });
+  const [server, alice, bob] = await twoPeople(t, browser, { label: "rate-late", args: ["--rate", "1", "--burst", "5"] });
   // The page paces from when it sent the join; the server's bucket empties when the join
-  // arrives. 400 ms on the way puts the server behind the page's model (CI saw this happen).
+  // arrives. Held longer than the page's model takes to refill (4 tokens at 0.9/s), the join
+  // leaves the page free to send the whole burst into an empty bucket: the server takes all
+  // four only if the fourth reaches it 4 s after the join. So bob joins first, and alice types
+  // as soon as she is in.
   const seen = await throughTest(alice, async (frame, forward) => {
-    if (String(frame).includes('"type":"join"')) await sleep(400);
+    if (String(frame).includes('"type":"join"')) await sleep(5000);
     forward(frame);
   });
-  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
   await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
 
   const burst = Array.from({ length: 4 }, (_, i) => `late message ${i + 1}`);
   for (const text of burst) await say(alice, text);
