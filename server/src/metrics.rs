@@ -306,6 +306,46 @@ impl Tally {
     }
 }
 
+/// What the direct writes of one pass (`hub::push_all`) add, summed over its members and added
+/// to the atomics once at its end, with one clock read per group of members. Per delivery, a
+/// clock read and four atomic additions were 0.7% of the server's samples in `chat`.
+#[derive(Debug, Default)]
+pub struct PassTally {
+    tally: Option<Tally>,
+    sink: Option<Arc<Metrics>>,
+    /// The clock is read again before the next member's frames are counted.
+    stale: bool,
+}
+
+impl PassTally {
+    /// The members after this one are written a little later: the next count reads the clock.
+    pub fn next_group(&mut self) {
+        self.stale = true;
+    }
+
+    /// The tally to add a member's frames to; `m` is where they go at [`PassTally::finish`]
+    /// (every member of a server shares it).
+    pub fn tally(&mut self, m: &Arc<Metrics>) -> &mut Tally {
+        if self.sink.is_none() {
+            self.sink = Some(m.clone());
+        }
+        let stale = std::mem::take(&mut self.stale);
+        match &mut self.tally {
+            Some(t) if stale => t.now = Instant::now(),
+            Some(_) => {}
+            None => self.tally = Some(Tally::new(Instant::now())),
+        }
+        self.tally.get_or_insert_with(|| Tally::new(Instant::now()))
+    }
+
+    /// Adds the pass's counts to the metrics.
+    pub fn finish(self) {
+        if let (Some(m), Some(t)) = (self.sink, self.tally) {
+            m.record(&t);
+        }
+    }
+}
+
 /// This server's metrics; built only with `--metrics on`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -677,5 +717,30 @@ mod tests {
         assert_eq!(m.close_known[8].get(), 1);
         let p99 = m.fanout_p99_ms().unwrap();
         assert!(p99 > 2.0 && p99 <= 5.0, "{p99}");
+    }
+
+    #[test]
+    fn a_pass_tally_adds_its_members_up_once_at_its_end() {
+        let m = Arc::new(Metrics::new(false));
+        let published = Instant::now() - Duration::from_millis(3);
+        let mut pass = PassTally::default();
+        for group in 0..3 {
+            pass.next_group();
+            for _ in 0..=group {
+                let t = pass.tally(&m);
+                t.frame(Some(published));
+                t.bytes(10);
+            }
+        }
+        assert_eq!(m.frames_sent.get(), 0, "nothing before the pass ends");
+        pass.finish();
+        assert_eq!(m.frames_sent.get(), 6);
+        assert_eq!(m.bytes_sent.get(), 60);
+        assert_eq!(m.fanout.counts().iter().sum::<u64>(), 6);
+        let p99 = m.fanout_p99_ms().unwrap();
+        assert!(p99 > 2.0 && p99 <= 5.0, "{p99}");
+        // A pass that wrote nothing records nothing.
+        PassTally::default().finish();
+        assert_eq!(m.frames_sent.get(), 6);
     }
 }

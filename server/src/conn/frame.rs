@@ -141,6 +141,17 @@ pub(super) fn account_sent(
 ) {
     let Some(m) = m else { return };
     let mut t = Tally::new(Instant::now());
+    tally_sent(&mut t, frames, from, to);
+    m.record(&t);
+}
+
+/// Adds to `t` what [`account_sent`] would add to the metrics.
+pub(super) fn tally_sent(
+    t: &mut Tally,
+    frames: impl IntoIterator<Item = Sent>,
+    from: usize,
+    to: usize,
+) {
     t.bytes(to - from);
     let mut end = 0;
     for f in frames {
@@ -156,7 +167,6 @@ pub(super) fn account_sent(
             None => t.frame(f.published),
         }
     }
-    m.record(&t);
 }
 
 /// Spins for `d` (`--test-work-per-delivery`: a measurably costlier server for the benchmark

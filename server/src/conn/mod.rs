@@ -288,8 +288,7 @@ pub fn run(
                 ctx,
                 mode,
                 conn,
-                // Most connections are in one room; a Vec grows to 4 slots at its first push.
-                subs: Vec::with_capacity(1),
+                subs: direct::Subs::new(),
                 last_seen: &last_seen,
                 ack: 0,
                 direct: ctx.limits().direct_write.then_some(&*handle),

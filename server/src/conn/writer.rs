@@ -31,7 +31,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
 use async_tungstenite::tungstenite::Bytes;
 use futures::AsyncWrite;
 
-use super::direct::{Direct, Handoff, Sub, Unparked};
+use super::direct::{Direct, Handoff, Sub, Subs, Unparked};
 use super::frame::{account, busy, frame_for, Frame};
 use super::inbox::Inbox;
 use super::{Ctx, Ending, Mode, Out};
@@ -49,7 +49,7 @@ pub(super) struct Writer<'a> {
     pub ctx: Ctx<'a>,
     pub mode: Mode,
     pub conn: u64,
-    pub subs: Vec<Sub>,
+    pub subs: Subs,
     pub last_seen: &'a AtomicU64,
     /// The newest commit ticket of this connection's own messages in the batch being built: the
     /// batch waits until it is durable (a sender's echo is its acknowledgement).

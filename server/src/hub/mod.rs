@@ -35,6 +35,7 @@ use self::channel::RoomChannel;
 pub use self::channel::{Event, EventRef};
 use self::position::{Epoch, StreamPosition, StreamState};
 use self::record::{Publication, RoomEvent};
+use crate::metrics::PassTally;
 use crate::protocol::Wire;
 
 /// How the hub tells a connection that a resume took its place in a room.
@@ -52,7 +53,8 @@ pub type Evictor = Arc<dyn Evict>;
 /// whose writer is idle writes them to its socket there and then (`conn::direct`), so a
 /// delivery does not wait for (or cost) a wake-up of the connection's task.
 pub trait Push: Send + Sync + std::fmt::Debug {
-    fn push(&self, room: &str, commits: &store::Commits);
+    /// `pass` sums what the writes add to the metrics, for the whole pass.
+    fn push(&self, room: &str, commits: &store::Commits, pass: &mut PassTally);
     /// Loads what [`Push::push`] will read into the cache, with plain loads only (see
     /// [`push_all`]).
     fn warm(&self) {}
@@ -339,14 +341,17 @@ impl Room {
 /// `Direct::push`'s samples). Plain loads with no locked instruction between them are in flight
 /// at once; a lock or a send between them would wait for each.
 fn push_all(pushers: &[Pusher], room: &str, commits: &store::Commits) {
+    let mut pass = PassTally::default();
     for group in pushers.chunks(WARM) {
         for p in group {
             p.warm();
         }
+        pass.next_group();
         for p in group {
-            p.push(room, commits);
+            p.push(room, commits, &mut pass);
         }
     }
+    pass.finish();
 }
 
 /// Members whose handles are loaded together (see [`push_all`]).

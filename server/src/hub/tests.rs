@@ -304,7 +304,7 @@ struct Pushes {
 }
 
 impl Push for Pushes {
-    fn push(&self, room: &str, _: &store::Commits) {
+    fn push(&self, room: &str, _: &store::Commits, _: &mut crate::metrics::PassTally) {
         assert_eq!(room, "big");
         self.n.fetch_add(1, Ordering::SeqCst);
     }
