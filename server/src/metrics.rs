@@ -314,8 +314,9 @@ impl Tally {
 /// clock read and four atomic additions were 0.7% of the server's samples in `chat`.
 #[derive(Debug, Default)]
 pub struct PassTally {
-    tally: Option<Tally>,
-    sink: Option<Arc<Metrics>>,
+    /// Where the counts go (every member of a server shares it) and the counts, from the first
+    /// member that counted anything.
+    open: Option<(Arc<Metrics>, Tally)>,
     /// The clock is read again before the next member's frames are counted.
     stale: bool,
 }
@@ -326,24 +327,23 @@ impl PassTally {
         self.stale = true;
     }
 
-    /// The tally to add a member's frames to; `m` is where they go at [`PassTally::finish`]
-    /// (every member of a server shares it).
+    /// The tally to add a member's frames to; `m` is where they go at [`PassTally::finish`].
     pub fn tally(&mut self, m: &Arc<Metrics>) -> &mut Tally {
-        if self.sink.is_none() {
-            self.sink = Some(m.clone());
-        }
         let stale = std::mem::take(&mut self.stale);
-        match &mut self.tally {
-            Some(t) if stale => t.now = Instant::now(),
-            Some(_) => {}
-            None => self.tally = Some(Tally::new(Instant::now())),
+        if let Some((_, t)) = &mut self.open {
+            if stale {
+                t.now = Instant::now();
+            }
         }
-        self.tally.get_or_insert_with(|| Tally::new(Instant::now()))
+        &mut self
+            .open
+            .get_or_insert_with(|| (m.clone(), Tally::new(Instant::now())))
+            .1
     }
 
     /// Adds the pass's counts to the metrics.
     pub fn finish(self) {
-        if let (Some(m), Some(t)) = (self.sink, self.tally) {
+        if let Some((m, t)) = self.open {
             m.record(&t);
         }
     }
