@@ -40,6 +40,17 @@ const HISTORY_RETRY_MS = 1000;
  * late (a busy server, a slow network) moves the server's bucket behind the page's model.
  */
 const RATE_RETRIES = 3;
+/**
+ * Messages of a room remembered by sender, ref and text, to know a resend after the server lost
+ * the room's history: a sender whose message the others saw but whose acknowledgement died with
+ * the server sends it again into the new epoch, under a new id.
+ */
+const SEEN_KEEP = 500;
+
+/** What identifies a message across the room's lives; null without a `ref` (nothing to match). */
+function seenKey(m) {
+  return m.ref ? JSON.stringify([m.from, m.ref, m.text]) : null;
+}
 
 /** Why `room` is not a valid room name, or null when it is. */
 export function roomProblem(room, limits) {
@@ -82,9 +93,12 @@ function nonce() {
 /**
  * Per-room state kept across reconnects. While `catchUp` is set the client pages through a
  * resume gap up to `catchUp.until` and holds live messages in `held` until it is done.
+ * `seen` keeps the keys (`seenKey`) of the last SEEN_KEEP messages shown in this epoch, and
+ * `before` those of the epoch before it.
  * @typedef {{name: string, joined: boolean, epoch: ?number, token: ?string, lastId: ?number,
  *            pending: Array<{ref: string, text: string, retries?: number}>,
- *            catchUp: ?{until: number}, held: Array<object>, joinRetries?: number}} Room
+ *            catchUp: ?{until: number}, held: Array<object>, joinRetries?: number,
+ *            seen: Set<string>, before: Set<string>}} Room
  */
 
 /** Where a room's resume token is kept between page loads (see ChatClient's `store`). */
@@ -300,6 +314,8 @@ export class ChatClient extends EventTarget {
       pending: [],
       catchUp: null,
       held: [],
+      seen: new Set(),
+      before: new Set(),
     });
     if (this.state === "online") this.sendJoin(this.rooms.get(room));
   }
@@ -347,7 +363,11 @@ export class ChatClient extends EventTarget {
     }
     const resumed = r.lastId !== null;
     const epochChanged = resumed && r.epoch !== frame.epoch;
-    if (epochChanged) r.lastId = 0; // a new id space: the server lost this room's history
+    if (epochChanged) {
+      r.lastId = 0; // a new id space: the server lost this room's history
+      r.before = r.seen;
+      r.seen = new Set();
+    }
     r.joined = true;
     r.joinRetries = 0;
     r.epoch = frame.epoch;
@@ -416,6 +436,13 @@ export class ChatClient extends EventTarget {
     }
     if (r.lastId !== null && m.id <= r.lastId) return; // seen before this reconnect
     r.lastId = m.id;
+    const key = seenKey(m);
+    if (key !== null) {
+      // Shown before the server lost the room: its sender never had the acknowledgement.
+      if (r.before.has(key)) return;
+      r.seen.add(key);
+      if (r.seen.size > SEEN_KEEP) r.seen.delete(r.seen.values().next().value);
+    }
     const own = m.from === r.as;
     if (own && m.ref) {
       const i = r.pending.findIndex((p) => p.ref === m.ref);

@@ -52,6 +52,9 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
   const { alice, bob } = await aliceAndBob(t, server.url);
   await say(alice, "before the restart");
   await waitMessage(bob, "lobby", "before the restart");
+  // Acknowledged too: unacknowledged, it would be sent again after the others' queued messages
+  // (see the next test).
+  await waitMessage(alice, "lobby", "before the restart");
 
   await server.stop("SIGKILL");
   for (const page of [alice, bob]) {
@@ -87,6 +90,53 @@ test("server restart: the page shows reconnecting, comes back, and queued messag
   assert.deepEqual(alice.errors.filter((e) => !/WebSocket/.test(e)), []);
   await screenshot(alice, "restart-alice");
   await screenshot(bob, "restart-bob");
+});
+
+test("a message the others saw but whose sender the server never acknowledged is sent again after a restart that lost the history, and shown once", async (t) => {
+  let server = await startServer({ label: "restart-unacked-1" });
+  const port = server.port;
+  t.after(() => server.stop());
+  const text = "seen by bob, never acknowledged";
+  const alice = await openSession(browser);
+  const bob = await openSession(browser);
+  t.after(() => alice.context().close());
+  t.after(() => bob.context().close());
+  // The server dies between relaying alice's message and acknowledging it: here its
+  // acknowledgement is held back from her page until then.
+  let holdEcho = true;
+  await alice.routeWebSocket(/\/ws$/, (ws) => {
+    const upstream = ws.connectToServer();
+    upstream.onMessage((frame) => {
+      const f = JSON.parse(String(frame));
+      if (holdEcho && f.type === "message" && f.text === text) return;
+      ws.send(frame);
+    });
+  });
+  await joinAs(alice, `${server.url}/#room=lobby`, "alice", "lobby");
+  await joinAs(bob, `${server.url}/#room=lobby`, "bob", "lobby");
+  await say(alice, text);
+  await waitMessage(bob, "lobby", text);
+  assert.equal(await alice.locator("li.msg[data-state=pending]").count(), 1);
+
+  await server.stop("SIGKILL");
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="reconnecting"]').waitFor();
+  }
+  holdEcho = false;
+  server = await startServer({ bind: `127.0.0.1:${port}`, label: "restart-unacked-2" });
+  for (const page of [alice, bob]) {
+    await page.locator('#conn[data-state="online"]').waitFor({ timeout: RECONNECT_WAIT });
+  }
+  // The page sends what is still pending: the new epoch has it under a new id.
+  await waitMessage(alice, "lobby", text);
+  await say(bob, "after the restart");
+  await waitMessage(alice, "lobby", "after the restart");
+  await waitMessage(bob, "lobby", "after the restart");
+
+  const expected = [text, "after the restart"];
+  assert.deepEqual(texts(await messages(alice, "lobby")), expected);
+  assert.deepEqual(texts(await messages(bob, "lobby")), expected);
+  await bob.locator(".notice.warn", { hasText: "server restarted" }).waitFor();
 });
 
 test("server crash and restart on the same data: history kept, ids go on, nothing reported lost", async (t) => {
