@@ -153,7 +153,7 @@ pub struct DurableStore {
     worker: Mutex<Option<JoinHandle<()>>>,
     recovery: Recovery,
     /// The active journal, open for syncing (see `sync`).
-    journal: Mutex<Option<(PathBuf, fs::File)>>,
+    journal: Mutex<Option<OpenJournal>>,
     /// Messages kept across rooms, on disk or not yet deleted by retention.
     kept: Level,
 }
@@ -665,7 +665,7 @@ fn journal_damaged(dir: &Path, why: &str) -> String {
 
 /// The journal fjall appends to now: the highest-numbered `N.jnl` in the store's directory
 /// (fjall 3's layout; `None` if it has none, and then fjall's own sync is used).
-fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+fn active_journal(dir: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -680,7 +680,25 @@ fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
             }
         }
     }
-    Ok(best.map(|(_, p)| p))
+    Ok(best)
+}
+
+/// Whether journal `n` may have been sealed: fjall names the journal that follows `N.jnl`
+/// `N+1.jnl` (`journal::writer::Writer::rotate`), so while that does not exist `n` is still the
+/// active one. One failed lookup instead of reading the directory on every sync; anything but
+/// "not found" counts as sealed, so the caller reads the directory and sees for itself.
+fn journal_sealed(dir: &Path, n: u64) -> bool {
+    match fs::symlink_metadata(dir.join(format!("{}.jnl", n + 1))) {
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        Ok(_) => true,
+    }
+}
+
+/// The active journal as [`DurableStore::sync`] keeps it between syncs.
+#[derive(Debug)]
+struct OpenJournal {
+    number: u64,
+    file: fs::File,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -830,23 +848,25 @@ impl HistoryStore for DurableStore {
         // already written their entries to the OS; an fsync of the active journal through a
         // descriptor of our own makes them durable without that lock. fjall syncs a journal
         // itself when it seals it, so the newest one (highest number) is the only one to sync:
-        // every entry that took a ticket before this call is in it or in a sealed one.
-        let Some(path) = active_journal(&self.dir).map_err(|e| self.failed(e))? else {
-            return self
-                .db
-                .persist(PersistMode::SyncAll)
-                .map_err(|e| self.failed(e));
-        };
+        // every entry that took a ticket before this call is in it or in a sealed one, and a
+        // journal it went to existed before the ticket, so before the lookup below.
         let mut cached = lock(&self.journal);
-        let file = match cached.take() {
-            Some((p, f)) if p == path => (p, f),
+        let journal = match cached.take() {
+            Some(j) if !journal_sealed(&self.dir, j.number) => j,
             _ => {
-                let f = fs::File::open(&path).map_err(|e| self.failed(e))?;
-                (path, f)
+                let Some((number, path)) = active_journal(&self.dir).map_err(|e| self.failed(e))?
+                else {
+                    return self
+                        .db
+                        .persist(PersistMode::SyncAll)
+                        .map_err(|e| self.failed(e));
+                };
+                let file = fs::File::open(&path).map_err(|e| self.failed(e))?;
+                OpenJournal { number, file }
             }
         };
-        let synced = file.1.sync_data();
-        *cached = Some(file);
+        let synced = journal.file.sync_data();
+        *cached = Some(journal);
         synced.map_err(|e| self.failed(format!("syncing the journal: {e}")))
     }
 
@@ -958,6 +978,45 @@ mod tests {
         assert_eq!(read.messages, written);
         fill(&*store, &room, 1, 8);
         assert_eq!(store.open(&room).unwrap().last, 21);
+    }
+
+    #[test]
+    fn a_sync_follows_the_journal_when_fjall_seals_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), RETENTION);
+        let room: Arc<str> = "r".into();
+        fill(&*store, &room, 1, 1);
+        store.sync().unwrap();
+        let synced = || lock(&store.journal).as_ref().map(|j| j.number);
+        let first = synced().expect("the first sync opened the active journal");
+        assert_eq!(active_journal(dir.path()).unwrap().unwrap().0, first);
+        // fjall seals its journal at a flush once it holds more than 64 MB.
+        let state = store.open(&room).unwrap();
+        // Letters that do not compress, in case fjall compresses its journal.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let text: String = (0..64 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        for o in state.last + 1..=state.last + 1_000 {
+            store
+                .append(&publication(&room, o, state.epoch, &text, 2))
+                .unwrap();
+        }
+        store.msgs.rotate_memtable_and_wait().unwrap();
+        let newest = active_journal(dir.path()).unwrap().unwrap().0;
+        assert!(newest > first, "fjall sealed journal {first}");
+        fill(&*store, &room, 1, 3);
+        store.sync().unwrap();
+        assert_eq!(
+            synced(),
+            Some(newest),
+            "the sync went to the sealed journal"
+        );
     }
 
     #[test]
