@@ -203,6 +203,10 @@ pub struct Run {
     pub generator_bottleneck: Option<String>,
     /// Mean cores used by every other process while messages were sent (`None`: unknown).
     pub other_cpu: Option<f64>,
+    /// Server CPU seconds per million deliveries over the seconds messages were sent only
+    /// (the report's `cost.server_us_per_delivery_sending`): without the connects, joins and
+    /// teardown that the gated figure spreads over the deliveries. Reported, not judged.
+    pub cpu_sending: Option<f64>,
 }
 
 /// Invariant violations of one run (empty when it is sound).
@@ -684,6 +688,7 @@ mod tests {
             ]),
             generator_bottleneck: None,
             other_cpu: Some(0.05),
+            cpu_sending: None,
         }
     }
 

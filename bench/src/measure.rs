@@ -239,6 +239,10 @@ pub fn from_report(label: &str, v: &Value) -> anyhow::Result<Run> {
         metrics,
         generator_bottleneck: generator_bottleneck(v)?,
         other_cpu: other_cpu(&window)?,
+        // Optional: reports of loadtests older than the figure have none.
+        cpu_sending: v
+            .pointer("/cost/server_us_per_delivery_sending")
+            .and_then(Value::as_f64),
     })
 }
 
@@ -376,6 +380,10 @@ mod tests {
         assert_eq!(r.metrics[&Metric::P99Ms], 4.5);
         assert!((r.metrics[&Metric::ServerCpuSPerMDeliveries] - 10.0).abs() < 1e-9);
         assert_eq!(r.metrics[&Metric::RssBytesPerConnection], 9000.0);
+        assert_eq!(r.cpu_sending, None, "a report without the figure");
+        let mut v = report(0.5, 0.6);
+        v["cost"]["server_us_per_delivery_sending"] = json!(8.25);
+        assert_eq!(from_report("b", &v).unwrap().cpu_sending, Some(8.25));
         assert_eq!(r.facts.users, 400);
         assert_eq!(r.facts.joined, 400);
         assert_eq!(r.generator_bottleneck, None);

@@ -71,6 +71,28 @@ fn opt(m: Metric, v: Option<f64>) -> String {
     v.map(|v| fmt_value(m, v)).unwrap_or_else(|| "n/a".into())
 }
 
+/// The valid runs' median server CPU per M deliveries while sending, baseline against
+/// candidate, as one line (`None` when either side has none).
+fn cpu_sending_line(o: &Outcome, runs: &[Run]) -> Option<String> {
+    let side = |prefix: &str| {
+        let values: Vec<f64> = o
+            .runs
+            .iter()
+            .filter(|(label, st)| label.starts_with(prefix) && *st == RunStatus::Valid)
+            .filter_map(|(label, _)| runs.iter().find(|r| &r.label == label)?.cpu_sending)
+            .collect();
+        crate::gate::median(&values)
+    };
+    let (b, c) = (side("baseline"), side("candidate"));
+    let (b, c) = (b?, c?);
+    Some(format!(
+        "Server CPU per M deliveries while sending (the seconds with sends only, without the \
+         connects and teardown; reported, not judged), medians of the valid runs: baseline \
+         {b:.3} s/M, candidate {c:.3} s/M, ratio {:.3}.",
+        c / b
+    ))
+}
+
 /// The markdown summary.
 pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> String {
     let mut s = String::new();
@@ -122,11 +144,14 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
             r.rate_text(t.alpha)
         );
     }
+    if let Some(line) = cpu_sending_line(o, runs) {
+        let _ = writeln!(s, "\n{line}");
+    }
     let _ = writeln!(
         s,
-        "\n| run | status | deliveries/s | p99 | CPU | RSS/conn | other CPU |"
+        "\n| run | status | deliveries/s | p99 | CPU | CPU while sending | RSS/conn | other CPU |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
     for (label, status) in &o.runs {
         let status = match status {
             RunStatus::Valid => "valid".to_string(),
@@ -145,9 +170,13 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
             .and_then(|r| r.other_cpu)
             .map(|c| format!("{c:.2} cores"))
             .unwrap_or_else(|| "n/a".into());
+        let sending = opt(
+            Metric::ServerCpuSPerMDeliveries,
+            run.and_then(|r| r.cpu_sending),
+        );
         let _ = writeln!(
             s,
-            "| {label} | {status} | {} | {} | {} | {} | {other} |",
+            "| {label} | {status} | {} | {} | {} | {sending} | {} | {other} |",
             cell(Metric::DeliveriesPerS),
             cell(Metric::P99Ms),
             cell(Metric::ServerCpuSPerMDeliveries),
@@ -308,6 +337,37 @@ mod tests {
         assert_eq!(entries_of(&e, false)[0].name, "chat: fan-out p99");
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json[0]["range"], "1000 .. 1000");
+        // Without the figure (older reports) there is no line for it.
+        assert!(!md.contains("while sending (the seconds"), "{md}");
+    }
+
+    /// The CPU while sending is shown per run and as medians of the valid runs, not judged.
+    #[test]
+    fn cpu_while_sending_is_reported_beside_the_gated_cpu() {
+        let with = |label: &str, cpu: f64| Run {
+            cpu_sending: Some(cpu),
+            ..run(label, 10.0)
+        };
+        let base: Vec<Run> = (1..=3)
+            .map(|i| with(&format!("baseline-{i}"), 4.0 + i as f64))
+            .collect();
+        let cand: Vec<Run> = (1..=3)
+            .map(|i| with(&format!("candidate-{i}"), 2.5 + i as f64))
+            .collect();
+        let t = Thresholds::defaults();
+        let o = evaluate(&base, &cand, &t);
+        let all: Vec<Run> = base.iter().chain(&cand).cloned().collect();
+        let md = summary(&ctx(3), &o, &all, &t);
+        assert!(
+            md.contains(
+                "medians of the valid runs: baseline 6.000 s/M, candidate 4.500 s/M, ratio 0.750."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| candidate-2 | valid | 1000 | 10.00 ms | n/a | 4.500 s/M |"),
+            "{md}"
+        );
     }
 
     #[test]

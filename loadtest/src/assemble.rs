@@ -60,6 +60,8 @@ pub fn cost(before: &Before, cpu: &CpuMeter, r: &Report, server_rss_peak: Option
         server_us_per_delivery: server_cpu
             .filter(|_| received > 0)
             .map(|s| s * 1e6 / deliveries),
+        generator_us_per_delivery_sending: while_sending(tl, |p| Some(p.generator_cpu)),
+        server_us_per_delivery_sending: while_sending(tl, |p| p.server_cpu),
         generator_peak_rss: sys::self_rss().1,
         generator_bytes_per_client: per_client(tl, before.rss, |p| Some(p.generator_rss)),
         memory_includes_server: cpu.thread_mode,
@@ -75,6 +77,25 @@ pub fn cost(before: &Before, cpu: &CpuMeter, r: &Report, server_rss_peak: Option
             .server_anon
             .and_then(|start| per_client(tl, start, |p| p.server_rss_anon)),
     }
+}
+
+/// CPU µs per delivery over the timeline's seconds in which messages were sent, past its
+/// first (the seconds `scripts/bench` judges a run's CPU by): `cores` of each second weighed
+/// by its length, over the deliveries in them. `None` without such a second, without a
+/// delivery in them, or when `cores` is unknown in one of them.
+fn while_sending(tl: &[TimePoint], cores: impl Fn(&TimePoint) -> Option<f64>) -> Option<f64> {
+    let start = tl.first()?.t_s;
+    let (mut cpu_s, mut deliveries) = (0.0, 0.0);
+    for w in tl.windows(2) {
+        let p = &w[1];
+        if p.t_s <= start + 1.0 || p.sends_per_s <= 0.0 {
+            continue;
+        }
+        let dt = p.t_s - w[0].t_s;
+        cpu_s += cores(p)? * dt;
+        deliveries += p.deliveries_per_s * dt;
+    }
+    (deliveries > 0.0).then(|| cpu_s * 1e6 / deliveries)
 }
 
 /// The report of a finished run, before its cost, steps and warnings are added.
@@ -164,5 +185,59 @@ pub fn report(
         generator_bottleneck_reasons: Vec::new(),
         timeline,
         warnings: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t_s: f64, sends_per_s: f64, deliveries_per_s: f64, server: Option<f64>) -> TimePoint {
+        TimePoint {
+            t_s,
+            open: 10,
+            deliveries_per_s,
+            sends_per_s,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            max_ms: 3.0,
+            generator_cpu: 0.5,
+            server_cpu: server,
+            other_cpu: None,
+            generator_rss: 0,
+            server_rss: None,
+            generator_rss_anon: None,
+            server_rss_anon: None,
+        }
+    }
+
+    /// The connect phase (no sends) and the first second are left out; each second counts by
+    /// its length.
+    #[test]
+    fn cost_while_sending_leaves_out_the_seconds_without_sends() {
+        let tl = [
+            point(1.0, 0.0, 0.0, Some(0.9)),
+            point(2.0, 0.0, 0.0, Some(0.9)),
+            point(3.0, 10.0, 1000.0, Some(0.1)),
+            point(5.0, 10.0, 1000.0, Some(0.2)),
+            point(6.0, 0.0, 50.0, Some(0.9)),
+        ];
+        // (0.1 + 0.2 * 2) s over (1000 + 2000) deliveries.
+        let us = while_sending(&tl, |p| p.server_cpu).unwrap();
+        assert!((us - 0.5e6 / 3000.0).abs() < 1e-6, "{us}");
+        let gen = while_sending(&tl, |p| Some(p.generator_cpu)).unwrap();
+        assert!((gen - 1.5e6 / 3000.0).abs() < 1e-6, "{gen}");
+    }
+
+    #[test]
+    fn cost_while_sending_is_unknown_without_sends_or_server_cpu() {
+        let quiet = [
+            point(1.0, 0.0, 0.0, Some(0.1)),
+            point(3.0, 0.0, 0.0, Some(0.1)),
+        ];
+        assert_eq!(while_sending(&quiet, |p| p.server_cpu), None);
+        let blind = [point(1.0, 0.0, 0.0, None), point(3.0, 10.0, 100.0, None)];
+        assert_eq!(while_sending(&blind, |p| p.server_cpu), None);
+        assert_eq!(while_sending(&[], |p| p.server_cpu), None);
     }
 }

@@ -130,6 +130,14 @@ pub struct Cost {
     pub server_cpu_s: Option<f64>,
     pub generator_us_per_delivery: Option<f64>,
     pub server_us_per_delivery: Option<f64>,
+    /// As `generator_us_per_delivery`, over the seconds in which messages were sent only (past
+    /// the timeline's first): what a delivery costs without the connects, joins and teardown,
+    /// which the whole-run figure spreads over the deliveries.
+    #[serde(default)]
+    pub generator_us_per_delivery_sending: Option<f64>,
+    /// As `server_us_per_delivery`, over the same seconds.
+    #[serde(default)]
+    pub server_us_per_delivery_sending: Option<f64>,
     /// Generator resident memory at its peak, bytes.
     pub generator_peak_rss: u64,
     /// (resident memory when the most clients were open - before the first connect) / clients
@@ -365,6 +373,7 @@ pub(crate) fn sample_report() -> Report {
             server_cpu_s: Some(9.0),
             generator_us_per_delivery: Some(40.8),
             server_us_per_delivery: Some(61.3),
+            server_us_per_delivery_sending: Some(55.0),
             generator_peak_rss: 40 << 20,
             ..Cost::default()
         },

@@ -95,10 +95,16 @@ impl Report {
                     "generator {:.2}{}  server {}",
                     c.generator_cpu_s,
                     c.generator_us_per_delivery
-                        .map(|u| format!(" ({u:.2} us/delivery)"))
+                        .map(|u| format!(
+                            " ({u:.2}{})",
+                            us_sending(c.generator_us_per_delivery_sending)
+                        ))
                         .unwrap_or_default(),
                     match (c.server_cpu_s, c.server_us_per_delivery) {
-                        (Some(s), Some(u)) => format!("{s:.2} ({u:.2} us/delivery)"),
+                        (Some(s), Some(u)) => format!(
+                            "{s:.2} ({u:.2}{})",
+                            us_sending(c.server_us_per_delivery_sending)
+                        ),
                         (Some(s), None) => format!("{s:.2}"),
                         _ => "n/a".into(),
                     }
@@ -205,6 +211,14 @@ impl Report {
     }
 }
 
+/// " us/delivery" after a whole-run figure, with the figure while sending when known.
+fn us_sending(sending: Option<f64>) -> String {
+    match sending {
+        Some(u) => format!(" us/delivery; {u:.2} while sending"),
+        None => " us/delivery".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::report::sample_report;
@@ -219,7 +233,7 @@ mod tests {
             "deliveries  146900 received / 147000 expected",
             "loss  100 (0.0680%)",
             "fan-out latency ms  p50 2.00  p90 6.00  p99 10.00  p99.9 23.00  max 36.00",
-            "CPU s  generator 6.00 (40.80 us/delivery)  server 9.00 (61.30 us/delivery)",
+            "CPU s  generator 6.00 (40.80 us/delivery)  server 9.00 (61.30 us/delivery; 55.00 while sending)",
             "highest sustained  4900 deliveries/s",
             "steps stopped  step 3: p99 15.00 ms > 10 ms",
             "WARNING: <script>",
