@@ -47,9 +47,22 @@ const RATE_RETRIES = 3;
  */
 const SEEN_KEEP = 500;
 
-/** What identifies a message across the room's lives; null without a `ref` (nothing to match). */
+/**
+ * What identifies a message across the room's lives: its sender, its `ref` and a hash of its
+ * text (a few dozen bytes, whatever the text's size); null without a `ref` (nothing to match).
+ */
 function seenKey(m) {
-  return m.ref ? JSON.stringify([m.from, m.ref, m.text]) : null;
+  return m.ref ? JSON.stringify([m.from, m.ref, m.text.length, fnv1a(m.text)]) : null;
+}
+
+/** 32-bit FNV-1a of a string's UTF-16 code units. */
+function fnv1a(text) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
 }
 
 /** Why `room` is not a valid room name, or null when it is. */
