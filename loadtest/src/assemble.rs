@@ -80,8 +80,8 @@ pub fn cost(before: &Before, cpu: &CpuMeter, r: &Report, server_rss_peak: Option
 }
 
 /// CPU µs per delivery over the timeline's seconds in which messages were sent, past its
-/// first (the seconds over which `scripts/bench` tells a disturbed run): `cores` of each second weighed
-/// by its length, over the deliveries in them. `None` without such a second, without a
+/// first (the seconds over which `scripts/bench` tells a disturbed run): `cores` of each
+/// second weighed by its length, over the deliveries in them. `None` without such a second, without a
 /// delivery in them, or when `cores` is unknown in one of them.
 fn while_sending(tl: &[TimePoint], cores: impl Fn(&TimePoint) -> Option<f64>) -> Option<f64> {
     let start = tl.first()?.t_s;
