@@ -394,6 +394,9 @@ pub struct Outcome {
     pub runs: Vec<(String, RunStatus)>,
     pub valid_baseline: usize,
     pub valid_candidate: usize,
+    /// Medians of [`Run::cpu_sending`] over each side's valid runs, (baseline, candidate), when
+    /// both sides have it. Reported, not judged.
+    pub cpu_sending: Option<(f64, f64)>,
     /// Why the result is what it is, for people.
     pub notes: Vec<String>,
     /// One line: why the overall result is what it is (for `bench: RESULT: reason`).
@@ -654,10 +657,13 @@ pub fn evaluate(baseline: &[Run], candidate: &[Run], t: &Thresholds) -> Outcome 
             ),
         )
     };
+    let cpu_sending =
+        |rs: &[&Run]| median(&rs.iter().filter_map(|r| r.cpu_sending).collect::<Vec<_>>());
     Outcome {
         overall,
         metrics,
         runs,
+        cpu_sending: cpu_sending(&base_ok).zip(cpu_sending(&cand_ok)),
         valid_baseline: base_ok.len(),
         valid_candidate: cand_ok.len(),
         notes,

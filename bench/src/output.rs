@@ -73,18 +73,8 @@ fn opt(m: Metric, v: Option<f64>) -> String {
 
 /// The valid runs' median server CPU per M deliveries while sending, baseline against
 /// candidate, as one line (`None` when either side has none).
-fn cpu_sending_line(o: &Outcome, runs: &[Run]) -> Option<String> {
-    let side = |prefix: &str| {
-        let values: Vec<f64> = o
-            .runs
-            .iter()
-            .filter(|(label, st)| label.starts_with(prefix) && *st == RunStatus::Valid)
-            .filter_map(|(label, _)| runs.iter().find(|r| &r.label == label)?.cpu_sending)
-            .collect();
-        crate::gate::median(&values)
-    };
-    let (b, c) = (side("baseline"), side("candidate"));
-    let (b, c) = (b?, c?);
+fn cpu_sending_line(o: &Outcome) -> Option<String> {
+    let (b, c) = o.cpu_sending?;
     Some(format!(
         "Server CPU per M deliveries while sending (the seconds with sends only, without the \
          connects and teardown; reported, not judged), medians of the valid runs: baseline \
@@ -144,7 +134,7 @@ pub fn summary(ctx: &Context, o: &Outcome, runs: &[Run], t: &Thresholds) -> Stri
             r.rate_text(t.alpha)
         );
     }
-    if let Some(line) = cpu_sending_line(o, runs) {
+    if let Some(line) = cpu_sending_line(o) {
         let _ = writeln!(s, "\n{line}");
     }
     let _ = writeln!(
