@@ -41,7 +41,7 @@ const HISTORY_RETRY_MS = 1000;
  */
 const RATE_RETRIES = 3;
 /**
- * Messages of a room remembered by sender, ref and text, to know a resend after the server lost
+ * Messages of a room remembered (by `seenKey`), to know a resend after the server lost
  * the room's history: a sender whose message the others saw but whose acknowledgement died with
  * the server sends it again into the new epoch, under a new id.
  */
